@@ -1,0 +1,1 @@
+"""Caption datasets: one record type, readers for the five benchmarks' published formats."""
