@@ -1,0 +1,41 @@
+"""The embedded SQLite database shared by the runs registry and the results store.
+
+One file (`paths.database_path()`), WAL mode so the app can read while a trainer writes,
+every write in a transaction. Each module that owns tables declares its schema as a string
+and calls `connect(schema=...)`; `CREATE TABLE IF NOT EXISTS` makes that idempotent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from captionlab import paths
+
+
+def connect(db_path: Path | None = None, schema: str = "") -> sqlite3.Connection:
+    """Open the database (creating it and `schema` if needed). Rows come back as sqlite3.Row."""
+    db_path = Path(db_path) if db_path is not None else paths.database_path()
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None)  # autocommit; use `with transaction`
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if schema:
+        conn.executescript(schema)
+    return conn
+
+
+class transaction:
+    """`with transaction(conn): ...` runs the block in BEGIN IMMEDIATE / COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
