@@ -1,0 +1,125 @@
+"""The one Captioner face: `caption(images) -> list[str]`, batched, for every model and strategy.
+
+`LlavaCaptioner` captions with a LLaVA model plus a strategy using greedy `generate()` with the
+KV cache. `load_captioners` loads one frozen base model and puts every adapter strategy on top
+of it (switchable), instead of one full copy per strategy; full fine-tuning, whose weights differ
+everywhere, is the one separate copy. The CLIP-Captioner implements the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from captionlab.models.loading import LoadedModel, load_model
+from captionlab.models.prompting import build_prompt
+from captionlab.models.registry import ZERO_SHOT_PROMPT, ModelSpec
+from captionlab.strategies import PAPER_STRATEGIES, Strategy, get_strategy
+
+
+class Captioner(Protocol):
+    name: str  # what the strategy / model is called in tables ("LoRA", "CLIP-Captioner")
+    key: str  # its registry key ("lora", "clip_captioner")
+
+    def caption(self, images: Sequence[Image.Image]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How captions are generated: the paper's zero-shot prompt and greedy decoding by default."""
+
+    prompt: str = ZERO_SHOT_PROMPT
+    max_new_tokens: int = 40
+    batch_size: int = 16
+
+
+class SharedBase:
+    """One frozen base model with several strategies attached; `activate(key)` picks which one acts."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.strategies: dict[str, Strategy] = {}
+
+    def attach(self, strategy: Strategy, artifact: Path | None) -> None:
+        if artifact is None:
+            self.model = strategy.apply(self.model, self.loaded.spec, self.loaded.tokenizer)
+        else:
+            self.model = strategy.load(self.model, self.loaded.spec, Path(artifact), self.loaded.tokenizer)
+        self.model.eval()
+        self.strategies[strategy.name] = strategy
+
+    def activate(self, key: str) -> None:
+        for name, strategy in self.strategies.items():
+            if name != key:
+                strategy.set_enabled(self.model, False)
+        if hasattr(self.model, "base_model") and hasattr(self.model.base_model, "disable_adapter_layers"):
+            if key in self.strategies and hasattr(self.strategies[key], "adapter_name"):
+                self.model.base_model.enable_adapter_layers()
+            else:
+                self.model.base_model.disable_adapter_layers()
+        if key in self.strategies:
+            self.strategies[key].set_enabled(self.model, True)
+
+
+class LlavaCaptioner:
+    """Captions images with a LLaVA model under one strategy (greedy, KV cache, batched)."""
+
+    def __init__(self, base: SharedBase | LoadedModel, strategy: Strategy,
+                 settings: GenerationSettings = GenerationSettings()):
+        self.base = base if isinstance(base, SharedBase) else None
+        self.loaded = base.loaded if isinstance(base, SharedBase) else base
+        self.strategy = strategy
+        self.settings = settings
+        self.key = strategy.name
+        self.name = strategy.label
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.base.model if self.base is not None else self.loaded.model
+
+    @torch.inference_mode()
+    def caption(self, images: Sequence[Image.Image]) -> list[str]:
+        if self.base is not None:
+            self.base.activate(self.key)
+        processor = self.loaded.processor
+        tokenizer = processor.tokenizer
+        prompt = build_prompt(self.loaded.spec, self.settings.prompt, self.strategy.prefix_slots, tokenizer.unk_token)
+        captions: list[str] = []
+        for start in range(0, len(images), self.settings.batch_size):
+            batch = [image.convert("RGB") for image in images[start:start + self.settings.batch_size]]
+            inputs = processor(images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True)
+            inputs = {k: v.to(self.loaded.device) for k, v in inputs.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
+            output = self.model.generate(
+                **inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False, num_beams=1,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            captions.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return captions
+
+
+def load_captioners(spec: ModelSpec, artifacts: dict[str, Path | None], settings: GenerationSettings = GenerationSettings(),
+                    device: str | None = None) -> dict[str, LlavaCaptioner]:
+    """Captioners for the given strategies (key -> artifact folder; None for zero-shot) on one shared base."""
+    base = SharedBase(load_model(spec, device=device))
+    captioners: dict[str, LlavaCaptioner] = {}
+    ordered = sorted(artifacts, key=lambda k: PAPER_STRATEGIES.index(k) if k in PAPER_STRATEGIES else 99)
+    for key in ordered:
+        strategy = get_strategy(key)
+        if key == "full":  # its own copy of the weights
+            full = load_model(spec, device=device)
+            full.model = strategy.load(full.model, spec, Path(artifacts[key]), full.tokenizer)
+            captioners[key] = LlavaCaptioner(full, strategy, settings)
+            continue
+        if key != "zero_shot":
+            base.attach(strategy, artifacts[key])
+        captioners[key] = LlavaCaptioner(base, strategy, settings)
+    return captioners

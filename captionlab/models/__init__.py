@@ -1,0 +1,1 @@
+"""Models: the registry of LLaVA variants (configs shipped as JSON files) and their loading."""

@@ -1,0 +1,142 @@
+"""The model registry: one JSON file per model in `captionlab/models/configs/`; the folder is the registry.
+
+Each file carries the model's architecture config (so parameter counts, random-weight benchmarks
+and tests work offline), its Hugging Face id or local weights folder, its prompt template and
+system prompt, and the paper's LoRA settings for it. Any other HF id or local folder of the
+LLaVA / LLaVA-NeXT classes is accepted too and gets the Vicuna-v1 template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from captionlab import paths
+
+VICUNA_SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+VICUNA_TEMPLATE = "{system} USER: <image>\n{prompt} ASSISTANT:"
+ZERO_SHOT_PROMPT = "Briefly caption the image"
+ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
+
+
+class ModelNotFoundError(Exception):
+    """A model name, id or folder that cannot be resolved offline; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything captionlab knows about a model before loading any weights."""
+
+    name: str
+    architecture: str  # "llava" or "llava_next"
+    config: dict  # the transformers config (LlavaConfig / LlavaNextConfig as a dict)
+    hf_id: str | None = None
+    weights_dir: Path | None = None  # a local folder with weights, if any
+    system_prompt: str = VICUNA_SYSTEM_PROMPT
+    prompt_template: str = VICUNA_TEMPLATE
+    prompt_token_count: int | None = None  # system + user prompt tokens, when known without a tokenizer
+    lora: dict = field(default_factory=lambda: {"r": 128, "alpha": 256})
+    notes: str = ""
+
+    @property
+    def model_class_name(self) -> str:
+        return ARCHITECTURES[self.architecture]
+
+    @property
+    def text_hidden_size(self) -> int:
+        return int(self.config["text_config"]["hidden_size"])
+
+    @property
+    def text_num_layers(self) -> int:
+        return int(self.config["text_config"]["num_hidden_layers"])
+
+
+def list_models() -> list[str]:
+    """Names of the models shipped with captionlab."""
+    return sorted(p.stem for p in paths.MODEL_CONFIGS_DIR.glob("*.json"))
+
+
+def _spec_from_file(path: Path) -> ModelSpec:
+    data = json.loads(path.read_text())
+    weights = data.get("weights_dir")
+    return ModelSpec(
+        name=data["name"],
+        architecture=data["architecture"],
+        config=data["config"],
+        hf_id=data.get("hf_id"),
+        weights_dir=(paths.PROJECT_ROOT / weights) if weights else None,
+        system_prompt=data.get("system_prompt", VICUNA_SYSTEM_PROMPT),
+        prompt_template=data.get("prompt_template", VICUNA_TEMPLATE),
+        prompt_token_count=data.get("prompt_token_count"),
+        lora=data.get("lora", {"r": 128, "alpha": 256}),
+        notes=data.get("notes", ""),
+    )
+
+
+def _spec_from_folder(folder: Path) -> ModelSpec:
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise ModelNotFoundError(f"{folder} has no config.json: not a Hugging Face model folder")
+    config = json.loads(config_path.read_text())
+    arch = config.get("model_type")
+    if arch not in ARCHITECTURES:
+        raise ModelNotFoundError(
+            f"{folder}: model_type {arch!r} is not supported (expected one of {sorted(ARCHITECTURES)})"
+        )
+    extra = {}
+    card = folder / "captionlab.json"  # optional: template and prompt of a captionlab-made model
+    if card.exists():
+        extra = json.loads(card.read_text())
+    return ModelSpec(
+        name=extra.get("name", folder.name),
+        architecture=arch,
+        config=config,
+        weights_dir=folder,
+        system_prompt=extra.get("system_prompt", VICUNA_SYSTEM_PROMPT),
+        prompt_template=extra.get("prompt_template", VICUNA_TEMPLATE),
+        prompt_token_count=extra.get("prompt_token_count"),
+        lora=extra.get("lora", {"r": 128, "alpha": 256}),
+        notes=extra.get("notes", ""),
+    )
+
+
+def _cached_hf_folder(hf_id: str) -> Path | None:
+    """The local snapshot of `hf_id` in the Hugging Face cache, without any network access."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return None
+    try:
+        return Path(snapshot_download(hf_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def get_model_spec(name_or_path: str | Path) -> ModelSpec:
+    """Resolve a registry name, a local folder or a Hugging Face id (from the local cache only)."""
+    text = str(name_or_path)
+    registry_file = paths.MODEL_CONFIGS_DIR / f"{text}.json"
+    if registry_file.exists():
+        return _spec_from_file(registry_file)
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return _spec_from_folder(folder.resolve())
+    if "/" in text and not text.startswith((".", "/")):
+        cached = _cached_hf_folder(text)
+        if cached is not None:
+            spec = _spec_from_folder(cached)
+            return ModelSpec(**{**spec.__dict__, "name": text, "hf_id": text})
+        raise ModelNotFoundError(
+            f"model {text!r} is not in the local Hugging Face cache and captionlab never downloads at run "
+            f"time. On a machine with internet: `huggingface-cli download {text}` (or "
+            f"`hf download {text}`), then run again; or pass a local folder."
+        )
+    raise ModelNotFoundError(
+        f"unknown model {text!r}: not a registry name ({', '.join(list_models())}), "
+        f"not a local folder, not a Hugging Face id"
+    )

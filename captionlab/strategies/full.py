@@ -1,0 +1,43 @@
+"""Full fine-tuning (paper Sec. 4.3): the multimodal projector and every layer of the LLM are trained.
+
+The vision tower stays frozen. The artifact is a complete Hugging Face model folder (safetensors),
+loadable by plain transformers; for side-by-side use it is a separate model, since its weights
+differ everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captionlab.models.prompting import unwrap
+from captionlab.strategies.base import Strategy, StrategyError, freeze
+
+
+class FullFineTuning(Strategy):
+    name = "full"
+    label = "Full fine-tuning"
+
+    def apply(self, model, spec, tokenizer=None):
+        base = unwrap(model)
+        freeze(base)
+        for module in (base.model.multi_modal_projector, base.model.language_model, base.lm_head):
+            for p in module.parameters():
+                p.requires_grad_(True)
+        if getattr(base.model, "image_newline", None) is not None:  # LLaVA-NeXT's learned newline embedding
+            base.model.image_newline.requires_grad_(True)
+        return model
+
+    def save(self, model, directory):
+        directory = Path(directory)
+        self.write_card(directory)
+        unwrap(model).save_pretrained(directory, safe_serialization=True)
+
+    def load(self, model, spec, directory, tokenizer=None):
+        self.check_card(directory)
+        from captionlab.models.loading import model_class
+
+        if not (Path(directory) / "config.json").exists():
+            raise StrategyError(f"{directory}: no config.json in the full fine-tuning artifact")
+        base = unwrap(model)
+        loaded = model_class(spec).from_pretrained(directory, dtype=next(base.parameters()).dtype)
+        return loaded.to(next(base.parameters()).device).eval()

@@ -1,0 +1,116 @@
+"""LoRA and DoRA through peft (paper Sec. 3.2, 4.2), and QLoRA as an extra where CUDA is present.
+
+r=128, alpha=256 on every fully connected layer of the LLM (q, k, v, o, gate, up, down); the
+vision tower and the projector are untouched: 319,815,680 trainable parameters on LLaVA-1.5-7B,
+321,175,552 with DoRA's magnitudes. DoRA is LoRA with `use_dora=True`, as in peft. Artifacts are
+standard peft adapter folders (adapter_config.json + adapter_model.safetensors) that plain peft
+can load, plus captionlab's strategy.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from captionlab.models.prompting import unwrap
+from captionlab.strategies.base import Strategy, StrategyError, freeze
+
+# bitsandbytes (imported by peft) warns at import on CPU-only machines about optional kernels.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Only the LLM's layers: the CLIP vision tower also has q/k/v projections, which stay frozen.
+TARGET_MODULES = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
+
+
+def lora_config(rank: int, alpha: int, use_dora: bool):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGET_MODULES, lora_dropout=0.0, bias="none",
+                      use_dora=use_dora)
+
+
+class LoRA(Strategy):
+    name = "lora"
+    label = "LoRA"
+    use_dora = False
+
+    def __init__(self, rank: int | None = None, alpha: int | None = None):
+        self.rank, self.alpha = rank, alpha
+
+    @property
+    def adapter_name(self) -> str:
+        # peft warns when an adapter name is contained in its parameter prefix "lora_"
+        return f"captionlab_{self.name}"
+
+    def _settings(self, spec) -> tuple[int, int]:
+        return int(self.rank or spec.lora["r"]), int(self.alpha or spec.lora["alpha"])
+
+    def apply(self, model, spec, tokenizer=None):
+        from peft import PeftModel, get_peft_model
+
+        rank, alpha = self._settings(spec)
+        freeze(model)
+        config = lora_config(rank, alpha, self.use_dora)
+        if isinstance(model, PeftModel):  # a shared base that already holds other adapters
+            model.add_adapter(self.adapter_name, config)
+            model.set_adapter(self.adapter_name)
+            return model
+        return get_peft_model(model, config, adapter_name=self.adapter_name)
+
+    def set_enabled(self, model, enabled):
+        if enabled:
+            model.set_adapter(self.adapter_name)
+            model.base_model.enable_adapter_layers()
+
+    def save(self, model, directory):
+        directory = Path(directory)
+        rank, alpha = model.peft_config[self.adapter_name].r, model.peft_config[self.adapter_name].lora_alpha
+        model.save_pretrained(directory, selected_adapters=[self.adapter_name])
+        # peft writes non-default adapters in a sub-folder named after them; keep the standard layout.
+        nested = directory / self.adapter_name
+        if nested.is_dir():
+            for item in nested.iterdir():
+                item.replace(directory / item.name)
+            nested.rmdir()
+        self.write_card(directory, rank=rank, alpha=alpha, use_dora=self.use_dora)
+
+    def load(self, model, spec, directory, tokenizer=None):
+        from peft import PeftModel
+
+        card = self.check_card(directory)
+        if not (Path(directory) / "adapter_model.safetensors").exists():
+            raise StrategyError(f"{directory}: adapter_model.safetensors is missing")
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(directory), adapter_name=self.adapter_name)
+            model.set_adapter(self.adapter_name)
+            return model
+        freeze(model)
+        loaded = PeftModel.from_pretrained(model, str(directory), adapter_name=self.adapter_name)
+        if bool(card.get("use_dora")) != self.use_dora:
+            raise StrategyError(f"{directory}: use_dora={card.get('use_dora')} does not match {self.name}")
+        return loaded
+
+
+class DoRA(LoRA):
+    name = "dora"
+    label = "DoRA"
+    use_dora = True
+
+
+class QLoRA(LoRA):
+    """LoRA on a 4-bit (NF4) base model: load the model with `load_in_4bit=True` first."""
+
+    name = "qlora"
+    label = "QLoRA (4-bit)"
+    needs_cuda = True
+
+    def apply(self, model, spec, tokenizer=None):
+        if not torch.cuda.is_available():
+            raise StrategyError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); none is present on this machine")
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(unwrap(model), use_gradient_checkpointing=False)
+        return super().apply(model, spec, tokenizer)

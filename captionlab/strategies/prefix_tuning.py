@@ -1,0 +1,113 @@
+"""Prefix tuning as the paper defines it (Sec. 3.2, 4.2) — not peft's PrefixTuning.
+
+One learnable token is prepended to the input of every decoder layer and its output trimmed:
+L x d parameters (32 x 4096 = 131,072 on the 7B LLM). peft's PrefixTuning instead learns
+separate key and value prefixes per layer, a different method.
+
+Mechanism: the prompt starts with one placeholder token (`<unk>`, right after BOS), which gives
+the prefix its slot in the sequence, the attention mask, the positions and the KV cache. A
+forward pre-hook on decoder layer i overwrites the hidden state at that slot with the learned
+vector e_i, so every layer sees [e_i, h_1..h_T]; what the layer outputs at the slot is discarded
+(overwritten by e_{i+1}, and its logit is never a target): the "trimmed" extra token. During
+cached generation the slot's keys and values come from the cache, exactly as without a cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from captionlab.models.prompting import language_model, unwrap
+from captionlab.strategies.base import Strategy, StrategyError, freeze
+
+CONTROLLER = "captionlab_prefix_tuning"
+
+
+class LayerPrefixes(torch.nn.Module):
+    """The per-layer prefix vectors (L x d) and the hooks that put them in place."""
+
+    def __init__(self, init: torch.Tensor, placeholder_id: int):
+        super().__init__()
+        self.prefix = torch.nn.Parameter(init.clone())
+        self.placeholder_id = placeholder_id
+        self.enabled = True
+        self._mask: torch.Tensor | None = None
+        self._handles: list = []
+
+    def attach(self, model: torch.nn.Module) -> None:
+        self._handles = [model.register_forward_pre_hook(self._find_slot, with_kwargs=True)]
+        for index, layer in enumerate(language_model(model).layers):
+            self._handles.append(layer.register_forward_pre_hook(self._make_layer_hook(index), with_kwargs=True))
+
+    def _find_slot(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        self._mask = None
+        if not self.enabled or input_ids is None:
+            return None
+        is_slot = input_ids == self.placeholder_id
+        attended = kwargs.get("attention_mask")
+        if attended is not None:
+            is_slot &= attended.bool()
+        first = is_slot & (is_slot.long().cumsum(dim=1) == 1)  # the first placeholder of each row
+        if first.any():
+            if not first.any(dim=1).all():
+                raise StrategyError("prefix tuning: some rows of the batch lack the prefix slot")
+            self._mask = first
+        return None
+
+    def _make_layer_hook(self, index: int):
+        def hook(module, args, kwargs):
+            mask = self._mask
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if mask is None or mask.shape != hidden.shape[:2]:
+                return None
+            replaced = torch.where(mask.unsqueeze(-1), self.prefix[index].to(hidden.dtype), hidden)
+            if args:
+                return (replaced, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": replaced}
+
+        return hook
+
+
+class PrefixTuning(Strategy):
+    name = "prefix_tuning"
+    label = "Prefix tuning"
+    prefix_slots = 1
+
+    def apply(self, model, spec, tokenizer=None):
+        base = unwrap(model)
+        freeze(model)
+        layers, hidden = spec.text_num_layers, spec.text_hidden_size
+        device = base.get_input_embeddings().weight.device
+        init = torch.empty(layers, hidden, device=device)
+        if device.type != "meta":
+            # No meaningful initialisation exists (paper, Sec. 3.2): small Gaussian, the LLM's init scale.
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            std = float(spec.config["text_config"].get("initializer_range", 0.02))
+            init = (torch.randn(layers, hidden, generator=generator) * std).to(device)
+        placeholder = tokenizer.unk_token_id if tokenizer is not None else 0
+        controller = LayerPrefixes(init, placeholder)
+        base.add_module(CONTROLLER, controller)
+        controller.attach(base)
+        return model
+
+    def set_enabled(self, model, enabled):
+        getattr(unwrap(model), CONTROLLER).enabled = enabled
+
+    def save(self, model, directory):
+        controller = getattr(unwrap(model), CONTROLLER)
+        self.write_card(Path(directory), layers=int(controller.prefix.shape[0]))
+        save_file({"prefix": controller.prefix.detach().float().cpu().contiguous()}, str(Path(directory) / "prefix.safetensors"))
+
+    def load(self, model, spec, directory, tokenizer=None):
+        self.check_card(directory)
+        weights = load_file(str(Path(directory) / "prefix.safetensors"))["prefix"]
+        model = self.apply(model, spec, tokenizer)
+        controller = getattr(unwrap(model), CONTROLLER)
+        if weights.shape != controller.prefix.shape:
+            raise StrategyError(f"{directory}: prefix shape {tuple(weights.shape)} != model's {tuple(controller.prefix.shape)}")
+        with torch.no_grad():
+            controller.prefix.copy_(weights)
+        return model

@@ -1,0 +1,124 @@
+"""Prompt learning (paper Sec. 3.2, 4.2): the system-prompt and user-prompt token embeddings are trainable.
+
+They are initialised from the real tokens of the zero-shot prompt ("Briefly caption the image"
+inside the model's chat template with its system prompt): 48 tokens x 4096 = 196,608 parameters
+on LLaVA-1.5-7B. Image tokens and everything else stay frozen.
+
+Mechanism: a controller module registered on the model. A forward pre-hook on the LLaVA model
+finds, in each row, the first P attended tokens that are neither BOS nor image tokens (the
+prompt: the caption always follows it); a forward hook on the token embedding replaces their
+embeddings with the learned ones. Generation steps that feed only new tokens (KV cache) contain
+no prompt and pass untouched, so `generate()` with a cache is exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from captionlab.models.prompting import build_prompt, unwrap
+from captionlab.models.registry import ModelSpec
+from captionlab.strategies.base import Strategy, StrategyError, freeze
+
+CONTROLLER = "captionlab_prompt_learning"
+
+
+class PromptEmbeddings(torch.nn.Module):
+    """The learned prompt (P x d) and the hooks that put it in place of the prompt's embeddings."""
+
+    def __init__(self, init: torch.Tensor, image_token_id: int, bos_token_id: int | None):
+        super().__init__()
+        self.prompt = torch.nn.Parameter(init.clone())
+        self.image_token_id = image_token_id
+        self.bos_token_id = -1 if bos_token_id is None else bos_token_id
+        self.enabled = True
+        self._mask: torch.Tensor | None = None
+        self._handles: list = []
+
+    def attach(self, model: torch.nn.Module) -> None:
+        self._handles = [
+            model.register_forward_pre_hook(self._find_prompt, with_kwargs=True),
+            model.get_input_embeddings().register_forward_hook(self._replace_embeddings),
+        ]
+
+    def _find_prompt(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        self._mask = None
+        if not self.enabled or input_ids is None or not (input_ids == self.image_token_id).any():
+            return None
+        attended = kwargs.get("attention_mask")
+        attended = torch.ones_like(input_ids, dtype=torch.bool) if attended is None else attended.bool()
+        candidates = attended & (input_ids != self.image_token_id) & (input_ids != self.bos_token_id)
+        order = candidates.long().cumsum(dim=1)
+        mask = candidates & (order <= self.prompt.shape[0])
+        counts = mask.sum(dim=1)
+        if (counts != self.prompt.shape[0]).any():
+            raise StrategyError(
+                f"prompt learning expects {self.prompt.shape[0]} prompt tokens per row, found {counts.tolist()}"
+            )
+        self._mask = mask
+        return None
+
+    def _replace_embeddings(self, module, args, output):
+        mask = self._mask
+        if mask is None or mask.shape != output.shape[:2]:
+            return output
+        self._mask = None
+        output = output.clone()
+        output[mask] = self.prompt.to(output.dtype).repeat(output.shape[0], 1)
+        return output
+
+
+def prompt_token_ids(spec: ModelSpec, tokenizer) -> list[int]:
+    """Ids of the prompt tokens the strategy learns: the template's tokens minus BOS and <image>."""
+    ids = tokenizer(build_prompt(spec), add_special_tokens=True)["input_ids"]
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    return [i for i in ids if i not in (tokenizer.bos_token_id, image_id)]
+
+
+class PromptLearning(Strategy):
+    name = "prompt_learning"
+    label = "Prompt learning"
+
+    def apply(self, model, spec, tokenizer=None):
+        base = unwrap(model)
+        freeze(model)
+        embedding = base.get_input_embeddings()
+        if tokenizer is not None:
+            ids = prompt_token_ids(spec, tokenizer)
+            if spec.prompt_token_count is not None and spec.prompt_token_count != len(ids):
+                raise StrategyError(
+                    f"{spec.name}: the tokenizer gives {len(ids)} prompt tokens, the registry says {spec.prompt_token_count}"
+                )
+            init = embedding.weight.detach()[torch.tensor(ids, device=embedding.weight.device)]
+            bos = tokenizer.bos_token_id
+        elif spec.prompt_token_count is not None:  # shape only (parameter counts on the meta device)
+            init = torch.empty(spec.prompt_token_count, embedding.weight.shape[1], device=embedding.weight.device)
+            bos = None
+        else:
+            raise StrategyError(f"{spec.name}: prompt learning needs the tokenizer to know the prompt tokens")
+        controller = PromptEmbeddings(init.float(), base.config.image_token_index, bos)
+        base.add_module(CONTROLLER, controller)
+        controller.attach(base)
+        return model
+
+    def set_enabled(self, model, enabled):
+        getattr(unwrap(model), CONTROLLER).enabled = enabled
+
+    def save(self, model, directory):
+        controller = getattr(unwrap(model), CONTROLLER)
+        self.write_card(Path(directory), prompt_tokens=int(controller.prompt.shape[0]))
+        save_file({"prompt": controller.prompt.detach().float().cpu().contiguous()}, str(Path(directory) / "prompt.safetensors"))
+
+    def load(self, model, spec, directory, tokenizer=None):
+        self.check_card(directory)
+        weights = load_file(str(Path(directory) / "prompt.safetensors"))["prompt"]
+        model = self.apply(model, spec, tokenizer)
+        controller = getattr(unwrap(model), CONTROLLER)
+        if weights.shape != controller.prompt.shape:
+            raise StrategyError(f"{directory}: prompt shape {tuple(weights.shape)} != model's {tuple(controller.prompt.shape)}")
+        with torch.no_grad():
+            controller.prompt.copy_(weights)
+        return model

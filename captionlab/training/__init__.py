@@ -1,0 +1,1 @@
+"""Training: batching, the recipe-driven trainer, run folders, energy, the runs registry and launcher."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny randomly initialised LLaVA / LLaVA-NeXT models of the real classes, in HF format."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+TINY_TEXTS = [
+    "A chat between a curious human and an artificial intelligence assistant.",
+    "USER: <image>\nBriefly caption the image ASSISTANT:",
+    "a red ball on the grass", "two blue cups on a kitchen table", "a small tree next to a house",
+    "The image shows a vibrant scene with a large red ball in the center of a green park.",
+] * 10
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from captionlab.models.tokenizer import train_tokenizer
+
+    return train_tokenizer(TINY_TEXTS, vocab_size=320)
+
+
+def _tiny_model_dir(tmp_path_factory, tokenizer, architecture):
+    from captionlab.models.tiny import save_tiny_llava
+
+    return save_tiny_llava(tmp_path_factory.mktemp(architecture), tokenizer, architecture=architecture, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory, tiny_tokenizer):
+    return _tiny_model_dir(tmp_path_factory, tiny_tokenizer, "llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory, tiny_tokenizer):
+    return _tiny_model_dir(tmp_path_factory, tiny_tokenizer, "llava_next")
+
+
+@pytest.fixture
+def tiny_images():
+    from PIL import Image
+
+    return [Image.new("RGB", (48, 32), (200, 30, 30)), Image.new("RGB", (32, 64), (20, 40, 220)),
+            Image.new("RGB", (32, 32), (10, 200, 10))]

@@ -1,0 +1,43 @@
+"""The model registry, offline resolution and the `params` command."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from captionlab.cli import main
+from captionlab.models.registry import ModelNotFoundError, get_model_spec, list_models
+
+
+def test_registry_ships_both_llava_versions():
+    assert {"llava-1.5-7b", "llava-1.6-7b"} <= set(list_models())
+    assert get_model_spec("llava-1.6-7b").architecture == "llava_next"
+
+
+def test_unknown_hf_id_fails_fast_with_how_to_get_it():
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="hf download someone/not-a-model"):
+        get_model_spec("someone/not-a-model")
+    assert time.monotonic() - start < 10
+
+
+def test_missing_weights_of_registry_model_say_how_to_get_them():
+    from captionlab.models.loading import weights_folder
+
+    with pytest.raises(ModelNotFoundError, match="llava-hf/llava-1.5-7b-hf"):
+        weights_folder(get_model_spec("llava-1.5-7b"))
+
+
+def test_params_prints_the_paper_counts_for_llava_15(capsys):
+    assert main(["params", "--model", "llava-1.5-7b"]) == 0
+    out = capsys.readouterr().out
+    for number in ["196,608", "131,072", "319,815,680", "321,175,552", "7,063,427,072"]:
+        assert number in out
+
+
+def test_params_llava_16_and_bad_model(capsys):
+    assert main(["params", "--model", "llava-1.6-7b", "--json"]) == 0
+    assert '"lora": 319815680' in capsys.readouterr().out
+    assert main(["params", "--model", "no-such-model"]) == 2
+    assert "unknown model" in capsys.readouterr().err

@@ -1,0 +1,188 @@
+"""Every strategy on tiny random LLaVA models: gradients, save/load, init identity, cached generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captionlab.captioner import GenerationSettings, LlavaCaptioner, load_captioners
+from captionlab.models.loading import load_model
+from captionlab.models.prompting import build_prompt
+from captionlab.models.registry import get_model_spec
+from captionlab.strategies import PAPER_STRATEGIES, get_strategy
+from captionlab.training.batching import IGNORE_INDEX, build_training_batch
+
+TRAINABLE = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
+CAPTIONS = ["a red ball on the grass", "two blue cups", "a small tree next to a house"]
+
+
+def fresh(model_dir, strategy_name, seed=0):
+    torch.manual_seed(seed)
+    spec = get_model_spec(model_dir)
+    loaded = load_model(spec, device="cpu")
+    strategy = get_strategy(strategy_name)
+    loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
+    return loaded, strategy
+
+
+def perturb(strategy, model, seed=1):
+    """Move the trainable parameters away from their (possibly identity) initialisation."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in strategy.trainable_parameters(model):
+            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+
+
+def loss_of(loaded, strategy, images):
+    batch = build_training_batch(loaded.processor, loaded.spec, images, CAPTIONS, strategy.prefix_slots)
+    return loaded.model(**batch).loss, batch
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_only_the_strategy_parameters_receive_gradients(tiny_llava_dir, tiny_images, name):
+    loaded, strategy = fresh(tiny_llava_dir, name)
+    trainable = {n for n, _ in strategy.trainable_parameters(loaded.model)}
+    assert trainable
+    perturb(strategy, loaded.model)  # LoRA's B starts at zero, which would zero A's gradient
+    loss, _ = loss_of(loaded, strategy, tiny_images)
+    loss.backward()
+    for n, p in loaded.model.named_parameters():
+        if n in trainable:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, n
+    assert not any("vision_tower" in n for n in trainable)
+    if name in ("lora", "dora", "prompt_learning", "prefix_tuning"):
+        assert not any("multi_modal_projector" in n for n in trainable)
+
+
+def test_labels_cover_only_the_caption(tiny_llava_dir, tiny_images):
+    loaded, strategy = fresh(tiny_llava_dir, "zero_shot")
+    batch = build_training_batch(loaded.processor, loaded.spec, tiny_images, CAPTIONS)
+    tok = loaded.tokenizer
+    for row, caption in enumerate(CAPTIONS):
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert tok.decode(labelled, skip_special_tokens=True).strip() == caption
+        assert labelled[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_lora_and_dora_leave_logits_unchanged_at_init(tiny_llava_dir, tiny_images, name):
+    base, _ = fresh(tiny_llava_dir, "zero_shot")
+    adapted, strategy = fresh(tiny_llava_dir, name)
+    batch = build_training_batch(base.processor, base.spec, tiny_images, CAPTIONS)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted.model(**batch).logits, base.model(**batch).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_learning_starts_from_the_real_prompt_tokens(tiny_llava_dir, tiny_images):
+    base, _ = fresh(tiny_llava_dir, "zero_shot")
+    adapted, strategy = fresh(tiny_llava_dir, "prompt_learning")
+    batch = build_training_batch(base.processor, base.spec, tiny_images, CAPTIONS)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted.model(**batch).logits, base.model(**batch).logits)
+    tok = base.tokenizer
+    prompt_ids = tok(build_prompt(base.spec))["input_ids"]
+    expected = len([i for i in prompt_ids if i not in (tok.bos_token_id, tok.convert_tokens_to_ids("<image>"))])
+    (name, param), = strategy.trainable_parameters(adapted.model)
+    assert param.shape == (expected, base.spec.text_hidden_size)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_save_then_load_gives_identical_logits(tiny_llava_dir, tiny_images, tmp_path, name):
+    loaded, strategy = fresh(tiny_llava_dir, name)
+    perturb(strategy, loaded.model)
+    loss, batch = loss_of(loaded, strategy, tiny_images)
+    strategy.save(loaded.model, tmp_path / name)
+    assert not list((tmp_path / name).glob("*.bin")) and not list((tmp_path / name).glob("*.pt"))
+    reloaded = load_model(get_model_spec(tiny_llava_dir), device="cpu")
+    model = strategy.load(reloaded.model, reloaded.spec, tmp_path / name, reloaded.tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, loaded.model(**batch).logits)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_adapters_load_with_plain_peft(tiny_llava_dir, tiny_images, tmp_path, name):
+    from peft import PeftModel
+
+    loaded, strategy = fresh(tiny_llava_dir, name)
+    perturb(strategy, loaded.model)
+    strategy.save(loaded.model, tmp_path)
+    plain = PeftModel.from_pretrained(load_model(get_model_spec(tiny_llava_dir), device="cpu").model, str(tmp_path))
+    batch = build_training_batch(loaded.processor, loaded.spec, tiny_images, CAPTIONS)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, loaded.model(**batch).logits)
+
+
+def greedy_without_cache(loaded, strategy, image, steps):
+    """Reference decoding: full forward passes, no KV cache, argmax each step."""
+    prompt = build_prompt(loaded.spec, prefix_slots=strategy.prefix_slots, placeholder=loaded.tokenizer.unk_token)
+    inputs = loaded.processor(images=[image], text=[prompt], return_tensors="pt")
+    ids = inputs["input_ids"]
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **extra).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("name", PAPER_STRATEGIES)
+@pytest.mark.parametrize("arch", ["llava", "llava_next"])
+def test_cached_generate_equals_greedy_loop_without_cache(tiny_llava_dir, tiny_llava_next_dir, tiny_images, name, arch):
+    model_dir = tiny_llava_dir if arch == "llava" else tiny_llava_next_dir
+    loaded, strategy = fresh(model_dir, name)
+    perturb(strategy, loaded.model)
+    loaded.model.eval()
+    steps = 6
+    prompt = build_prompt(loaded.spec, prefix_slots=strategy.prefix_slots, placeholder=loaded.tokenizer.unk_token)
+    inputs = loaded.processor(images=[tiny_images[0]], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                                    pad_token_id=loaded.tokenizer.pad_token_id)
+    cached = out[0, inputs["input_ids"].shape[1]:].tolist()
+    assert cached == greedy_without_cache(loaded, strategy, tiny_images[0], steps)
+
+
+def test_strategies_change_the_captions_they_are_applied_to(tiny_llava_dir, tiny_images):
+    """Guards against hooks that silently do nothing under generate()."""
+    outputs = {}
+    for name in ["zero_shot", "prompt_learning", "prefix_tuning"]:
+        loaded, strategy = fresh(tiny_llava_dir, name)
+        perturb(strategy, loaded.model, seed=3)
+        prompt = build_prompt(loaded.spec, prefix_slots=strategy.prefix_slots, placeholder=loaded.tokenizer.unk_token)
+        inputs = loaded.processor(images=[tiny_images[0]], text=[prompt], return_tensors="pt")
+        with torch.no_grad():
+            outputs[name] = loaded.model(**inputs).logits[0, -1]
+    assert not torch.allclose(outputs["zero_shot"], outputs["prompt_learning"])
+    assert not torch.allclose(outputs["zero_shot"], outputs["prefix_tuning"])
+
+
+def test_llava_next_captions_a_batch_with_several_tile_counts(tiny_llava_next_dir, tiny_images):
+    loaded = load_model(get_model_spec(tiny_llava_next_dir), device="cpu")
+    captioner = LlavaCaptioner(loaded, get_strategy("zero_shot"), GenerationSettings(max_new_tokens=4))
+    # 48x32 (landscape), 32x64 (portrait), 32x32 (square) pick different any-resolution grids
+    captions = captioner.caption(tiny_images)
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+
+
+def test_shared_base_switches_between_strategies(tiny_llava_dir, tiny_images, tmp_path):
+    artifacts = {"zero_shot": None}
+    for name in TRAINABLE:
+        loaded, strategy = fresh(tiny_llava_dir, name)
+        perturb(strategy, loaded.model, seed=5)
+        strategy.save(loaded.model, tmp_path / name)
+        artifacts[name] = tmp_path / name
+    settings = GenerationSettings(max_new_tokens=5)
+    captioners = load_captioners(get_model_spec(tiny_llava_dir), artifacts, settings, device="cpu")
+    assert list(captioners) == PAPER_STRATEGIES
+    shared = {id(c.base) for k, c in captioners.items() if k != "full"}
+    assert len(shared) == 1  # one base model for every adapter strategy
+    for name in PAPER_STRATEGIES:
+        # each captioner on the shared base gives what a dedicated model with only that strategy gives
+        alone = load_model(get_model_spec(tiny_llava_dir), device="cpu")
+        strategy = get_strategy(name)
+        if artifacts[name] is not None:
+            alone.model = strategy.load(alone.model, alone.spec, artifacts[name], alone.tokenizer)
+        expected = LlavaCaptioner(alone, strategy, settings).caption(tiny_images[:2])
+        assert captioners[name].caption(tiny_images[:2]) == expected, name
