@@ -1,0 +1,101 @@
+"""`python -m captionlab data ...`: look at caption datasets and generate the embedded world.
+
+    data stats --format karpathy --annotations dataset_coco.json --images coco/ [--split test]
+    data stats --dataset coco [--config datasets.yaml]       (or --dataset karpathy:/path/file.json)
+    data world [--out DIR] [--seed N]
+
+`stats` prints images and captions per split and the mean words per caption (`--json` for a
+machine-readable object); `--skip-missing` leaves out records whose image file is missing
+instead of stopping, and says how many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from captionlab.cli import UserError
+from captionlab.data.readers import FORMATS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="caption datasets: statistics, the embedded world",
+                                   description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="data_command", required=True)
+
+    stats = commands.add_parser("stats", help="images, captions and caption length per split")
+    source = stats.add_argument_group("which dataset (either --dataset, or --format with --annotations)")
+    source.add_argument("--dataset", help="a name from the dataset config, or FORMAT:PATH")
+    source.add_argument("--config", type=Path, help="dataset config YAML (default: the embedded world's)")
+    source.add_argument("--format", choices=FORMATS, help="annotation format")
+    source.add_argument("--annotations", type=Path, help="annotation file")
+    stats.add_argument("--images", type=Path, help="image folder (default: from the config, "
+                                                   "else the annotation file's folder)")
+    stats.add_argument("--split", help="only this split (e.g. test for COCO Karpathy)")
+    stats.add_argument("--skip-missing", action="store_true", help="leave out records whose image is missing")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(func=run_stats)
+
+    world = commands.add_parser("world", help="generate the embedded caption world")
+    world.add_argument("--out", type=Path, help="output folder (default: the workspace's world/)")
+    world.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    world.set_defaults(func=run_world)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from captionlab.data.datasets import resolve_dataset, split_statistics, total_statistics
+    from captionlab.data.errors import DatasetError, ReadReport
+
+    report = ReadReport()
+    try:
+        spec = resolve_dataset(_dataset_argument(args), images=args.images, config_path=args.config)
+        records = spec.read(split=args.split, skip_missing=args.skip_missing, report=report)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    per_split = split_statistics(records)
+    total = total_statistics(records)
+    if args.json:
+        print(json.dumps({
+            "dataset": spec.name, "format": spec.format, "annotations": str(spec.annotations),
+            "images_folder": str(spec.images), "splits": {name: asdict(s) for name, s in per_split.items()},
+            "total": asdict(total), "missing_images_skipped": report.missing_images,
+            "dropped_captions": report.dropped_captions,
+            "images_without_captions": report.images_without_captions, "notes": report.notes(),
+        }, indent=2))
+        return 0
+    print(spec.name if ":" in spec.name else f"{spec.name} ({spec.format}): {spec.annotations}")
+    print(f"{'split':<10}{'images':>8}{'captions':>10}{'words/caption':>15}")
+    for name, stats in [*per_split.items(), ("all", total)]:
+        print(f"{name:<10}{stats.images:>8}{stats.captions:>10}{stats.mean_words:>15.2f}")
+    for note in report.notes():
+        print(f"note: {note}")
+    return 0
+
+
+def _dataset_argument(args: argparse.Namespace) -> str:
+    """The --dataset value, or FORMAT:PATH built from --format and --annotations."""
+    if args.dataset and (args.format or args.annotations):
+        raise UserError("give either --dataset, or --format with --annotations, not both")
+    if args.dataset:
+        return args.dataset
+    if not (args.format and args.annotations):
+        raise UserError("say which dataset: --dataset NAME (or FORMAT:PATH), "
+                        "or --format FORMAT with --annotations FILE")
+    return f"{args.format}:{args.annotations}"
+
+
+def run_world(args: argparse.Namespace) -> int:
+    from captionlab import paths
+
+    try:
+        from captionlab.world import write_world
+    except ImportError as exc:
+        if exc.name not in ("captionlab.world", None):
+            raise  # the generator exists but one of its own imports failed: show the real error
+        raise UserError(f"the embedded world generator is not available yet ({exc})") from None
+    out_dir = args.out if args.out is not None else paths.world_dir()
+    written = write_world(out_dir, seed=args.seed)
+    print(f"wrote the embedded world to {written}")
+    return 0

@@ -1,0 +1,75 @@
+"""TextCaps: `TextCaps_0.1_val.json`, one entry per caption (five per image).
+
+    {"dataset_type": "val", "dataset_name": "textcaps",
+     "data": [{"image_id": "011e7e629fb9ae7b", "image_path": "train/011e7e629fb9ae7b.jpg",
+               "image_name": "011e7e629fb9ae7b", "image_width": 1024, "image_height": 683,
+               "image_classes": ["Vehicle", ...], "set_name": "val", "caption_id": 16,
+               "caption_str": "The yellow bus has the word Metro on its side.",
+               "caption_tokens": ["<s>", "the", ...],
+               "reference_strs": ["The yellow bus has the word Metro on its side.", ...],
+               "reference_tokens": [[...], ...]}, ...]}
+
+Every entry of an image repeats the image's full `reference_strs`, so entries are grouped by
+`image_id` and their references merged in order without duplicates (an entry with no
+`reference_strs` contributes its `caption_str`; test entries have neither and give an image
+with no references). Image path = IMAGES/image_path, falling back to IMAGES/<basename of
+image_path> (the TextVQA images, `train/...`, are often unpacked flat or as `train_images/`);
+split = the entry's `set_name`, else the file's `dataset_type`; domain "textcaps" unless given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from captionlab.data.errors import (ReadReport, as_object, check_inputs, finish_read, first_existing,
+                                    get_field, get_list, get_string_list, load_json_object,
+                                    optional_field, record_id)
+from captionlab.data.records import CaptionRecord
+
+
+def read(annotations: Path, images: Path, split: str | None = None, domain: str | None = None, *,
+         skip_missing: bool = False, report: ReadReport | None = None) -> list[CaptionRecord]:
+    """Read TextCaps, one record per image with all its reference captions."""
+    annotations, images = check_inputs(annotations, images, "TextCaps annotation file")
+    data = load_json_object(annotations, "TextCaps annotation file")
+    default_split = optional_field(data, "dataset_type", str, annotations, "the top level", default="val")
+    grouped: dict[str, _Image] = {}
+    for index, entry in enumerate(get_list(data, "data", annotations)):
+        entry = as_object(entry, annotations, f"data[{index}]")
+        image_id = record_id(entry, annotations, f"data[{index}]", key="image_id")
+        where = f"data[{index}] (image_id {image_id})"
+        image = grouped.setdefault(image_id, _Image(
+            relative_path=get_field(entry, "image_path", str, annotations, where),
+            split=optional_field(entry, "set_name", str, annotations, where, default=default_split),
+        ))
+        image.add_references(_entry_references(entry, annotations, where))
+    records = [
+        CaptionRecord(image_id=image_id, image_path=image.locate(images), references=tuple(image.references),
+                      split=image.split, domain=domain or "textcaps")
+        for image_id, image in grouped.items()
+    ]
+    return finish_read(records, source=annotations, images=images, split=split,
+                       skip_missing=skip_missing, report=report)
+
+
+class _Image:
+    """The entries of one image gathered so far."""
+
+    def __init__(self, relative_path: str, split: str) -> None:
+        self.relative_path = relative_path
+        self.split = split
+        self.references: dict[str, None] = {}  # an ordered set
+
+    def add_references(self, captions: list[str]) -> None:
+        self.references.update(dict.fromkeys(captions))
+
+    def locate(self, images: Path) -> Path:
+        return first_existing([images / self.relative_path, images / PurePosixPath(self.relative_path).name])
+
+
+def _entry_references(entry: dict[str, Any], source: Path, where: str) -> list[str]:
+    if entry.get("reference_strs") is not None:
+        return [text.strip() for text in get_string_list(entry, "reference_strs", source, where)]
+    caption = optional_field(entry, "caption_str", str, source, where)
+    return [caption.strip()] if caption else []
