@@ -48,3 +48,11 @@ def tiny_images():
 
     return [Image.new("RGB", (48, 32), (200, 30, 30)), Image.new("RGB", (32, 64), (20, 40, 220)),
             Image.new("RGB", (32, 32), (10, 200, 10))]
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small embedded world (all five domains, real formats); returns its datasets.yaml."""
+    from captionlab.world import write_world
+
+    return write_world(tmp_path_factory.mktemp("world"), seed=0, scale=0.02)

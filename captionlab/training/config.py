@@ -1,0 +1,195 @@
+"""The training configuration: a recipe (YAML) plus `key=value` overrides, validated before anything starts.
+
+Defaults are the paper's (Sec. 4.2): token-level cross-entropy, SGD, cosine schedule from 2e-2
+down to 1e-5, a batch of 32 through gradient accumulation, 4 epochs, the best checkpoint chosen
+by validation loss. A bad value is rejected with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from captionlab import paths
+from captionlab.models.registry import ZERO_SHOT_PROMPT
+
+EPOCH_UNITS = ("caption", "image")
+
+
+class ConfigError(ValueError):
+    """An invalid training configuration; the message names the field."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Every field can be set in a recipe or overridden as key=value."""
+
+    model: str = "embedded"
+    """Registry name (llava-1.5-7b, llava-1.6-7b, embedded), local folder or cached HF id."""
+    strategy: str = "lora"
+    """prompt_learning, prefix_tuning, lora, dora, full (or qlora on CUDA)."""
+    dataset: str = "coco"
+    """A name in the datasets config (see `datasets_config`) or FORMAT:PATH, e.g. karpathy:/data/dataset_coco.json."""
+    datasets_config: str | None = None
+    """datasets.yaml naming the datasets; default: the embedded world's."""
+    images: str | None = None
+    """Image root for a FORMAT:PATH dataset."""
+    train_split: str = "train"
+    val_split: str = "val"
+    epochs: int = 4
+    batch_size: int = 32
+    """Captions per optimizer step (global, across processes): the paper's 32."""
+    micro_batch_size: int = 8
+    """Captions per forward pass; batch_size is reached by gradient accumulation."""
+    lr_max: float = 2e-2
+    lr_min: float = 1e-5
+    momentum: float = 0.0
+    """SGD momentum; the paper says plain SGD."""
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    epoch_unit: str = "caption"
+    """caption: an epoch visits every (image, caption) pair once (the captioning convention, 5 per COCO
+    image); image: every image once, with one of its captions drawn per epoch. The paper leaves it open."""
+    max_train_images: int | None = None
+    """Use only the first N training images (quick runs); None = all."""
+    max_val_images: int | None = None
+    lora_rank: int | None = None
+    """LoRA/DoRA rank; None = the model's registry value (128 for the 7B models)."""
+    lora_alpha: int | None = None
+    prompt: str = ZERO_SHOT_PROMPT
+    seed: int = 0
+    device: str = "auto"
+    """auto, cpu, cuda."""
+    checkpoint_every_steps: int = 50
+    """Also write last/ every N optimizer steps (and always at the end of an epoch)."""
+    num_workers: int = 0
+    name: str | None = None
+    """A human name for the run; the run id adds a timestamp."""
+    recipe: str | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def run_name(self) -> str:
+        return sanitize_name(self.name or f"{self.model}-{self.strategy}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        from captionlab.strategies import STRATEGIES
+
+        trainable = [name for name, cls in STRATEGIES.items() if cls.trains]
+        if self.strategy not in trainable:
+            raise ConfigError(f"strategy: {self.strategy!r} cannot be trained; choose one of {', '.join(trainable)}")
+        checks = [
+            ("epochs", self.epochs >= 1, "must be at least 1"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("micro_batch_size", 1 <= self.micro_batch_size <= self.batch_size, "must be between 1 and batch_size"),
+            ("lr_max", self.lr_max > 0, "must be positive"),
+            ("lr_min", 0 <= self.lr_min <= self.lr_max, "must be between 0 and lr_max"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be non-negative"),
+            ("epoch_unit", self.epoch_unit in EPOCH_UNITS, f"must be one of {EPOCH_UNITS}"),
+            ("device", self.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
+            ("checkpoint_every_steps", self.checkpoint_every_steps >= 1, "must be at least 1"),
+            ("max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0, "must be positive"),
+            ("max_train_images", self.max_train_images is None or self.max_train_images >= 1, "must be at least 1"),
+            ("max_val_images", self.max_val_images is None or self.max_val_images >= 1, "must be at least 1"),
+            ("lora_rank", self.lora_rank is None or self.lora_rank >= 1, "must be at least 1"),
+            ("lora_alpha", self.lora_alpha is None or self.lora_alpha > 0, "must be positive"),
+            ("dataset", bool(str(self.dataset).strip()), "must name a dataset"),
+            ("model", bool(str(self.model).strip()), "must name a model"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{name}: {why} (got {getattr(self, name)!r})")
+        return self
+
+
+def sanitize_name(name: str) -> str:
+    """Letters, digits, '-', '_' and '.' only (safe as a folder name and in any shell line)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
+    return cleaned[:80] or "run"
+
+
+def _coerce(field_: dataclasses.Field, raw, source: str):
+    """Turn a YAML value or an override string into the field's type, or fail naming the field."""
+    kind = str(field_.type)
+    if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "~") and "None" in kind):
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{field_.name}: a value is required ({source})")
+    try:
+        if kind.startswith("int"):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+        if kind.startswith("float"):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if kind.startswith("str"):
+            return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field_.name}: {raw!r} is not a valid {kind.split(' ')[0]} ({source})") from None
+    return raw
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    values = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return values
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """A recipe path, or a short name like `embedded/lora` under train/recipes/."""
+    path = Path(recipe)
+    candidates = [path, paths.RECIPES_DIR / path, paths.RECIPES_DIR / f"{recipe}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"recipe: {recipe} not found (looked in {paths.RECIPES_DIR})")
+
+
+def resolve_config(recipe: str | Path | None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """Recipe YAML + overrides -> a validated TrainConfig."""
+    values: dict = {}
+    source = "defaults"
+    if recipe is not None:
+        recipe_path = find_recipe(recipe)
+        try:
+            loaded = yaml.safe_load(recipe_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe: {recipe_path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe: {recipe_path} must be a mapping of key: value")
+        values.update(loaded)
+        values["recipe"] = str(recipe_path.relative_to(paths.PROJECT_ROOT)) if recipe_path.is_relative_to(paths.PROJECT_ROOT) else str(recipe_path)
+        source = f"recipe {recipe_path.name}"
+    if isinstance(overrides, dict):
+        values.update(overrides)
+    elif overrides:
+        values.update(parse_overrides(overrides))
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (valid: {', '.join(sorted(fields))})")
+    coerced = {key: _coerce(fields[key], value, source) for key, value in values.items()}
+    return TrainConfig(**coerced).validate()
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    from captionlab import atomic
+
+    atomic.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_run_config(path: Path) -> TrainConfig:
+    return resolve_config(None, yaml.safe_load(Path(path).read_text()) or {})

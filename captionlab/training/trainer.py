@@ -1,0 +1,311 @@
+"""The one trainer for every strategy: token-level cross-entropy on the caption, SGD, cosine schedule.
+
+`train_run(run_dir, resume)` reads the run's config.yaml and writes the run folder (see
+run_folder.py). It runs on the CPU, on one GPU, or under `accelerate launch` on several (DDP):
+each process takes an interleaved share of every global batch, and the loss is normalised by the
+caption tokens of the whole global batch, so N processes compute exactly what one does.
+Resume is exact: the epoch order depends only on (seed, epoch), and the trainable parameters,
+optimizer buffers and position in the epoch come back from the last verified checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from captionlab.training.batching import IGNORE_INDEX, build_training_batch
+from captionlab.training.checkpoint import (copy_checkpoint, latest_good_checkpoint, optimizer_tensors,
+                                            save_checkpoint)
+from captionlab.training.config import TrainConfig, load_run_config
+from captionlab.training.run_folder import RunFolder
+from captionlab.training.samples import ImageCache, caption_samples, epoch_samples
+
+
+def cosine_lr(step: int, total_steps: int, lr_max: float, lr_min: float) -> float:
+    """The paper's cosine schedule: lr_max at the first step, decaying to lr_min at the end."""
+    progress = step / max(1, total_steps)
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def caption_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed token-level cross-entropy over the caption tokens (next-token targets)."""
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class _StopRequested:
+    """SIGTERM/SIGINT set a flag; the trainer checkpoints at the end of the step and exits as 'stopped'."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+def load_for_training(config: TrainConfig, device: torch.device):
+    """(loaded model, strategy) with the strategy applied, for `config`."""
+    from captionlab.models.loading import load_model
+    from captionlab.models.registry import get_model_spec
+    from captionlab.strategies import get_strategy
+
+    spec = get_model_spec(config.model)
+    settings = {}
+    if config.strategy in ("lora", "dora", "qlora"):
+        settings = {"rank": config.lora_rank, "alpha": config.lora_alpha}
+    strategy = get_strategy(config.strategy, **settings)
+    loaded = load_model(spec, device=device, load_in_4bit=config.strategy == "qlora")
+    torch.manual_seed(config.seed)
+    loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
+    loaded.model.train()
+    return loaded, strategy
+
+
+def load_split(config: TrainConfig, split: str, limit: int | None):
+    from captionlab.data.datasets import load_records, resolve_dataset
+
+    spec = resolve_dataset(config.dataset, Path(config.images) if config.images else None,
+                           Path(config.datasets_config) if config.datasets_config else None)
+    records = load_records(spec, split=split)
+    return records[:limit] if limit else records
+
+
+class Trainer:
+    """State and steps of one run (one instance per process)."""
+
+    def __init__(self, run_dir: Path, resume: bool):
+        from accelerate import Accelerator
+
+        self.run = RunFolder(Path(run_dir))
+        self.config = load_run_config(self.run.config_path)
+        cpu = self.config.device == "cpu" or (self.config.device == "auto" and not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=cpu)
+        self.main = self.accelerator.is_main_process
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.loaded, self.strategy = load_for_training(self.config, self.accelerator.device)
+        self.params = dict(self.strategy.trainable_parameters(self.loaded.model))
+        self.names = {id(p): n for n, p in self.params.items()}
+        self.optimizer = torch.optim.SGD(list(self.params.values()), lr=self.config.lr_max,
+                                         momentum=self.config.momentum, weight_decay=self.config.weight_decay)
+        self.model = self.accelerator.prepare_model(self.loaded.model)
+        self.train_records = load_split(self.config, self.config.train_split, self.config.max_train_images)
+        self.val_records = load_split(self.config, self.config.val_split, self.config.max_val_images)
+        per_epoch = len(epoch_samples(self.train_records, self.config.epoch_unit, self.config.seed, 0))
+        self.steps_per_epoch = math.ceil(per_epoch / self.config.batch_size)
+        self.total_steps = self.steps_per_epoch * self.config.epochs
+        self.images = ImageCache()
+        self.state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_val_loss": None, "best_epoch": None,
+                      "val_losses": [], "initial_val_loss": None, "epoch_energy_j": [], "energy_j": 0.0, "elapsed_s": 0.0,
+                      "energy_at_epoch_start_j": 0.0}
+        if resume:
+            self._restore()
+        from captionlab.training.energy import EnergyMeter
+
+        self.energy = EnergyMeter(str(self.accelerator.device))
+        self.energy.start()
+        self.started = time.monotonic()
+        self.stop = _StopRequested()
+
+    # --- state ---------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        found = latest_good_checkpoint(self.run.path)
+        if found is None:
+            raise RuntimeError(f"{self.run.path}: no complete checkpoint to resume from")
+        folder, (state, trainable, optimizer) = found
+        with torch.no_grad():
+            for name, tensor in trainable.items():
+                self.params[name].copy_(tensor.to(self.params[name].device))
+        for name, tensor in optimizer.items():
+            param = self.params[name.split("::", 1)[1]]
+            self.optimizer.state[param]["momentum_buffer"] = tensor.to(param.device)
+        self.state.update({k: v for k, v in state.items() if k in self.state})
+        self.log(f"resumed from {folder.name}/ at step {self.state['step']} (epoch {self.state['epoch'] + 1})")
+
+    def _energy_j(self) -> float:
+        return self.state["energy_j"] + self.energy.joules()
+
+    def _elapsed_s(self) -> float:
+        return self.state["elapsed_s"] + time.monotonic() - self.started
+
+    def log(self, message: str) -> None:
+        if self.main:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def checkpoint(self, name: str = "last") -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            return
+        state = {**self.state, "energy_j": self._energy_j(), "elapsed_s": self._elapsed_s(),
+                 "total_steps": self.total_steps, "strategy": self.strategy.name}
+        save_checkpoint(
+            self.run.path / name,
+            save_artifact=lambda folder: self.strategy.save(self.accelerator.unwrap_model(self.model), folder),
+            trainable={n: p for n, p in self.params.items()},
+            optimizer=optimizer_tensors(self.optimizer, self.names),
+            state=state,
+        )
+
+    # --- steps ---------------------------------------------------------------------------------
+    def _batches(self, samples) -> list[dict]:
+        local = samples[self.rank::self.world]
+        size = self.config.micro_batch_size
+        batches = []
+        for start in range(0, len(local), size):
+            chunk = local[start:start + size]
+            batch = build_training_batch(self.loaded.processor, self.loaded.spec,
+                                         [self.images.get(s.image_path) for s in chunk], [s.caption for s in chunk],
+                                         self.strategy.prefix_slots, self.config.prompt)
+            batches.append({k: v.to(self.accelerator.device) for k, v in batch.items()})
+        return batches
+
+    def _global_sum(self, value: float) -> float:
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(tensor, reduction="sum").item()) if self.world > 1 else value
+
+    def _forward_loss_sum(self, batch: dict) -> torch.Tensor:
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
+        return caption_loss_sum(self.model(**inputs).logits, labels)
+
+    def train_step(self, samples) -> dict:
+        batches = self._batches(samples)
+        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        global_tokens = max(1.0, self._global_sum(local_tokens))
+        loss_sum = 0.0
+        for index, batch in enumerate(batches):
+            sync = index == len(batches) - 1
+            context = self.accelerator.no_sync(self.model) if (self.world > 1 and not sync) else _nullcontext()
+            with context:
+                micro = self._forward_loss_sum(batch)
+                (micro * self.world / global_tokens).backward()
+            loss_sum += float(micro.detach())
+        if not batches and self.world > 1:  # keep DDP's collective calls matched
+            zero = sum(p.sum() * 0 for p in self.params.values())
+            zero.backward()
+        lr = cosine_lr(self.state["step"], self.total_steps, self.config.lr_max, self.config.lr_min)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": self._global_sum(loss_sum) / global_tokens, "lr": lr, "grad_norm": float(grad_norm)}
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        self.model.eval()
+        samples = caption_samples(self.val_records)
+        loss_sum, tokens = 0.0, 0
+        for batch in self._batches(samples):
+            loss_sum += float(self._forward_loss_sum(batch))
+            tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        self.model.train()
+        return self._global_sum(loss_sum) / max(1.0, self._global_sum(tokens))
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self) -> str:
+        config = self.config
+        if self.main:
+            self.run.write_status(state="running", pid=os.getpid(), total_steps=self.total_steps,
+                                  step=self.state["step"], epoch=self.state["epoch"], message="")
+        self.log(f"training {config.strategy} on {config.model}: {len(self.train_records)} images, "
+                 f"{self.total_steps} steps of {config.batch_size} ({config.epoch_unit} epochs), "
+                 f"{sum(p.numel() for p in self.params.values()):,} trainable parameters, {self.world} process(es), "
+                 f"energy: {self.energy.method}")
+        if self.state["step"] == 0 and self.state["initial_val_loss"] is None:
+            # the untrained model's validation loss: the curve's starting point (zero-shot for adapters)
+            self.state["initial_val_loss"] = self.validation_loss()
+            if self.main:
+                self.run.append_metrics({"event": "val", "epoch": 0, "val_loss": self.state["initial_val_loss"],
+                                         "step": 0, "energy_j": self._energy_j(), "elapsed_s": self._elapsed_s(),
+                                         "best": False})
+            self.log(f"initial val loss {self.state['initial_val_loss']:.4f}")
+        while self.state["epoch"] < config.epochs:
+            epoch = self.state["epoch"]
+            samples = epoch_samples(self.train_records, config.epoch_unit, config.seed, epoch)
+            while self.state["step_in_epoch"] < self.steps_per_epoch:
+                start = self.state["step_in_epoch"] * config.batch_size
+                tick = time.monotonic()
+                metrics = self.train_step(samples[start:start + config.batch_size])
+                self.state["step"] += 1
+                self.state["step_in_epoch"] += 1
+                row = {"step": self.state["step"], "epoch": epoch + self.state["step_in_epoch"] / self.steps_per_epoch,
+                       **metrics, "samples_per_s": len(samples[start:start + config.batch_size]) / max(1e-9, time.monotonic() - tick),
+                       "elapsed_s": self._elapsed_s(), "energy_j": self._energy_j()}
+                if self.main:
+                    self.run.append_metrics(row)
+                    self.run.write_status(step=self.state["step"], epoch=row["epoch"])
+                if self.state["step"] % config.checkpoint_every_steps == 0 or self.stop.requested:
+                    self.checkpoint()
+                if self.stop.requested:
+                    self.log(f"stop requested: checkpointed at step {self.state['step']}")
+                    return "stopped"
+            self._end_epoch(epoch)
+        return "finished"
+
+    def _end_epoch(self, epoch: int) -> None:
+        val_loss = self.validation_loss()
+        energy_now = self._energy_j()
+        self.state["epoch_energy_j"].append(energy_now - self.state["energy_at_epoch_start_j"])
+        self.state["energy_at_epoch_start_j"] = energy_now
+        self.state["val_losses"].append(val_loss)
+        improved = self.state["best_val_loss"] is None or val_loss < self.state["best_val_loss"]
+        if improved:
+            self.state["best_val_loss"], self.state["best_epoch"] = val_loss, epoch + 1
+        self.state["epoch"] = epoch + 1
+        self.state["step_in_epoch"] = 0
+        self.checkpoint()
+        if self.main:
+            if improved:
+                copy_checkpoint(self.run.last_dir, self.run.best_dir)
+            self.run.append_metrics({"event": "val", "epoch": epoch + 1, "val_loss": val_loss, "step": self.state["step"],
+                                     "energy_j": energy_now, "elapsed_s": self._elapsed_s(), "best": improved})
+            self.run.write_status(best_epoch=self.state["best_epoch"], best_val_loss=self.state["best_val_loss"],
+                                  epoch=epoch + 1)
+            self.write_energy()
+        self.log(f"epoch {epoch + 1}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
+
+    def write_energy(self) -> None:
+        from captionlab import atomic
+        from captionlab.training.energy import summarize_energy
+
+        summary = summarize_energy(self.state["epoch_energy_j"], self.state["best_epoch"])
+        summary.update({"method": self.energy.method, "device": self.energy.device_name,
+                        "trainable_parameters": sum(p.numel() for p in self.params.values()),
+                        "strategy": self.config.strategy, "model": self.config.model, "processes": self.world})
+        atomic.write_json(self.run.energy_path, summary)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train_run(run_dir: Path, resume: bool = False) -> int:
+    """Train the run in `run_dir`; returns a process exit code and leaves status.json final."""
+    run = RunFolder(Path(run_dir))
+    try:
+        trainer = Trainer(run.path, resume)
+        outcome = trainer.fit()
+    except Exception as exc:
+        traceback.print_exc()
+        run.write_status(state="failed", message=f"{type(exc).__name__}: {exc}", pid=os.getpid())
+        return 1
+    if trainer.main:
+        run.write_status(state=outcome, message="" if outcome == "finished" else "stopped on request; resumable",
+                         pid=os.getpid())
+        trainer.log(f"run {outcome}")
+    return 0

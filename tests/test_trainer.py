@@ -1,0 +1,162 @@
+"""The trainer on tiny models: every strategy learns, resume after kill -9 is exact, DDP equals one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from captionlab.paths import PROJECT_ROOT
+from captionlab.training.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint
+from captionlab.training.config import ConfigError, resolve_config, save_config
+from captionlab.training.run_folder import RunFolder
+from captionlab.training.trainer import cosine_lr, train_run
+
+
+def make_run(tmp_path: Path, model_dir: Path, world: Path, name: str = "run", **overrides) -> Path:
+    values = dict(model=str(model_dir), dataset="coco", datasets_config=str(world), epochs=2, batch_size=16,
+                  micro_batch_size=8, lr_max=0.5, lr_min=0.01, max_train_images=12, max_val_images=4,
+                  checkpoint_every_steps=100, seed=0, device="cpu")
+    values.update(overrides)
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    save_config(resolve_config(None, values), run_dir / "config.yaml")
+    return run_dir
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    return [row["loss"] for row in RunFolder(run_dir).read_metrics() if "loss" in row]
+
+
+def val_losses(run_dir: Path) -> list[float]:
+    return [row["val_loss"] for row in RunFolder(run_dir).read_metrics() if row.get("event") == "val"]
+
+
+@pytest.mark.parametrize("strategy", ["prompt_learning", "prefix_tuning", "lora", "dora", "full"])
+def test_every_strategy_lowers_validation_loss(tmp_path, tiny_llava_dir, tiny_world, strategy):
+    lr = {"full": 0.2, "lora": 0.5, "dora": 0.5}.get(strategy, 2.0)
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy=strategy, lr_max=lr)
+    assert train_run(run_dir) == 0
+    run = RunFolder(run_dir)
+    status = run.read_status()
+    assert status["state"] == "finished", status
+    losses = val_losses(run_dir)
+    assert len(losses) == 3  # before training, then after each epoch
+    assert min(losses[1:]) < losses[0]
+    assert status["best_val_loss"] == pytest.approx(min(losses[1:]))
+    for folder in (run.last_dir, run.best_dir):
+        state, trainable, _ = load_checkpoint(folder)
+        assert (folder / "artifact" / "strategy.json").exists()
+    energy = run.read_energy()
+    assert energy["method"] and energy["processes"] == 1 and energy["trainable_parameters"] > 0
+    rows = [r for r in run.read_metrics() if "loss" in r]
+    for key in ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "energy_j"):
+        assert key in rows[-1]
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_cosine_schedule_runs_from_lr_max_to_lr_min():
+    assert cosine_lr(0, 100, 2e-2, 1e-5) == pytest.approx(2e-2)
+    assert cosine_lr(100, 100, 2e-2, 1e-5) == pytest.approx(1e-5)
+    assert cosine_lr(50, 100, 2e-2, 1e-5) == pytest.approx((2e-2 + 1e-5) / 2)
+
+
+def trainer_process(run_dir: Path, resume: bool = False) -> subprocess.Popen:
+    command = [sys.executable, "-m", "train", "run", "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_kill_9_then_resume_gives_the_same_losses(tmp_path, tiny_llava_dir, tiny_world):
+    settings = dict(strategy="lora", batch_size=8, micro_batch_size=4, max_train_images=24, checkpoint_every_steps=3,
+                    momentum=0.9, lr_max=0.2)
+    reference = make_run(tmp_path, tiny_llava_dir, tiny_world, "reference", **settings)
+    assert train_run(reference) == 0
+
+    killed = make_run(tmp_path, tiny_llava_dir, tiny_world, "killed", **settings)
+    process = trainer_process(killed)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and len(train_losses(killed)) < 8 and process.poll() is None:
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    done = len(train_losses(killed))
+    total = len(train_losses(reference))
+    assert 3 <= done < total, f"the kill must land mid-run (after {done} of {total} steps)"
+    assert RunFolder(killed).read_status()["state"] == "running"  # what a crash leaves behind
+
+    assert train_run(killed, resume=True) == 0
+    resumed = {row["step"]: row["loss"] for row in RunFolder(killed).read_metrics() if "loss" in row}
+    expected = {row["step"]: row["loss"] for row in RunFolder(reference).read_metrics() if "loss" in row}
+    assert sorted(resumed) == sorted(expected)
+    for step, loss in expected.items():
+        assert resumed[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
+    assert val_losses(killed)[-1] == pytest.approx(val_losses(reference)[-1], rel=1e-5)
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_llava_dir, tiny_world):
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="prompt_learning", checkpoint_every_steps=1,
+                       epochs=1, lr_max=1.0)
+    assert train_run(run_dir) == 0
+    last = run_dir / "last" / "trainable.safetensors"
+    last.write_bytes(last.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(run_dir / "last")
+    folder, (state, _, _) = latest_good_checkpoint(run_dir)
+    assert folder.name == "previous"
+    (run_dir / "last" / "COMPLETE").unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_checkpoint(run_dir / "last")
+
+
+def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_llava_dir, tiny_world):
+    settings = dict(strategy="lora", batch_size=8, micro_batch_size=2, epochs=1, max_train_images=8, lr_max=0.5)
+    single = make_run(tmp_path, tiny_llava_dir, tiny_world, "single", **settings)
+    assert train_run(single) == 0
+    double = make_run(tmp_path, tiny_llava_dir, tiny_world, "double", **settings)
+    # --multi_gpu selects accelerate's torchrun launcher; the trainer's Accelerator(cpu=True) then runs DDP on gloo
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "train", "run", "--run-dir", str(double)]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert train_losses(double) == pytest.approx(train_losses(single), rel=1e-4)
+    assert val_losses(double) == pytest.approx(val_losses(single), rel=1e-4)
+    assert json.loads((double / "energy.json").read_text())["processes"] == 2
+
+
+def test_every_shipped_recipe_loads_and_validates():
+    recipes = sorted((PROJECT_ROOT / "train" / "recipes").rglob("*.yaml"))
+    assert len(recipes) >= 10
+    for recipe in recipes:
+        first_line = recipe.read_text().splitlines()[0]
+        assert first_line.startswith("# python -m train run --recipe"), recipe
+        config = resolve_config(recipe, [])
+        assert config.strategy in recipe.stem
+
+
+@pytest.mark.parametrize("override, field", [
+    ("lr_max=-1", "lr_max"), ("strategy=banana", "strategy"), ("strategy=zero_shot", "strategy"),
+    ("epochs=0", "epochs"), ("batch_size=abc", "batch_size"), ("no_such_key=1", "no_such_key"),
+    ("micro_batch_size=64", "micro_batch_size"), ("dataset=", "dataset"),
+])
+def test_bad_values_are_rejected_naming_the_field(override, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        resolve_config("llava-1.5-7b/lora", [override])
+
+
+def test_missing_dataset_is_rejected_before_training(tmp_path, tiny_llava_dir, tiny_world):
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, dataset="karpathy:/nonexistent/dataset_coco.json")
+    assert train_run(run_dir) == 1
+    status = RunFolder(run_dir).read_status()
+    assert status["state"] == "failed" and "/nonexistent/dataset_coco.json" in status["message"]

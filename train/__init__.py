@@ -1,0 +1,1 @@
+"""Training entry points (`python -m train ...`) and recipes (train/recipes/<model>/<strategy>.yaml)."""
