@@ -31,7 +31,7 @@ class TrainConfig:
     model: str = "embedded"
     """Registry name (llava-1.5-7b, llava-1.6-7b, embedded), local folder or cached HF id."""
     strategy: str = "lora"
-    """prompt_learning, prefix_tuning, lora, dora, full (or qlora on CUDA)."""
+    """prompt_learning, prefix_tuning, lora, dora, full (or qlora on CUDA); clip_captioner trains the baseline."""
     dataset: str = "coco"
     """A name in the datasets config (see `datasets_config`) or FORMAT:PATH, e.g. karpathy:/data/dataset_coco.json."""
     datasets_config: str | None = None
@@ -81,7 +81,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         from captionlab.strategies import STRATEGIES
 
-        trainable = [name for name, cls in STRATEGIES.items() if cls.trains]
+        trainable = [name for name, cls in STRATEGIES.items() if cls.trains] + ["clip_captioner"]
         if self.strategy not in trainable:
             raise ConfigError(f"strategy: {self.strategy!r} cannot be trained; choose one of {', '.join(trainable)}")
         checks = [

@@ -53,7 +53,15 @@ class _StopRequested:
 
 
 def load_for_training(config: TrainConfig, device: torch.device):
-    """(loaded model, strategy) with the strategy applied, for `config`."""
+    """(loaded model, strategy) with the strategy applied, for `config`.
+
+    The loaded object may carry its own `build_batch(images, captions)` (the CLIP-Captioner does);
+    otherwise LLaVA's prompt + caption batching is used.
+    """
+    if config.strategy == "clip_captioner":
+        from captionlab.baseline.training import load_for_training as load_baseline
+
+        return load_baseline(config, device)
     from captionlab.models.loading import load_model
     from captionlab.models.registry import get_model_spec
     from captionlab.strategies import get_strategy
@@ -103,6 +111,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(per_epoch / self.config.batch_size)
         self.total_steps = self.steps_per_epoch * self.config.epochs
         self.images = ImageCache()
+        self.build_batch = getattr(self.loaded, "build_batch", None) or self._llava_batch
         self.state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_val_loss": None, "best_epoch": None,
                       "val_losses": [], "initial_val_loss": None, "epoch_energy_j": [], "energy_j": 0.0, "elapsed_s": 0.0,
                       "energy_at_epoch_start_j": 0.0}
@@ -161,11 +170,13 @@ class Trainer:
         batches = []
         for start in range(0, len(local), size):
             chunk = local[start:start + size]
-            batch = build_training_batch(self.loaded.processor, self.loaded.spec,
-                                         [self.images.get(s.image_path) for s in chunk], [s.caption for s in chunk],
-                                         self.strategy.prefix_slots, self.config.prompt)
+            batch = self.build_batch([self.images.get(s.image_path) for s in chunk], [s.caption for s in chunk])
             batches.append({k: v.to(self.accelerator.device) for k, v in batch.items()})
         return batches
+
+    def _llava_batch(self, images, captions) -> dict:
+        return build_training_batch(self.loaded.processor, self.loaded.spec, images, captions,
+                                    self.strategy.prefix_slots, self.config.prompt)
 
     def _global_sum(self, value: float) -> float:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
