@@ -1,0 +1,460 @@
+"""Start, stop, resume and watch training runs: each one the trainer CLI in its own process (or Slurm job).
+
+    info = launch_run("train/recipes/lora.yaml", ["epochs=1"], name="my run")
+    list_runs_with_status()          # DB rows joined with each run's live status.json
+    stop_run(info.run_id)            # SIGTERM the process group, SIGKILL after a grace period
+    resume_run(info.run_id)          # python -m train run --run-dir DIR --resume
+
+The config is validated before anything starts. The trainer is started without a shell, in a new
+session (so stopping it stops everything it spawned), with stdout/stderr going to the run's log.txt,
+so it outlives the app or CLI that launched it. `refresh_runs` notices runs whose process died
+without saying so and marks them crashed; the app calls it at start-up and when listing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from captionlab import atomic, paths
+from captionlab.training import runs_db
+from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
+
+ACTIVE_STATES = ("queued", "running")
+RESUMABLE_STATES = ("stopped", "crashed", "failed")
+RESUME_CHECKPOINTS = ("last", "previous")  # the trainer resumes from the newest of these that verifies
+SLURM_ALIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+_children: dict[int, subprocess.Popen] = {}  # processes this interpreter started, so they can be reaped
+
+
+class LaunchError(RuntimeError):
+    """A run could not be launched, stopped or resumed; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    name: str
+    run_dir: Path
+    backend: str
+    command: list[str]
+    pid: int | None = None
+    pgid: int | None = None
+    slurm_job_id: str | None = None
+
+
+# --- launching -----------------------------------------------------------------------------------
+
+
+def launch_run(recipe: str | Path, overrides: list[str] = (), name: str | None = None, gpus: int = 1,
+               runs_root: Path | None = None, trainer_cmd: list[str] | None = None) -> RunInfo:
+    """Validate, create the run folder and start the trainer locally. `trainer_cmd` replaces the
+    `python -m train run` prefix (tests use a fake trainer); `--run-dir DIR [--resume]` is appended."""
+    if gpus < 1:
+        raise LaunchError(f"gpus must be at least 1 (got {gpus})")
+    config, default_name = resolve_recipe(recipe, list(overrides))
+    run_name = sanitize_run_name(name or default_name)
+    folder = _create_run_folder(config, run_name, runs_root)
+    spec = {"gpus": gpus, "trainer_cmd": list(trainer_cmd) if trainer_cmd else None}
+    runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
+                         launch_spec=spec, **_describe(config))
+    return _start_local(folder.run_id, resume=False)
+
+
+def submit_slurm(recipe: str | Path, overrides: list[str] = (), name: str | None = None, *, partition: str,
+                 gpus: int = 1, time_min: int = 24 * 60, runs_root: Path | None = None,
+                 cpus_per_task: int | None = None, mem_gb: int | None = None) -> RunInfo:
+    """Like launch_run, but as a Slurm job through submitit (its files in DIR/slurm/)."""
+    _require_slurm()
+    config, default_name = resolve_recipe(recipe, list(overrides))
+    run_name = sanitize_run_name(name or default_name)
+    folder = _create_run_folder(config, run_name, runs_root)
+    spec = {"gpus": gpus, "trainer_cmd": None,
+            "slurm": {"partition": partition, "time_min": time_min, "cpus_per_task": cpus_per_task, "mem_gb": mem_gb}}
+    runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
+                         backend="slurm", launch_spec=spec, **_describe(config))
+    return _submit_slurm_job(folder.run_id, resume=False)
+
+
+def resolve_recipe(recipe: str | Path, overrides: list[str]) -> tuple[dict, str]:
+    """The resolved config (as a dict) and its run name; bad input raises LaunchError with the validator's message."""
+    from captionlab.training.config import resolve_config
+
+    try:
+        config = resolve_config(recipe, overrides)
+    except Exception as exc:  # the validator's message is the user's answer, whatever its type
+        raise LaunchError(str(exc) or type(exc).__name__) from None
+    return config.to_dict(), config.run_name
+
+
+def preview_command(recipe: str | Path, overrides: list[str] = (), gpus: int = 1, name: str | None = None) -> str:
+    """The shell line that launches the same run from a terminal (shown by the app)."""
+    argv = ["python", "-m", "captionlab", "runs", "launch", str(recipe), *overrides]
+    if gpus > 1:
+        argv += ["--gpus", str(gpus)]
+    if name:
+        argv += ["--name", name]
+    return shlex.join(argv)
+
+
+def trainer_command(run_dir: Path, gpus: int = 1, resume: bool = False,
+                    trainer_cmd: list[str] | None = None) -> list[str]:
+    """The argv that trains `run_dir`: python -m train run (under accelerate for several GPUs)."""
+    if trainer_cmd:
+        prefix = list(trainer_cmd)
+    elif gpus > 1:
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
+                  "-m", "train", "run"]
+    else:
+        prefix = [sys.executable, "-m", "train", "run"]
+    return [*prefix, "--run-dir", str(run_dir), *(["--resume"] if resume else [])]
+
+
+def sanitize_run_name(name: str) -> str:
+    """Letters, digits, '-' and '_' only: safe as a folder name and inside any shell line."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", str(name)).strip("-_")
+    return re.sub(r"-{2,}", "-", cleaned)[:64].strip("-_") or "run"
+
+
+def _create_run_folder(config: dict, run_name: str, runs_root: Path | None) -> RunFolder:
+    """<runs>/<run_name>-<YYYYmmdd-HHMMSS>[-N]/ with config.yaml and a queued status.json."""
+    root = Path(runs_root).resolve() if runs_root is not None else paths.runs_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for attempt in range(1, 1000):
+        path = root / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise LaunchError(f"could not create a unique run folder for {base!r} in {root}")
+    folder = RunFolder(path)
+    atomic.write_text(folder.config_path, yaml.safe_dump(config, sort_keys=False))
+    folder.write_status(state="queued", message="launching")
+    return folder
+
+
+def _describe(config: dict) -> dict:
+    return {key: str(config.get(key) or "") for key in ("model", "strategy", "dataset")}
+
+
+def _start_local(run_id: str, resume: bool) -> RunInfo:
+    row = runs_db.get_run(run_id)
+    folder = RunFolder(Path(row["run_dir"]))
+    spec = row["launch_spec"]
+    command = trainer_command(folder.path, spec.get("gpus", 1), resume, spec.get("trainer_cmd"))
+    try:
+        process = _spawn(command, folder)
+    except OSError as exc:
+        message = f"could not start the trainer: {exc}"
+        folder.write_status(state="failed", message=message)
+        runs_db.update_run(run_id, state="failed", message=message)
+        raise LaunchError(message) from None
+    pgid = _pgid_of(process.pid)
+    runs_db.update_run(run_id, state="running", pid=process.pid, pgid=pgid,
+                       message="resumed" if resume else "started")
+    return RunInfo(run_id, row["name"], folder.path, "local", command, process.pid, pgid)
+
+
+def _spawn(command: list[str], folder: RunFolder) -> subprocess.Popen:
+    """Start `command` without a shell, in its own session, output appended to log.txt."""
+    with folder.log_path.open("ab") as log:
+        log.write(f"[launcher {time.strftime('%Y-%m-%d %H:%M:%S')}] {shlex.join(command)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=paths.PROJECT_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   start_new_session=True)
+    _children[process.pid] = process
+    return process
+
+
+def _pgid_of(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return pid  # start_new_session makes it a group leader: pgid == pid
+
+
+# --- stop, resume ------------------------------------------------------------------------------
+
+
+def stop_run(run_id: str, grace_s: float = 30.0) -> dict:
+    """Stop a run: SIGTERM its whole process group, SIGKILL whatever is left after `grace_s`.
+
+    The trainer answers SIGTERM by finishing its step and checkpointing, hence the grace period."""
+    row = _require_run(run_id)
+    if row["state"] not in ACTIVE_STATES:
+        raise LaunchError(f"run {run_id} is not running (state: {row['state']})")
+    if row["backend"] == "slurm":
+        _cancel_slurm_job(row)
+    else:
+        _terminate_group(row["pid"], row["pgid"], row["run_dir"], grace_s)
+    folder = RunFolder(Path(row["run_dir"]))
+    if folder.read_status().get("state") == "finished":  # it finished before the signal landed
+        return runs_db.update_run(run_id, state="finished", message=folder.read_status().get("message") or "")
+    folder.write_status(state="stopped", message="stopped by the user")
+    return runs_db.update_run(run_id, state="stopped", message="stopped by the user")
+
+
+def resume_run(run_id: str) -> RunInfo:
+    """Continue a stopped, crashed or failed run from its last/ checkpoint (or previous/, the one before)."""
+    refresh_runs()
+    row = _require_run(run_id)
+    if row["state"] not in RESUMABLE_STATES:
+        raise LaunchError(f"run {run_id} is {row['state']}; only a stopped, crashed or failed run can be resumed")
+    folder = RunFolder(Path(row["run_dir"]))
+    if not any(is_complete_checkpoint(folder.path / name) for name in RESUME_CHECKPOINTS):
+        raise LaunchError(f"run {run_id} has no complete checkpoint ({' or '.join(RESUME_CHECKPOINTS)} in "
+                          f"{folder.path}) to resume from; launch it again instead")
+    folder.write_status(state="queued", message="resuming")
+    if row["backend"] == "slurm":
+        return _submit_slurm_job(run_id, resume=True)
+    return _start_local(run_id, resume=True)
+
+
+def _require_run(run_id: str) -> dict:
+    row = runs_db.get_run(run_id)
+    if row is None:
+        raise LaunchError(f"no run with id {run_id!r}")
+    return row
+
+
+def _terminate_group(pid: int | None, pgid: int | None, run_dir: str, grace_s: float) -> None:
+    if pgid is None or not _group_is_ours(pid, pgid, run_dir):
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not _group_members(pgid):
+                return
+            time.sleep(0.05)
+
+
+def _group_is_ours(pid: int | None, pgid: int, run_dir: str) -> bool:
+    """True unless the group's id now belongs to an unrelated process (the run's leader died, its pid reused)."""
+    if pid is not None and _is_our_process(pid, run_dir):
+        return True
+    leader = _proc_stat(pgid)
+    if leader is not None and leader[0] != "Z":
+        return False  # a live leader that is not our trainer: someone else's group
+    return bool(_group_members(pgid))  # leaderless members left behind by our trainer
+
+
+# --- liveness --------------------------------------------------------------------------------------
+
+
+def refresh_runs() -> list[dict]:
+    """Mark runs whose process is gone as crashed (or as finished/failed when status.json says so).
+
+    Returns the rows that changed."""
+    changed = []
+    for row in runs_db.list_runs():
+        if row["state"] not in ACTIVE_STATES:
+            continue
+        folder = RunFolder(Path(row["run_dir"]))
+        alive = _slurm_job_alive(row) if row["backend"] == "slurm" else (
+            row["pid"] is not None and _is_our_process(row["pid"], row["run_dir"]))
+        status = folder.read_status()
+        live_state = status.get("state")
+        if alive is not False:  # running, or (Slurm) unknown: trust what the trainer wrote
+            if live_state == "running" and row["state"] != "running":
+                changed.append(runs_db.update_run(row["run_id"], state="running", message=""))
+            elif alive is None and live_state in ("finished", "failed"):
+                changed.append(runs_db.update_run(row["run_id"], state=live_state,
+                                                  message=status.get("message") or ""))
+            continue
+        if live_state in ("finished", "failed", "stopped"):
+            changed.append(runs_db.update_run(row["run_id"], state=live_state, message=status.get("message") or ""))
+            continue
+        message = (f"the trainer (pid {row['pid'] or row['slurm_job_id']}) ended without finishing "
+                   f"(last state {live_state}, step {status.get('step', '?')}/{status.get('total_steps', '?')}); "
+                   "see log.txt")
+        folder.write_status(state="crashed", message=message)
+        changed.append(runs_db.update_run(row["run_id"], state="crashed", message=message))
+    return changed
+
+
+def _is_our_process(pid: int, run_dir: str) -> bool:
+    """Alive, not a zombie, and (where /proc exists) its command line names the run folder."""
+    _reap(pid)
+    if not Path("/proc/self").exists():
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return str(run_dir) in argv
+
+
+def _reap(pid: int | None) -> None:
+    """Collect an exited child of ours, so it is not seen as alive (a zombie)."""
+    if pid is None:
+        return
+    process = _children.get(pid)
+    if process is not None:
+        if process.poll() is not None:
+            _children.pop(pid, None)
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: whoever its parent is reaps it
+        pass
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) from /proc/<pid>/stat, or None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()  # the command name may contain spaces and parentheses
+    return fields[0], int(fields[2])
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in group `pgid`."""
+    if not Path("/proc/self").exists():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+# --- listing -----------------------------------------------------------------------------------
+
+
+def list_runs_with_status() -> list[dict]:
+    """Every run (newest first): its registry row plus live progress from the run folder."""
+    refresh_runs()
+    return [run_with_status(row) for row in runs_db.list_runs()]
+
+
+def run_with_status(row: dict) -> dict:
+    folder = RunFolder(Path(row["run_dir"]))
+    status, energy = folder.read_status(), folder.read_energy()
+    last = next((m for m in reversed(tail_metrics(folder)) if "event" not in m), {})
+    energy_kwh = energy.get("kwh_all_epochs")
+    if energy_kwh is None and last.get("energy_j") is not None:
+        energy_kwh = last["energy_j"] / 3.6e6
+    return {**row, "live_state": status.get("state"), "step": status.get("step"),
+            "total_steps": status.get("total_steps"), "epoch": status.get("epoch"),
+            "best_epoch": status.get("best_epoch"), "best_val_loss": status.get("best_val_loss"),
+            "energy_kwh": energy_kwh, "energy_kwh_best": energy.get("kwh_best"),
+            "energy_method": energy.get("method") or status.get("energy_method"),
+            "energy_label": energy.get("label") or status.get("energy_label")}
+
+
+def tail_metrics(folder: RunFolder, rows: int = 20) -> list[dict]:
+    """The last complete rows of metrics.jsonl, read from the file's end (it can be long)."""
+    if not folder.metrics_path.exists():
+        return []
+    with folder.metrics_path.open("rb") as handle:
+        handle.seek(0, 2)
+        handle.seek(max(0, handle.tell() - 64 * 1024))
+        lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    parsed = []
+    for line in lines[-rows - 1:]:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the first line may be cut by the seek, the last by a crash
+        if isinstance(value, dict):
+            parsed.append(value)
+    return parsed[-rows:]
+
+
+# --- Slurm ---------------------------------------------------------------------------------------
+
+
+def _require_slurm() -> None:
+    if shutil.which("sbatch") is None:
+        raise LaunchError("Slurm is not available here: `sbatch` is not on PATH. "
+                          "Submit from a Slurm login node, or launch the run locally.")
+
+
+def _submit_slurm_job(run_id: str, resume: bool) -> RunInfo:
+    import submitit
+
+    row = runs_db.get_run(run_id)
+    folder = RunFolder(Path(row["run_dir"]))
+    spec = row["launch_spec"]
+    slurm = spec["slurm"]
+    command = trainer_command(folder.path, spec.get("gpus", 1), resume)
+    parameters = {"slurm_partition": slurm["partition"], "timeout_min": slurm["time_min"], "nodes": 1,
+                  "tasks_per_node": 1, "gpus_per_node": spec.get("gpus", 1), "name": run_id}
+    parameters.update({k: slurm[k] for k in ("cpus_per_task", "mem_gb") if slurm.get(k)})
+    try:
+        executor = submitit.AutoExecutor(folder=folder.path / "slurm", cluster="slurm")
+        executor.update_parameters(**parameters)
+        job = executor.submit(submitit.helpers.CommandFunction(command, cwd=str(paths.PROJECT_ROOT)))
+    except Exception as exc:
+        message = f"Slurm submission failed: {exc}"
+        folder.write_status(state="failed", message=message)
+        runs_db.update_run(run_id, state="failed", message=message)
+        raise LaunchError(message) from None
+    runs_db.update_run(run_id, state="queued", slurm_job_id=str(job.job_id),
+                       message=f"submitted as Slurm job {job.job_id}")
+    return RunInfo(run_id, row["name"], folder.path, "slurm", command, slurm_job_id=str(job.job_id))
+
+
+def _slurm_job(row: dict):
+    import submitit
+
+    return submitit.SlurmJob(folder=Path(row["run_dir"]) / "slurm", job_id=str(row["slurm_job_id"]))
+
+
+def _slurm_job_alive(row: dict) -> bool | None:
+    """True/False from Slurm's accounting; None when it cannot be asked (not on the cluster)."""
+    if not row["slurm_job_id"] or shutil.which("sacct") is None:
+        return None
+    try:
+        state = _slurm_job(row).state
+    except Exception:
+        return None
+    if state.startswith("UNKNOWN"):
+        return None
+    return state.split()[0] in SLURM_ALIVE_STATES
+
+
+def _cancel_slurm_job(row: dict) -> None:
+    if shutil.which("scancel") is None:
+        raise LaunchError("cannot stop a Slurm run here: `scancel` is not on PATH")
+    try:
+        _slurm_job(row).cancel(check=True)
+    except Exception as exc:
+        raise LaunchError(f"scancel failed for job {row['slurm_job_id']}: {exc}") from None

@@ -1,0 +1,89 @@
+"""`python -m captionlab runs`: list, show, launch, stop and resume, on runs of the fake trainer."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+
+from test_launcher import FAKE_TRAINER, _wait_until, launch, wait_for_state, wait_for_step, workspace  # noqa: F401
+
+from captionlab.cli import main
+from captionlab.training import launcher
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["runs", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_empty_list_says_how_to_start(workspace, capsys):
+    code, out, _ = run_cli(capsys)
+    assert code == 0 and "no runs yet" in out
+
+
+def test_list_shows_progress_energy_and_crashes(workspace, capsys):
+    finished = launch("fake_steps=3", name="done")
+    wait_for_state(finished.run_id, "finished")
+    killed = launch("fake_steps=1000", name="killed")
+    wait_for_step(killed, 1)
+    os.killpg(killed.pgid, signal.SIGKILL)
+    _wait_until(lambda: not launcher._is_our_process(killed.pid, str(killed.run_dir)))
+
+    code, out, _ = run_cli(capsys)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split() == ["id", "name", "strategy", "model", "state", "step", "best", "val", "energy"]
+    rows = {line.split()[0]: line for line in lines}
+    assert rows[finished.run_id].split()[1:7] == ["done", "lora", "tiny", "finished", "3/3", "0.3333"]
+    assert rows[finished.run_id].endswith("~3e-05 kWh (estimate)")
+    assert rows[killed.run_id].split()[4] == "crashed"
+
+    code, out, _ = run_cli(capsys, "--json")
+    listed = {run["run_id"]: run for run in json.loads(out)}
+    assert listed[finished.run_id]["energy_method"] == "estimate" and listed[killed.run_id]["state"] == "crashed"
+
+
+def test_show_by_prefix_prints_status_metrics_and_log(workspace, capsys):
+    info = launch("fake_steps=2", name="showme")
+    wait_for_state(info.run_id, "finished")
+    code, out, _ = run_cli(capsys, "show", "showm")
+    assert code == 0 and out.startswith(f"{info.run_id}  (showme)")
+    assert "progress      2/2" in out and '"step": 2' in out and "fake trainer: steps 1..2" in out
+    code, out, _ = run_cli(capsys, "show", info.run_id, "--json")
+    shown = json.loads(out)
+    assert shown["status"]["state"] == "finished" and shown["last_metrics"][-1]["step"] == 2
+
+
+def test_stop_and_resume(workspace, capsys):
+    info = launch("fake_steps=1000")
+    wait_for_step(info, 3)
+    code, out, _ = run_cli(capsys, "stop", info.run_id, "--grace", "3")
+    assert code == 0 and out.strip() == f"{info.run_id}: stopped"
+    code, out, _ = run_cli(capsys, "resume", info.run_id)
+    assert code == 0 and out.startswith(f"resumed {info.run_id} (pid ")
+    wait_for_step(info, 4)
+    assert launcher.stop_run(info.run_id, grace_s=3)["state"] == "stopped"
+
+
+def test_launch_from_the_command_line(workspace, capsys, monkeypatch):
+    monkeypatch.setattr(launcher, "launch_run", functools.partial(launcher.launch_run, trainer_cmd=FAKE_TRAINER))
+    code, out, _ = run_cli(capsys, "launch", "recipe.yaml", "fake_steps=2", "--name", "cli run; echo hi")
+    assert code == 0 and out.startswith("started cli-run-echo-hi-")
+    run_id = out.split()[1]
+    assert wait_for_state(run_id, "finished")["name"] == "cli-run-echo-hi"
+
+
+def test_user_errors_are_one_line_messages(workspace, capsys):
+    code, _, err = run_cli(capsys, "show", "nope")
+    assert code == 2 and err.strip() == "error: no run with id 'nope' (see `python -m captionlab runs`)"
+    code, _, err = run_cli(capsys, "launch", "recipe.yaml", "epochs")
+    assert code == 2 and "not of the form key=value" in err
+    info = launch("fake_steps=1")
+    wait_for_state(info.run_id, "finished")
+    code, _, err = run_cli(capsys, "stop", info.run_id)
+    assert code == 2 and "is not running (state: finished)" in err
+    code, _, err = run_cli(capsys, "resume", info.run_id)
+    assert code == 2 and "only a stopped, crashed or failed run" in err
