@@ -63,6 +63,14 @@ def list_models() -> list[str]:
 def _spec_from_file(path: Path) -> ModelSpec:
     data = json.loads(path.read_text())
     weights = data.get("weights_dir")
+    if "config" not in data:  # a model whose config lives with its weights (the embedded one)
+        folder = paths.PROJECT_ROOT / weights
+        if not (folder / "config.json").exists():
+            raise ModelNotFoundError(
+                f"model {data['name']!r}: no weights in {folder}; build the embedded study with `python -m train zoo`"
+            )
+        spec = _spec_from_folder(folder)
+        return ModelSpec(**{**spec.__dict__, "name": data["name"], "notes": data.get("notes", spec.notes)})
     return ModelSpec(
         name=data["name"],
         architecture=data["architecture"],

@@ -114,7 +114,8 @@ def trainer_command(run_dir: Path, gpus: int = 1, resume: bool = False,
     if trainer_cmd:
         prefix = list(trainer_cmd)
     elif gpus > 1:
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
+        # --multi_gpu selects accelerate's torchrun launcher (without it, accelerate runs one process)
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
                   "-m", "train", "run"]
     else:
         prefix = [sys.executable, "-m", "train", "run"]

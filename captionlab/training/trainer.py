@@ -267,7 +267,8 @@ class Trainer:
     def _end_epoch(self, epoch: int) -> None:
         val_loss = self.validation_loss()
         energy_now = self._energy_j()
-        self.state["epoch_energy_j"].append(energy_now - self.state["energy_at_epoch_start_j"])
+        # each process meters its own device; the run's energy is the sum over processes
+        self.state["epoch_energy_j"].append(self._global_sum(energy_now - self.state["energy_at_epoch_start_j"]))
         self.state["energy_at_epoch_start_j"] = energy_now
         self.state["val_losses"].append(val_loss)
         improved = self.state["best_val_loss"] is None or val_loss < self.state["best_val_loss"]
@@ -290,9 +291,8 @@ class Trainer:
         from captionlab import atomic
         from captionlab.training.energy import summarize_energy
 
-        summary = summarize_energy(self.state["epoch_energy_j"], self.state["best_epoch"])
-        summary.update({"method": self.energy.method, "device": self.energy.device_name,
-                        "trainable_parameters": sum(p.numel() for p in self.params.values()),
+        summary = summarize_energy(self.state["epoch_energy_j"], self.state["best_epoch"], **self.energy.describe())
+        summary.update({"trainable_parameters": sum(p.numel() for p in self.params.values()),
                         "strategy": self.config.strategy, "model": self.config.model, "processes": self.world})
         atomic.write_json(self.run.energy_path, summary)
 

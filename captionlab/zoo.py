@@ -1,0 +1,189 @@
+"""`python -m train zoo`: rebuild the whole embedded study from nothing, with progress.
+
+Steps (each skipped when its output already exists; delete a folder to redo it):
+  world          generate the embedded caption world (workspace/world)
+  clip           train the tokenizer and the tiny CLIP             -> <out>/clip
+  base           pretrain the tiny LLaVA on verbose descriptions   -> <out>/base
+  personalize    train every strategy on the coco domain (the real trainer, paper recipe)
+                                                                   -> <out>/strategies/<name>, <out>/runs/<name>
+  clip_captioner train the CLIP-Captioner baseline                 -> <out>/clip_captioner
+  evaluate       caption and score all seven captioners on all five domains -> <out>/results
+  report         write the embedded study's tables (<out>/results/tables.md) and the gallery
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from captionlab import paths
+
+STEPS = ["world", "clip", "base", "personalize", "clip_captioner", "evaluate", "report"]
+PERSONALIZED = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
+
+
+def _say(message: str) -> None:
+    print(f"[zoo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def world_config() -> Path:
+    return paths.world_dir() / "datasets.yaml"
+
+
+def step_world(out: Path) -> None:
+    from captionlab.world import write_world
+
+    if world_config().exists():
+        _say(f"world: exists at {paths.world_dir()}")
+        return
+    started = time.monotonic()
+    write_world(paths.world_dir(), seed=0, scale=1.0)
+    _say(f"world: written in {time.monotonic() - started:.0f}s")
+
+
+def _world_texts_and_pairs():
+    import yaml
+
+    from captionlab.data.datasets import load_records
+
+    config = world_config()
+    texts, pairs = [], []
+    for name in ("coco", "nocaps", "cc3m", "vizwiz", "textcaps"):
+        split = "train" if name == "coco" else None
+        for record in load_records(name, split=split, config=config):
+            texts.extend(record.references)
+            if name == "coco":
+                pairs.append((record.image_path, list(record.references)))
+    conversations = load_conversations()
+    for path, prompt, answer in conversations:
+        texts.extend([prompt, answer])
+        pairs.append((path, [answer]))
+    from captionlab.models.registry import VICUNA_TEMPLATE
+    from captionlab.models.tiny import TINY_SYSTEM_PROMPT
+
+    texts.extend([TINY_SYSTEM_PROMPT, VICUNA_TEMPLATE] * 50)
+    _ = yaml
+    return texts, pairs, conversations
+
+
+def load_conversations() -> list[tuple[Path, str, str]]:
+    """The world's verbose set (LLaVA conversation format) as (image, prompt, answer) triples."""
+    import yaml
+
+    spec = yaml.safe_load(world_config().read_text())["pretrain"]
+    root = world_config().parent
+    items = json.loads((root / spec["annotations"]).read_text())
+    triples = []
+    for item in items:
+        human, gpt = item["conversations"][0]["value"], item["conversations"][1]["value"]
+        triples.append((root / spec["images"] / item["image"], human.replace("<image>", "").strip(), gpt))
+    return triples
+
+
+def step_clip(out: Path) -> None:
+    from captionlab.embedded.clip import train_clip
+    from captionlab.embedded.shapes import VOCAB_SIZE
+    from captionlab.embedded.tokenizers import build_llava_tokenizer, clip_tokenizer_from
+
+    if (out / "clip" / "config.json").exists():
+        _say("clip: exists")
+        return
+    texts, pairs, _ = _world_texts_and_pairs()
+    tokenizer = build_llava_tokenizer(texts, VOCAB_SIZE)
+    tokenizer.save_pretrained(out / "tokenizer")
+    _say(f"tokenizer: {len(tokenizer)} tokens; training the tiny CLIP on {len(pairs)} images")
+    train_clip(pairs, clip_tokenizer_from(tokenizer), out / "clip", progress=_say)
+
+
+def step_base(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from captionlab.embedded.base import pretrain_base
+
+    if (out / "base" / "model.safetensors").exists():
+        _say("base: exists")
+        return
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    conversations = load_conversations()
+    _say(f"base: pretraining the tiny LLaVA on {len(conversations)} verbose conversations")
+    pretrain_base(conversations, tokenizer, out / "clip", out / "base", progress=_say)
+
+
+def build_zoo(out: Path, steps: list[str] | None = None) -> int:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = steps or STEPS
+    unknown = [s for s in chosen if s not in STEPS]
+    if unknown:
+        print(f"error: unknown zoo step(s) {unknown}; steps are {STEPS}")
+        return 2
+    started = time.monotonic()
+    for name in STEPS:
+        if name in chosen:
+            _say(f"step {name}")
+            globals()[f"step_{name}"](out)
+    _say(f"done in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+def _train_recipe(recipe: str, run_dir: Path, overrides: dict | None = None) -> Path:
+    """Run one recipe through the real trainer into run_dir (resuming a half-done run)."""
+    from captionlab.training.config import resolve_config, save_config
+    from captionlab.training.run_folder import RunFolder
+    from captionlab.training.trainer import train_run
+
+    run = RunFolder(run_dir)
+    if run.read_status().get("state") == "finished":
+        return run_dir
+    resume = (run_dir / "last" / "COMPLETE").exists()
+    if not resume:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        save_config(resolve_config(recipe, overrides or {}), run_dir / "config.yaml")
+    if train_run(run_dir, resume=resume) != 0 or run.read_status().get("state") != "finished":
+        raise RuntimeError(f"training {recipe} failed: {run.read_status().get('message')} (log: {run_dir})")
+    return run_dir
+
+
+def _ship_run(run_dir: Path, artifact_target: Path, runs_target: Path) -> None:
+    """Copy the best artifact (fp16 where it saves space) and the run's record (no checkpoints)."""
+    from captionlab.training.run_folder import RunFolder
+
+    if artifact_target.exists():
+        shutil.rmtree(artifact_target)
+    shutil.copytree(run_dir / "best" / "artifact", artifact_target)
+    _to_fp16(artifact_target)
+    runs_target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "metrics.jsonl", "status.json", "energy.json"):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, runs_target / name)
+    RunFolder(runs_target).write_status(note="shipped record of the embedded study's run; checkpoints in "
+                                        f"{artifact_target.relative_to(paths.PROJECT_ROOT)}")
+
+
+def _to_fp16(folder: Path) -> None:
+    """Store float32 safetensors as float16 (the shipped checkpoints stay a few tens of MB)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for file in folder.rglob("*.safetensors"):
+        tensors = load_file(str(file))
+        if any(t.dtype == torch.float32 for t in tensors.values()):
+            save_file({k: (v.half() if v.dtype == torch.float32 else v).contiguous() for k, v in tensors.items()},
+                      str(file), metadata={"format": "pt"})
+
+
+def step_personalize(out: Path) -> None:
+    for strategy in PERSONALIZED:
+        target = out / "strategies" / strategy
+        if (target / "strategy.json").exists():
+            _say(f"personalize {strategy}: exists")
+            continue
+        started = time.monotonic()
+        run_dir = paths.workspace() / "zoo_runs" / strategy
+        _train_recipe(f"embedded/{strategy}", run_dir)
+        _ship_run(run_dir, target, out / "runs" / strategy)
+        _say(f"personalize {strategy}: done in {time.monotonic() - started:.0f}s")
