@@ -1,0 +1,80 @@
+"""The captionlab web app: compare, train, benchmarks, energy.
+
+    python app.py                                   # the embedded miniature study, at once, on 127.0.0.1:7860
+    python app.py --model llava-1.5-7b --checkpoints DIR      # the real thing (GPU)
+    python app.py --host 0.0.0.0 --auth user:pass   # reachable from elsewhere, with a login
+
+Nothing is trained or downloaded at start-up; captioners load on the first Compare request.
+No public share link is made unless --share is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="registry name (llava-1.5-7b, llava-1.6-7b), cached HF id or local folder; "
+                                        "default: the embedded study")
+    parser.add_argument("--checkpoints", help="folder with strategies/<key>/ artifacts, clip/, clip_captioner/, "
+                                              "gallery/ (default with no --model: checkpoints/embedded)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="longest caption generated, in tokens")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to bind")
+    parser.add_argument("--auth", help="user:pass required to open the app")
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    return parser.parse_args(argv)
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("error: --auth must be user:pass")
+    return user, password
+
+
+def exposure_warning(host: str, auth: tuple[str, str] | None, share: bool) -> str | None:
+    """What to tell the user when the app is reachable by others without a login."""
+    if auth is not None:
+        return None
+    if share:
+        return ("warning: --share makes a public gradio.live link without --auth: anyone with the link can use the "
+                "app, caption with your GPU and launch training runs")
+    if host not in LOCAL_HOSTS:
+        return (f"warning: serving on {host} without --auth: anyone who can reach this port can use the app, "
+                f"caption with your GPU and launch training runs")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    auth = parse_auth(args.auth)
+    warning = exposure_warning(args.host, auth, args.share)
+    if warning:
+        print(warning, file=sys.stderr)
+    from captionlab.service.settings import settings_for
+    from captionlab.ui.app import allowed_paths, build_app
+
+    settings = settings_for(args.model, args.checkpoints, args.device, args.max_new_tokens)
+    try:
+        from captionlab.training.launcher import refresh_runs
+
+        refresh_runs()  # runs whose trainer died while the app was down are marked crashed
+    except Exception as exc:
+        print(f"warning: could not refresh the runs registry: {exc}", file=sys.stderr)
+    demo = build_app(settings)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share,
+                allowed_paths=allowed_paths(settings), show_error=False, footer_links=["api"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

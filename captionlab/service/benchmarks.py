@@ -1,0 +1,253 @@
+"""The Benchmarks tab's data: the paper's Tables 1-3 beside this workspace's evaluations.
+
+Rows are plain dicts `{source, model, strategy, dataset, metrics, ...}` on the paper's scale
+(x100 except CLIP-Score). "paper" rows come from `reference_data.paper_results()`; "yours" rows
+are the newest evaluation per (model, strategy, dataset, split) in the workspace database, plus
+results shipped with the checkpoints (`<checkpoints>/results/**/results.json` or `*.db`).
+`table_rows` shapes them like the paper's tables and marks the best value per model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from captionlab.service.catalog import (DATASET_LABELS, DATASETS, IN_DOMAIN, METRICS, OUT_OF_DOMAIN,
+                                        PAPER_STRATEGIES, strategy_label)
+
+PAPER = "paper"
+YOURS = "yours"
+BASELINE_STRATEGIES = ("none", "clip_captioner")
+MAX_DRILLDOWN_ROWS = 500
+
+
+def paper_rows() -> list[dict]:
+    from captionlab.evaluation.reference_data import paper_results
+
+    return [{"source": PAPER, **row} for row in paper_results()]
+
+
+def your_rows(checkpoints: Path | None = None) -> list[dict]:
+    """Newest evaluation per (model, strategy, dataset, split): the workspace's, then shipped ones."""
+    from captionlab.evaluation.results import latest_results
+
+    found: dict[tuple, dict] = {}
+    for row in _shipped_results(checkpoints) + [_row(r, "workspace") for r in latest_results()]:
+        found[(row["model"], row["strategy"], row["dataset"], row["split"])] = row  # workspace wins
+    return sorted(found.values(), key=lambda r: (r["model"], _strategy_order(r["strategy"]), r["dataset"]))
+
+
+def _row(result, origin: str, results_json: Path | None = None) -> dict:
+    return {"source": YOURS, "origin": origin, "id": result.id, "model": result.model, "strategy": result.strategy,
+            "dataset": result.dataset, "split": result.split, "metrics": dict(result.metrics),
+            "unavailable": dict(result.unavailable), "n_images": result.n_images,
+            "clip_encoder": result.clip_encoder, "predictions_path": result.predictions_path,
+            "results_json": str(results_json) if results_json else None, "checkpoint": result.checkpoint,
+            "created_at": result.created_at}
+
+
+def _shipped_results(checkpoints: Path | None) -> list[dict]:
+    if checkpoints is None or not (Path(checkpoints) / "results").is_dir():
+        return []
+    from captionlab.evaluation import results as store
+
+    folder = Path(checkpoints) / "results"
+    rows = []
+    for db_file in sorted(folder.glob("*.db")):
+        try:
+            rows += [_row(r, "shipped") for r in store.latest_results(db_path=db_file)]
+        except Exception:
+            continue
+    for path in sorted(folder.rglob(store.RESULTS_JSON_NAME)):
+        try:
+            rows.append(_row(store.load_results_json(path).result, "shipped", path))
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
+            continue
+    return rows
+
+
+def _strategy_order(strategy: str) -> int:
+    if strategy in BASELINE_STRATEGIES:
+        return -1
+    return PAPER_STRATEGIES.index(strategy) if strategy in PAPER_STRATEGIES else len(PAPER_STRATEGIES)
+
+
+def _model_of(row: dict) -> str:
+    return "CLIP-Captioner" if row["strategy"] in BASELINE_STRATEGIES else row["model"]
+
+
+# --- tables like the paper's --------------------------------------------------------------------
+
+
+def table_columns(datasets: list[str]) -> list[str]:
+    columns = ["Source", "Model", "Strategy"]
+    for dataset in datasets:
+        prefix = f"{DATASET_LABELS.get(dataset, dataset)} " if len(datasets) > 1 else ""
+        columns += [f"{prefix}{short}" for short, _ in METRICS]
+    return columns
+
+
+def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[list], list[dict]]:
+    """(columns, cells, keys): one line per (source, model, strategy) over `datasets`.
+
+    Cells are markdown: the best value of each metric per model and source in bold, the best
+    of each source overall marked with a star (the paper's bold and underline). `keys[i]` says
+    which (source, model, strategy) line i is, for drilling down.
+    """
+    lines: dict[tuple, dict] = {}
+    for row in rows:
+        if row["dataset"] not in datasets:
+            continue
+        key = (row["source"], _model_of(row), row["strategy"])
+        lines.setdefault(key, {})[row["dataset"]] = row
+    order = sorted(lines, key=lambda k: (k[0] != PAPER, k[1] != "CLIP-Captioner", k[1], _strategy_order(k[2])))
+    best_model: dict[tuple, float] = {}
+    best_source: dict[tuple, float] = {}
+    for key in order:
+        for dataset, row in lines[key].items():
+            for _, metric in METRICS:
+                value = row["metrics"].get(metric)
+                if value is None:
+                    continue
+                for store, group in ((best_model, (key[0], key[1], dataset, metric)), (best_source, (key[0], dataset, metric))):
+                    store[group] = max(store.get(group, value), value)
+    cells, keys = [], []
+    for key in order:
+        source, model, strategy = key
+        line = [source, model, "—" if strategy in BASELINE_STRATEGIES else strategy_label(strategy)]
+        for dataset in datasets:
+            row = lines[key].get(dataset)
+            for _, metric in METRICS:
+                value = None if row is None else row["metrics"].get(metric)
+                line.append(_mark(value, metric, best_model.get((source, model, dataset, metric)),
+                                  best_source.get((source, dataset, metric)), model))
+        cells.append(line)
+        keys.append({"source": source, "model": model, "strategy": strategy,
+                     "rows": {d: lines[key][d] for d in datasets if d in lines[key]}})
+    return table_columns(datasets), cells, keys
+
+
+def _mark(value: float | None, metric: str, best_in_model: float | None, best_overall: float | None, model: str) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.3f}" if metric == "CLIP-Score" else f"{value:.1f}"
+    if model != "CLIP-Captioner" and best_in_model is not None and value == best_in_model:
+        text = f"**{text}**"
+    if best_overall is not None and value == best_overall:
+        text += " ★"
+    return text
+
+
+# --- figures' data ------------------------------------------------------------------------------
+
+
+def cider_series(rows: list[dict], datasets: list[str]) -> list[dict]:
+    """Fig. 2's bars: [{group: "paper · LLaVA-v1.5-7B", strategy, dataset, cider}], one group per
+    (source, model); the CLIP-Captioner of a source is drawn in each of its groups for reference."""
+    scored = [r for r in rows if r["dataset"] in datasets and r["metrics"].get("CIDEr") is not None]
+    groups: dict[str, list[str]] = {}
+    for row in scored:
+        if row["strategy"] not in BASELINE_STRATEGIES:
+            groups.setdefault(row["source"], [])
+            name = f"{row['source']} · {row['model']}"
+            if name not in groups[row["source"]]:
+                groups[row["source"]].append(name)
+    out = []
+    for row in scored:
+        if row["strategy"] in BASELINE_STRATEGIES:
+            targets = groups.get(row["source"]) or [f"{row['source']} · CLIP-Captioner"]
+        else:
+            targets = [f"{row['source']} · {row['model']}"]
+        for group in targets:
+            out.append({"group": group, "strategy": strategy_label(row["strategy"]), "strategy_key": row["strategy"],
+                        "dataset": DATASET_LABELS.get(row["dataset"], row["dataset"]), "cider": row["metrics"]["CIDEr"]})
+    order = {DATASET_LABELS.get(d, d): i for i, d in enumerate(datasets)}
+    return sorted(out, key=lambda p: (p["group"], _strategy_order(p["strategy_key"]), order.get(p["dataset"], 99)))
+
+
+def generalisation_points(rows: list[dict]) -> list[dict]:
+    """In-domain (COCO) CIDEr against mean out-of-domain CIDEr, per (source, model, strategy)."""
+    grouped: dict[tuple, dict[str, float]] = {}
+    for row in rows:
+        cider = row["metrics"].get("CIDEr")
+        if cider is not None:
+            grouped.setdefault((row["source"], _model_of(row), row["strategy"]), {})[row["dataset"]] = cider
+    points = []
+    for (source, model, strategy), by_dataset in grouped.items():
+        outside = [by_dataset[d] for d in OUT_OF_DOMAIN if d in by_dataset]
+        if IN_DOMAIN in by_dataset and outside:
+            points.append({"source": source, "model": model, "strategy": strategy_label(strategy),
+                           "in_domain": by_dataset[IN_DOMAIN], "out_of_domain": sum(outside) / len(outside),
+                           "n_out": len(outside)})
+    return points
+
+
+# --- drill-down ---------------------------------------------------------------------------------
+
+
+def drilldown(row: dict) -> tuple[list[dict], str]:
+    """Per-image captions and scores of one evaluation (a "yours" row), and a line saying where from."""
+    if row.get("source") != YOURS:
+        return [], "the paper publishes corpus scores only: pick one of your evaluations for per-image captions"
+    per_image: dict[str, dict] = {}
+    results_json = row.get("results_json")
+    if not results_json and row.get("predictions_path"):
+        from captionlab.evaluation.results import results_json_path
+
+        candidate = results_json_path(row["predictions_path"])
+        results_json = str(candidate) if candidate.is_file() else None
+    if results_json:
+        from captionlab.evaluation.results import load_results_json
+
+        try:
+            per_image = load_results_json(results_json).per_image
+        except (OSError, ValueError, KeyError, TypeError):
+            per_image = {}
+    predictions = _read_predictions(row.get("predictions_path"))
+    if not predictions and not per_image:
+        return [], (f"no per-image data for this evaluation (predictions: {row.get('predictions_path') or 'not recorded'})")
+    ids = list(predictions) or sorted({i for scores in per_image.values() for i in scores})
+    out = []
+    for image_id in ids[:MAX_DRILLDOWN_ROWS]:
+        entry = predictions.get(image_id, {})
+        line = {"image": image_id, "caption": entry.get("caption", ""),
+                "references": " | ".join(entry.get("references", [])[:3])}
+        for metric, scores in per_image.items():
+            value = scores.get(image_id)
+            line[metric] = None if value is None else round(float(value), 3)
+        out.append(line)
+    source = f"{len(ids)} images from {row.get('predictions_path') or results_json}"
+    if len(ids) > MAX_DRILLDOWN_ROWS:
+        source += f" (first {MAX_DRILLDOWN_ROWS} shown)"
+    return out, source
+
+
+def _read_predictions(path: str | None) -> dict[str, dict]:
+    """image id -> {caption, references} from a predictions JSONL (or JSON list) file."""
+    if not path or not Path(path).is_file():
+        return {}
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    try:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+    if isinstance(records, list) and len(records) == 1 and isinstance(records[0], list):
+        records = records[0]
+    out = {}
+    for record in records if isinstance(records, list) else []:
+        if not isinstance(record, dict):
+            continue
+        image_id = str(record.get("image_id", record.get("id", len(out))))
+        caption = record.get("caption", record.get("prediction", ""))
+        references = record.get("references", record.get("refs", []))
+        out[image_id] = {"caption": str(caption), "references": [str(r) for r in references or []]}
+    return out
+
+
+def dataset_for_column(column: int, datasets: list[str]) -> str:
+    """The dataset of a clicked column of `table_rows` (the first one for Source/Model/Strategy)."""
+    index = (column - 3) // len(METRICS)
+    return datasets[index] if 0 <= index < len(datasets) else datasets[0]

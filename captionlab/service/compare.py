@@ -1,0 +1,325 @@
+"""Side-by-side captioning: which strategies a model has, loading them once, captioning images.
+
+    slots = discover_strategies(settings)          # every strategy, available or with the reason why not
+    result = compare_images(settings, ["a.png"])   # captions, words, latency (+ per-image scores)
+    caption_image(settings, "a.png")               # {strategy key: caption}, the `caption` API endpoint
+
+Discovery only looks at files (no torch). The captioners are loaded on first use, once per
+settings, on one shared base model (`captionlab.captioner.load_captioners`), and captioning is
+serialised: the strategies of a shared base switch by mutating it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from captionlab.service.catalog import CLIP_CAPTIONER, COMPARE_ORDER, strategy_label
+from captionlab.service.settings import AppSettings
+
+ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, without importing torch
+MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
+MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """An upload that is not a readable image; the message names the file."""
+
+
+@dataclass(frozen=True)
+class StrategySlot:
+    """One column of the comparison: a strategy (or the CLIP-Captioner) and whether it can caption."""
+
+    key: str
+    label: str
+    artifact: Path | None
+    available: bool
+    reason: str = ""
+
+
+@dataclass
+class CompareResult:
+    """Captions of every strategy for every image, as table rows, plus what the scores mean."""
+
+    names: list[str]
+    captions: dict[str, list[str]]  # strategy key -> one caption per image (available strategies only)
+    rows: list[dict]
+    references: dict[str, list[str]] = field(default_factory=dict)  # image name -> references
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one message per file that is not a usable image
+
+
+# --- discovery (files only) --------------------------------------------------------------------
+
+
+def missing_checkpoint_message(settings: AppSettings, key: str) -> str:
+    return (f"no trained checkpoint for {settings.model_label} ({strategy_label(key)}) — train it in the Train "
+            f"tab or run `python -m train zoo`")
+
+
+def base_model_problem(settings: AppSettings) -> str | None:
+    """Why the base model cannot be loaded on this machine, or None when its weights are here."""
+    from captionlab.models.registry import ModelNotFoundError, get_model_spec
+
+    if settings.is_embedded and not (Path(settings.model) / "config.json").is_file() and not _registry_has(settings.model):
+        return (f"the embedded model is not built yet ({settings.model} is missing): "
+                f"run `python -m train zoo` to build the embedded study")
+    try:
+        spec = get_model_spec(settings.model)
+    except ModelNotFoundError as exc:
+        return str(exc)
+    if spec.weights_dir is not None:
+        if (Path(spec.weights_dir) / "config.json").is_file():
+            return None
+        return f"weights for {spec.name!r} are expected in {spec.weights_dir} but it has no config.json" + (
+            " (build the embedded study with `python -m train zoo`)" if settings.is_embedded else "")
+    if spec.hf_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(spec.hf_id, "config.json"), str):
+            return None
+        return (f"weights for {spec.name!r} ({spec.hf_id}) are not in the local Hugging Face cache; captionlab "
+                f"never downloads at run time: run `hf download {spec.hf_id}` on a machine with internet")
+    return f"model {spec.name!r} has neither a weights folder nor a Hugging Face id"
+
+
+def _registry_has(name: str) -> bool:
+    from captionlab.models.registry import list_models
+
+    return name in list_models()
+
+
+def find_artifact(folder: Path, key: str) -> Path | None:
+    """The artifact folder of strategy `key` under `folder`: <key>/ itself, or a run's best|last/artifact/."""
+    for candidate in (folder, folder / "best" / "artifact", folder / "artifact", folder / "last" / "artifact"):
+        card = candidate / ARTIFACT_CARD
+        if card.is_file():
+            try:
+                if json.loads(card.read_text()).get("strategy") == key:
+                    return candidate
+            except (OSError, json.JSONDecodeError):
+                continue
+    return None
+
+
+def discover_strategies(settings: AppSettings) -> list[StrategySlot]:
+    """Every paper strategy plus the CLIP-Captioner, each available or with the reason it is not."""
+    base_problem = base_model_problem(settings)
+    root = Path(settings.checkpoints) if settings.checkpoints else None
+    slots = []
+    for key in COMPARE_ORDER:
+        label = strategy_label(key)
+        if key == CLIP_CAPTIONER:
+            slots.append(_clip_captioner_slot(settings, root))
+            continue
+        if base_problem:
+            slots.append(StrategySlot(key, label, None, False, base_problem))
+            continue
+        if key == "zero_shot":
+            slots.append(StrategySlot(key, label, None, True))
+            continue
+        candidates = [root / "strategies" / key, root / key] if root else []
+        artifact = next((a for a in (find_artifact(c, key) for c in candidates) if a is not None), None)
+        if artifact is None:
+            slots.append(StrategySlot(key, label, None, False, missing_checkpoint_message(settings, key)))
+        else:
+            slots.append(StrategySlot(key, label, artifact, True))
+    return slots
+
+
+def _clip_captioner_slot(settings: AppSettings, root: Path | None) -> StrategySlot:
+    label = strategy_label(CLIP_CAPTIONER)
+    if importlib.util.find_spec("captionlab.baseline") is None:  # find_spec: importing it would import torch
+        return StrategySlot(CLIP_CAPTIONER, label, None, False,
+                            "CLIP-Captioner not available: captionlab.baseline is not in this version of captionlab")
+    candidates = [root / CLIP_CAPTIONER, root / "strategies" / CLIP_CAPTIONER] if root else []
+    artifact = next((a for a in (find_artifact(c, CLIP_CAPTIONER) for c in candidates) if a is not None), None)
+    if artifact is None:
+        where = candidates[0] if candidates else "no --checkpoints folder"
+        return StrategySlot(CLIP_CAPTIONER, label, None, False,
+                            f"no trained CLIP-Captioner checkpoint ({where}) — train it with "
+                            f"`python -m train run --recipe embedded/clip_captioner` or run `python -m train zoo`")
+    return StrategySlot(CLIP_CAPTIONER, label, artifact, True)
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def open_image(path: str | Path):
+    """An uploaded file as an RGB PIL image, or ImageError saying what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageError(f"{path.name}: {image.width}x{image.height} is too large (at most "
+                                 f"{MAX_PIXELS // 1_000_000} megapixels)")
+            image.load()
+            return image.convert("RGB")
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path.name}: not an image (PNG, JPEG, WebP, GIF, BMP, ... expected)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path.name}: too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path.name}: the image is corrupt or truncated ({exc})") from None
+
+
+def open_images(files: list[str | Path]) -> tuple[list, list[str], list[str]]:
+    """(images, their names, one message per file that could not be used)."""
+    images, names, errors = [], [], []
+    for file in files:
+        try:
+            images.append(open_image(file))
+            names.append(Path(file).name)
+        except ImageError as exc:
+            errors.append(str(exc))
+    return images, names, errors
+
+
+# --- loaded captioners -------------------------------------------------------------------------
+
+
+class CaptionerPool:
+    """The captioners of one AppSettings, loaded on first use and then kept."""
+
+    def __init__(self, settings: AppSettings):
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.captioners: dict | None = None
+        self.load_errors: dict[str, str] = {}
+        self.load_seconds = 0.0
+
+    def load(self) -> dict:
+        """key -> captioner for every available slot (called with the lock held)."""
+        if self.captioners is not None:
+            return self.captioners
+        started = time.perf_counter()
+        slots = {s.key: s for s in discover_strategies(self.settings) if s.available}
+        captioners: dict = {}
+        llava = {k: s.artifact for k, s in slots.items() if k != CLIP_CAPTIONER}
+        if llava:
+            captioners.update(self._load_llava(llava))
+        if CLIP_CAPTIONER in slots:
+            try:
+                from captionlab.baseline import load_clip_captioner
+
+                captioners[CLIP_CAPTIONER] = load_clip_captioner(slots[CLIP_CAPTIONER].artifact, self.settings.device)
+            except Exception as exc:  # a broken baseline must not take the LLaVA columns down
+                self.load_errors[CLIP_CAPTIONER] = f"CLIP-Captioner failed to load: {type(exc).__name__}: {exc}"
+        self.captioners = captioners
+        self.load_seconds = time.perf_counter() - started
+        return captioners
+
+    def _load_llava(self, artifacts: dict[str, Path | None]) -> dict:
+        from captionlab.captioner import GenerationSettings, load_captioners
+        from captionlab.models.registry import get_model_spec
+
+        spec = get_model_spec(self.settings.model)
+        generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens)
+        try:
+            return load_captioners(spec, artifacts, generation, device=self.settings.device)
+        except Exception as exc:
+            # One bad artifact fails the shared load: keep zero-shot and say what broke.
+            message = f"failed to load the strategy checkpoints: {type(exc).__name__}: {exc}"
+            for key in artifacts:
+                if key != "zero_shot":
+                    self.load_errors[key] = message
+            if "zero_shot" not in artifacts:
+                return {}
+            try:
+                return load_captioners(spec, {"zero_shot": None}, generation, device=self.settings.device)
+            except Exception as exc2:
+                self.load_errors["zero_shot"] = f"the base model failed to load: {type(exc2).__name__}: {exc2}"
+                return {}
+
+    def caption(self, images: list) -> tuple[dict[str, list[str]], dict[str, float], dict[str, str]]:
+        """(captions per key, milliseconds per image per key, error per key) for `images`."""
+        with self.lock:
+            captioners = self.load()
+            captions, latency, errors = {}, {}, dict(self.load_errors)
+            for key, captioner in captioners.items():
+                started = time.perf_counter()
+                try:
+                    captions[key] = list(captioner.caption(images))
+                except Exception as exc:
+                    errors[key] = f"captioning failed: {type(exc).__name__}: {exc}"
+                    continue
+                latency[key] = (time.perf_counter() - started) * 1000 / max(1, len(images))
+            return captions, latency, errors
+
+
+_pools: dict[AppSettings, CaptionerPool] = {}
+_pools_lock = threading.Lock()
+
+
+def get_pool(settings: AppSettings) -> CaptionerPool:
+    with _pools_lock:
+        if settings not in _pools:
+            _pools[settings] = CaptionerPool(settings)
+        return _pools[settings]
+
+
+# --- the two entry points ----------------------------------------------------------------------
+
+
+def caption_image(settings: AppSettings, path: str | Path) -> dict[str, str]:
+    """{strategy key: caption} for one image file, for every strategy that can caption (the API)."""
+    image = open_image(path)
+    captions, _, _ = get_pool(settings).caption([image])
+    return {key: texts[0] for key, texts in captions.items()}
+
+
+def compare_images(settings: AppSettings, files: list[str | Path], references: list[list[str] | None] | None = None,
+                   corpus: dict[str, list[str]] | None = None, score: bool = True) -> CompareResult:
+    """Caption `files` with every strategy; score them where possible.
+
+    references: per file, its reference captions (gallery images) or None. corpus: references of
+    a set of images (image id -> captions) whose document frequencies CIDEr uses; see `scoring`.
+    Raises ImageError when no file is a usable image; unusable files among good ones become notes.
+    """
+    if not files:
+        raise ImageError("no image given: upload one or more images, or pick one from the gallery")
+    if len(files) > MAX_IMAGES:
+        raise ImageError(f"{len(files)} images at once is too many; at most {MAX_IMAGES}")
+    images, names, errors = open_images(files)
+    if not images:
+        raise ImageError("; ".join(errors))
+    kept_refs = [None] * len(images)
+    if references is not None:
+        good = {Path(f).name: r for f, r in zip(files, references)}
+        kept_refs = [good.get(n) for n in names]
+    pool = get_pool(settings)
+    captions, latency, errors_by_key = pool.caption(images)
+    result = CompareResult(names=names, captions=captions, rows=[], skipped=list(errors))
+    if pool.load_seconds:
+        result.notes.append(f"models loaded in {pool.load_seconds:.1f} s (once per app start)")
+    scores: dict[str, dict[str, list]] = {}
+    if score and captions:
+        from captionlab.service import scoring
+
+        scores, notes = scoring.score_captions_per_image(settings, images, captions, kept_refs, corpus)
+        result.notes.extend(notes)
+    slots = discover_strategies(settings)
+    for index, name in enumerate(names):
+        if kept_refs[index]:
+            result.references[name] = list(kept_refs[index])
+        for slot in slots:
+            row = {"image": name, "key": slot.key, "strategy": slot.label, "caption": "", "words": None,
+                   "latency_ms": None, "CIDEr": None, "CLIP-S": None}
+            if slot.key in captions:
+                text = captions[slot.key][index]
+                row.update(caption=text, words=len(text.split()), latency_ms=round(latency[slot.key], 1))
+                for metric in ("CIDEr", "CLIP-S"):
+                    values = scores.get(metric, {}).get(slot.key)
+                    row[metric] = None if values is None or values[index] is None else round(values[index], 3)
+            else:
+                row["caption"] = errors_by_key.get(slot.key) or slot.reason or "not loaded"
+            result.rows.append(row)
+    return result

@@ -1,0 +1,100 @@
+"""Evaluation jobs: `python -m captionlab evaluate ...` started as its own process, without a shell.
+
+Each job is a folder `<workspace>/jobs/<job id>/` with `job.json` (argv, pid, start time) and
+`log.txt` (the process's output); its results land in the results store like any evaluation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from captionlab import atomic, paths
+from captionlab.service.settings import AppSettings
+
+EVALUATE_MODULE = "captionlab.cli.evaluate"
+
+
+def evaluate_available() -> bool:
+    return importlib.util.find_spec(EVALUATE_MODULE) is not None
+
+
+def evaluate_help() -> str:
+    if evaluate_available():
+        return ("Starts `python -m captionlab evaluate` as its own process (no shell); its scores are added to "
+                "the results store, so they appear above after **Reload results**.")
+    return ("⚠️ The evaluation command (`python -m captionlab evaluate`) is not part of this version of captionlab "
+            "yet, so no evaluation job can be started from here.")
+
+
+def evaluation_argv(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "captionlab", "evaluate", "--model", settings.model, "--strategy", strategy,
+            "--dataset", dataset]
+    if checkpoint:
+        argv += ["--checkpoint", checkpoint]
+    return argv
+
+
+def jobs_dir() -> Path:
+    path = paths.workspace() / "jobs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None = None) -> str:
+    """Start the job; returns a message for the user (what started, or why nothing did)."""
+    if not evaluate_available():
+        return evaluate_help()
+    if not strategy or not dataset:
+        return "⚠️ strategy and dataset: both are needed"
+    if checkpoint and not Path(checkpoint).exists():
+        return f"⚠️ checkpoint: {checkpoint} does not exist"
+    argv = evaluation_argv(settings, strategy, dataset, checkpoint)
+    job_id = f"eval-{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = jobs_dir() / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "log.txt").open("ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=paths.PROJECT_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   start_new_session=True)
+    _children[process.pid] = process
+    atomic.write_json(folder / "job.json", {"job": job_id, "argv": argv, "pid": process.pid, "started": time.time()})
+    return f"✅ started {job_id} (pid {process.pid}); log: {folder / 'log.txt'}"
+
+
+_children: dict[int, subprocess.Popen] = {}
+
+
+def list_jobs(limit: int = 20) -> list[dict]:
+    """The newest jobs with their state (running / exit code) and the last line of their log."""
+    rows = []
+    for job_file in sorted(jobs_dir().glob("*/job.json"), reverse=True)[:limit]:
+        try:
+            job = json.loads(job_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        process = _children.get(job.get("pid"))
+        if process is not None:
+            code = process.poll()
+            state = "running" if code is None else f"exited {code}"
+        else:
+            state = "running" if _alive(job.get("pid")) else "ended"
+        log = job_file.parent / "log.txt"
+        last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+        rows.append({"job": job["job"], "state": state, "last log line": last[0] if last else ""})
+    return rows
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False

@@ -1,0 +1,95 @@
+"""The Benchmarks tab: tables like the paper's Tables 1-3, Fig. 2's CIDEr bars, the generalisation
+trade-off, a per-image drill-down of your evaluations, and evaluation jobs."""
+
+import gradio as gr
+import pandas as pd
+
+from captionlab.service import benchmarks, jobs
+from captionlab.service.catalog import DATASETS, FIG2_DATASETS, PAPER_TABLES
+from captionlab.service.settings import AppSettings
+from captionlab.ui import charts
+
+SOURCES = {"Yours and the paper's": ("yours", "paper"), "The paper's": ("paper",), "Yours": ("yours",)}
+
+
+def _load_rows(settings: AppSettings) -> tuple[list[dict], str]:
+    notes = []
+    try:
+        paper = benchmarks.paper_rows()
+    except Exception as exc:
+        paper, _ = [], notes.append(f"the paper's numbers are unavailable: {exc}")
+    try:
+        yours = benchmarks.your_rows(settings.checkpoints)
+    except Exception as exc:
+        yours, _ = [], notes.append(f"your results are unavailable: {exc}")
+    if not yours:
+        notes.append("No evaluations of yours yet: run one below (or `python -m captionlab evaluate`); "
+                     "the embedded study's results appear here once `python -m train zoo` has built them.")
+    return paper + yours, "\n".join(f"- {n}" for n in notes)
+
+
+def create_benchmarks_tab(settings: AppSettings) -> None:
+    """Lay out the Benchmarks tab inside the current gr.Tab."""
+    gr.Markdown("Scores are on the paper's scale (BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; CLIP-S unscaled). "
+                "**Bold**: best of a model (per source); ★: best of the source overall. Click one of your rows "
+                "to see its per-image captions and scores.")
+    with gr.Row():
+        table_choice = gr.Radio(list(PAPER_TABLES), value=list(PAPER_TABLES)[0], label="Table", scale=3)
+        source_choice = gr.Radio(list(SOURCES), value=list(SOURCES)[0], label="Rows", scale=2)
+        reload_button = gr.Button("Reload results", scale=1)
+    notes = gr.Markdown()
+    table = gr.Dataframe(label="Results", interactive=False, wrap=True, datatype="markdown",
+                         elem_id="bench-table", max_height=560)
+    keys = gr.State([])
+    with gr.Accordion("Per-image drill-down", open=True):
+        drill_note = gr.Markdown("*Click a row of your results above.*")
+        drill = gr.Dataframe(pd.DataFrame(columns=["image", "caption", "references"]), interactive=False, wrap=True,
+                             max_height=400, elem_id="bench-drill")
+    with gr.Row():
+        fig2 = gr.Plot(label="CIDEr per dataset (Fig. 2)", elem_id="bench-fig2")
+        tradeoff = gr.Plot(label="Generalisation trade-off", elem_id="bench-tradeoff")
+    with gr.Accordion("Run an evaluation", open=False):
+        gr.Markdown(jobs.evaluate_help())
+        with gr.Row():
+            eval_strategy = gr.Textbox("zero_shot", label="Strategy (key)")
+            eval_dataset = gr.Dropdown(DATASETS, value="coco", label="Dataset", allow_custom_value=True)
+            eval_checkpoint = gr.Textbox("", label="Checkpoint folder (empty for zero-shot / shipped)")
+        eval_button = gr.Button("Start evaluation job")
+        eval_message = gr.Markdown()
+        eval_jobs = gr.Dataframe(interactive=False, wrap=True, label="Evaluation jobs")
+
+    def show(table_name: str, source_name: str):
+        rows, message = _load_rows(settings)
+        rows = [r for r in rows if r["source"] in SOURCES[source_name]]
+        datasets = PAPER_TABLES[table_name]
+        columns, cells, row_keys = benchmarks.table_rows(rows, datasets)
+        frame = pd.DataFrame(cells, columns=columns)
+        bars = charts.cider_bars(benchmarks.cider_series(rows, FIG2_DATASETS))
+        scatter = charts.generalisation_scatter(benchmarks.generalisation_points(rows))
+        return frame, row_keys, message, bars, scatter
+
+    def on_select(event: gr.SelectData, table_name: str, row_keys: list[dict]):
+        row, column = (event.index if isinstance(event.index, (list, tuple)) else (event.index, 0))
+        if not 0 <= row < len(row_keys):
+            return gr.skip(), gr.skip()
+        line = row_keys[row]
+        datasets = PAPER_TABLES[table_name]
+        dataset = benchmarks.dataset_for_column(column, datasets)
+        chosen = line["rows"].get(dataset) or next(iter(line["rows"].values()), None)
+        if chosen is None:
+            return "*Nothing evaluated for this row.*", pd.DataFrame()
+        records, where = benchmarks.drilldown(chosen)
+        title = f"**{line['model']} · {chosen['strategy']} · {chosen['dataset']}** — {where}"
+        return title, pd.DataFrame(records)
+
+    def on_evaluate(strategy: str, dataset: str, checkpoint: str):
+        message = jobs.start_evaluation(settings, strategy.strip(), dataset.strip(), checkpoint.strip() or None)
+        return message, pd.DataFrame(jobs.list_jobs())
+
+    outputs = [table, keys, notes, fig2, tradeoff]
+    # triggers=None: on every page load and whenever the table or source choice changes.
+    gr.on(None, show, [table_choice, source_choice], outputs, api_visibility="private")
+    reload_button.click(show, [table_choice, source_choice], outputs, api_visibility="private")
+    table.select(on_select, [table_choice, keys], [drill_note, drill], api_visibility="private")
+    eval_button.click(on_evaluate, [eval_strategy, eval_dataset, eval_checkpoint], [eval_message, eval_jobs],
+                      api_visibility="private")

@@ -1,0 +1,62 @@
+"""The Energy tab: the paper's Table 4 beside your runs' measured energy, each figure with its method."""
+
+import gradio as gr
+import pandas as pd
+
+from captionlab.service import benchmarks, energy
+from captionlab.service.catalog import TRAINABLE_STRATEGIES, strategy_label
+from captionlab.service.settings import AppSettings
+from captionlab.ui import charts
+
+PAPER_COLUMNS = ["Strategy", "Params (printed)", "Params (method text)", "kWh all epochs", "kWh up to best", "Note"]
+RUN_COLUMNS = ["Run", "Origin", "Model", "Strategy", "Params", "kWh all epochs", "kWh up to best", "Best epoch",
+               "Method", "Device"]
+
+
+def _counted_frame(counts: dict | None, model: str) -> pd.DataFrame:
+    if not counts:
+        return pd.DataFrame(columns=["Strategy", f"Trainable params ({model}, counted by captionlab)"])
+    total = counts.get("total")
+    rows = [[strategy_label(k), f"{counts[k]:,}" + (f" ({counts[k] / total:.4%})" if total else "")]
+            for k in TRAINABLE_STRATEGIES if k in counts]
+    return pd.DataFrame(rows, columns=["Strategy", f"Trainable params ({model}, counted by captionlab)"])
+
+
+def create_energy_tab(settings: AppSettings) -> None:
+    """Lay out the Energy tab inside the current gr.Tab."""
+    gr.Markdown("### The paper's Table 4 (LLaVA-v1.5-7B, COCO, four 64GB A100s, 4 epochs)")
+    gr.Markdown(f"⚠️ {energy.PAPER_NOTE}")
+    paper_table = gr.Dataframe(interactive=False, wrap=True, elem_id="energy-paper",
+                               column_widths=["13%", "9%", "11%", "8%", "8%", "51%"])
+    with gr.Accordion("Trainable parameters counted by captionlab on LLaVA-1.5-7B's config (no weights)", open=False):
+        count_button = gr.Button("Count (builds the model on the meta device; takes a while)")
+        counted = gr.Dataframe(interactive=False)
+    gr.Markdown("### Your runs (energy.json of each run; measured = NVML or RAPL counters, ESTIMATE otherwise)")
+    runs_table = gr.Dataframe(interactive=False, wrap=True, elem_id="energy-runs")
+    runs_note = gr.Markdown()
+    reload_button = gr.Button("Reload")
+    with gr.Row():
+        bars = gr.Plot(label="Energy per strategy", elem_id="energy-bars")
+        scatter = gr.Plot(label="CIDEr against kWh", elem_id="energy-scatter")
+
+    def show():
+        paper = energy.paper_table()
+        runs = energy.run_energy_rows(settings.checkpoints)
+        try:
+            results = benchmarks.paper_rows() + benchmarks.your_rows(settings.checkpoints)
+        except Exception:
+            results = benchmarks.paper_rows()
+        note = "" if runs else "*No run has written energy.json yet: train one in the Train tab.*"
+        return (pd.DataFrame([[r[c] for c in PAPER_COLUMNS] for r in paper], columns=PAPER_COLUMNS),
+                pd.DataFrame([[r[c] for c in RUN_COLUMNS] for r in runs], columns=RUN_COLUMNS), note,
+                charts.energy_bars(energy.energy_bars(paper, runs)),
+                charts.quality_vs_energy(energy.quality_points(paper, runs, results)),
+                _counted_frame(energy.counted_parameters("llava-1.5-7b"), "llava-1.5-7b"))
+
+    def on_count():
+        return _counted_frame(energy.counted_parameters("llava-1.5-7b", compute=True), "llava-1.5-7b")
+
+    outputs = [paper_table, runs_table, runs_note, bars, scatter, counted]
+    gr.on(None, show, None, outputs, api_visibility="private")
+    reload_button.click(show, None, outputs, api_visibility="private")
+    count_button.click(on_count, None, counted, api_visibility="private")

@@ -1,0 +1,178 @@
+"""The Train tab: a form that launches a fine-tuning run, then its live progress, curves, energy and log.
+
+The run is the trainer CLI in its own process (started by captionlab.training.launcher); this tab
+only reads the run folders and the runs registry, polled by a gr.Timer, so a page reload or an app
+restart loses nothing.
+"""
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from captionlab.service import runs
+from captionlab.service.catalog import TRAINABLE_STRATEGIES, strategy_label
+from captionlab.service.settings import AppSettings
+from captionlab.ui import charts
+
+POLL_SECONDS = 2.0
+RUN_HEADERS = ["run", "strategy", "model", "dataset", "state", "progress", "best val loss", "kWh"]
+
+
+def _progress_html(view: runs.RunView | None) -> str:
+    if view is None:
+        return "<div class='cl-progress-empty'>No run selected: launch one, or click a run in the list below.</div>"
+    percent = 100 * view.fraction
+    total = view.total_steps or "?"
+    eta = f" · ETA {runs.format_duration(view.eta_s)}" if view.eta_s is not None else ""
+    colour = {"finished": "#2ca02c", "failed": "#d62728", "crashed": "#d62728", "stopped": "#ff7f0e"}.get(view.state, "#1f77b4")
+    return (f"<div id='train-progress' data-step='{view.step}' data-state='{html.escape(view.state)}'>"
+            f"<div style='display:flex;justify-content:space-between;font-size:0.95em'>"
+            f"<b>{html.escape(view.run_id)}</b><span>{html.escape(view.state)} · step {view.step}/{total} "
+            f"({percent:.0f}%){eta}</span></div>"
+            f"<div style='background:#e5e7eb;border-radius:6px;height:16px;margin-top:4px'>"
+            f"<div style='width:{percent:.1f}%;background:{colour};height:16px;border-radius:6px'></div></div></div>")
+
+
+def _stats_markdown(view: runs.RunView) -> str:
+    energy = "—" if view.energy_kwh is None else f"{view.energy_kwh:.4g} kWh ({view.energy_method})"
+    best = "—" if view.best_val_loss is None else f"{view.best_val_loss:.4f} (epoch {view.best_epoch})"
+    lines = [f"**Elapsed:** {runs.format_duration(view.elapsed_s)} · **energy so far:** {energy} · "
+             f"**best validation loss:** {best}"]
+    if view.message:
+        lines.append(f"**Message:** {view.message}")
+    return "\n\n".join(lines)
+
+
+def _optional(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _runs_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([[r[h] for h in RUN_HEADERS] for r in rows], columns=RUN_HEADERS)
+
+
+def create_train_tab(settings: AppSettings) -> None:
+    """Lay out the Train tab inside the current gr.Tab."""
+    default_model = settings.model
+    defaults = runs.form_defaults(default_model, "lora")
+
+    gr.Markdown("Fine-tune a model with one personalization strategy. Defaults are the paper's (SGD, cosine "
+                "schedule 2e-2 → 1e-5, batch 32 by gradient accumulation, 4 epochs, best checkpoint by validation "
+                "loss). The run is its own process: it keeps going if you close this page.")
+    with gr.Row():
+        model = gr.Dropdown(runs.model_choices(default_model), value=default_model, label="Model",
+                            allow_custom_value=True, elem_id="train-model")
+        strategy = gr.Dropdown([(strategy_label(k), k) for k in TRAINABLE_STRATEGIES], value="lora",
+                               label="Strategy", elem_id="train-strategy")
+        dataset = gr.Dropdown(runs.dataset_choices(), value="coco", label="Dataset (name or FORMAT:PATH)",
+                              allow_custom_value=True, elem_id="train-dataset")
+        gpus = gr.Number(1, label="GPUs", precision=0, minimum=1, elem_id="train-gpus")
+        name = gr.Textbox("", label="Run name (optional)", elem_id="train-name")
+    with gr.Row():
+        fields = {}
+        for key, label, kind in runs.FORM_FIELDS:
+            elem_id = f"train-{key.replace('_', '-')}"
+            if runs.PAPER_DEFAULTS[key] is None:  # optional: empty means all
+                fields[key] = gr.Textbox(_optional(defaults[key]), label=f"{label} (empty: all)", elem_id=elem_id)
+            else:
+                fields[key] = gr.Number(defaults[key], label=label, precision=0 if kind is int else None,
+                                        elem_id=elem_id)
+    with gr.Row():
+        preview_button = gr.Button("Preview command")
+        launch_button = gr.Button("Launch training", variant="primary", elem_id="train-launch")
+    form_message = gr.Markdown(elem_id="train-message")
+    command = gr.Textbox(label="Equivalent shell command", interactive=False, lines=1, buttons=["copy"],
+                         elem_id="train-command")
+
+    gr.Markdown("### Run")
+    with gr.Row():
+        run_id = gr.Textbox("", label="Watching run (click a run below)", scale=4, elem_id="train-run-id")
+        stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="train-stop")
+        resume_button = gr.Button("Resume", scale=1, elem_id="train-resume")
+    progress = gr.HTML(_progress_html(None))
+    stats = gr.Markdown()
+    with gr.Row():
+        curves = gr.Plot(charts.empty_figure("no run selected"), label="Loss curves")
+        log = gr.Code(label="Log (last lines)", language=None, interactive=False, lines=16, max_lines=16)
+    runs_table = gr.Dataframe(_runs_frame([]), label="All runs (newest first; click one to watch it)",
+                              interactive=False, wrap=True, elem_id="train-runs")
+    timer = gr.Timer(POLL_SECONDS)
+
+    field_list = [fields[key] for key, _, _ in runs.FORM_FIELDS]
+
+    def read_form(model_value, strategy_value, dataset_value, gpus_value, name_value, *values) -> runs.TrainForm:
+        return runs.TrainForm(model=model_value or "", strategy=strategy_value or "", dataset=dataset_value or "",
+                              values=dict(zip([k for k, _, _ in runs.FORM_FIELDS], values)),
+                              gpus=1 if gpus_value is None else gpus_value, name=name_value or "")
+
+    form_inputs = [model, strategy, dataset, gpus, name, *field_list]
+
+    def on_preview(*values):
+        try:
+            return "", runs.preview(read_form(*values))
+        except runs.FormError as exc:
+            return f"⚠️ {exc}", ""
+
+    def on_launch(*values):
+        from captionlab.training.launcher import LaunchError
+
+        form = read_form(*values)
+        try:
+            line = runs.preview(form)
+            new_id = runs.launch(form)
+        except (runs.FormError, LaunchError) as exc:
+            return f"⚠️ {exc}", gr.skip(), gr.skip()
+        return f"✅ Started **{new_id}**", line, new_id
+
+    def on_defaults(model_value, strategy_value):
+        values = runs.form_defaults(model_value or default_model, strategy_value or "lora")
+        return [_optional(values[key]) if runs.PAPER_DEFAULTS[key] is None else values[key]
+                for key, _, _ in runs.FORM_FIELDS]
+
+    def refresh(current: str):
+        all_runs = runs.list_runs()
+        table = _runs_frame(runs.runs_table(all_runs))
+        selected = current.strip() or (all_runs[0]["run_id"] if all_runs else "")
+        if not selected:
+            return "", _progress_html(None), "", gr.skip(), "", table, gr.update(interactive=False), gr.update(interactive=False)
+        try:
+            view = runs.run_view(selected)
+        except KeyError as exc:
+            return selected, _progress_html(None), f"⚠️ {exc.args[0]}", gr.skip(), "", table, \
+                gr.update(interactive=False), gr.update(interactive=False)
+        return (selected, _progress_html(view), _stats_markdown(view), charts.loss_curves(view.train_curve, view.val_curve),
+                view.log_tail, table, gr.update(interactive=view.running), gr.update(interactive=view.resumable))
+
+    def on_pick(event: gr.SelectData, table: pd.DataFrame):
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        return str(table.iloc[row]["run"]) if 0 <= row < len(table) else gr.skip()
+
+    def on_stop(current: str):
+        from captionlab.training.launcher import LaunchError
+
+        try:
+            return f"⏹ {runs.stop(current.strip())}"
+        except LaunchError as exc:
+            return f"⚠️ {exc}"
+
+    def on_resume(current: str):
+        from captionlab.training.launcher import LaunchError
+
+        try:
+            return f"▶ {runs.resume(current.strip())}"
+        except LaunchError as exc:
+            return f"⚠️ {exc}"
+
+    watch_outputs = [run_id, progress, stats, curves, log, runs_table, stop_button, resume_button]
+    preview_button.click(on_preview, form_inputs, [form_message, command], api_visibility="private")
+    launch_button.click(on_launch, form_inputs, [form_message, command, run_id], api_visibility="private").then(
+        refresh, run_id, watch_outputs, api_visibility="private")
+    gr.on([model.change, strategy.change], on_defaults, [model, strategy], field_list, api_visibility="private")
+    runs_table.select(on_pick, runs_table, run_id, api_visibility="private").then(
+        refresh, run_id, watch_outputs, api_visibility="private")
+    stop_button.click(on_stop, run_id, form_message, api_visibility="private").then(
+        refresh, run_id, watch_outputs, api_visibility="private")
+    resume_button.click(on_resume, run_id, form_message, api_visibility="private").then(
+        refresh, run_id, watch_outputs, api_visibility="private")
+    timer.tick(refresh, run_id, watch_outputs, api_visibility="private", show_progress="hidden")

@@ -1,0 +1,386 @@
+"""The web app: it builds without torch, its service facade on a temp workspace, and the running app's API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # app.py lives at the project root
+
+import app as app_module  # noqa: E402
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def write_png(path: Path, size=(40, 30), colour=(200, 30, 30)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+# --- the UI builds without any model and without torch -----------------------------------------
+
+
+def test_ui_imports_and_builds_without_torch(tmp_path):
+    script = (
+        "import sys\n"
+        "import captionlab.ui.app as ui\n"
+        "assert 'torch' not in sys.modules, 'importing the UI imported torch'\n"
+        "from captionlab.service.settings import settings_for\n"
+        f"demo = ui.build_app(settings_for({str(tmp_path / 'no-model')!r}, {str(tmp_path / 'none')!r}))\n"
+        "assert 'torch' not in sys.modules, 'building the UI imported torch'\n"
+        "names = [d.get('api_name') for d in demo.config['dependencies']]\n"
+        "assert 'caption' in names, names\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "CAPTIONLAB_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_catalog_labels_match_the_strategy_registry():
+    from captionlab.service import catalog
+    from captionlab.strategies import PAPER_STRATEGIES, STRATEGIES
+
+    assert catalog.PAPER_STRATEGIES == PAPER_STRATEGIES
+    assert catalog.TRAINABLE_STRATEGIES == [k for k in PAPER_STRATEGIES if STRATEGIES[k].trains]
+    for key, cls in STRATEGIES.items():
+        assert catalog.STRATEGY_LABELS[key] == cls.label
+
+
+# --- app.py ------------------------------------------------------------------------------------
+
+
+def test_command_line_defaults_are_local_and_private():
+    args = app_module.parse_args([])
+    assert (args.host, args.port, args.share, args.auth, args.model) == ("127.0.0.1", 7860, False, None, None)
+    assert app_module.parse_auth("ann:secret") == ("ann", "secret")
+    with pytest.raises(SystemExit):
+        app_module.parse_auth("no-colon")
+
+
+def test_exposed_without_auth_warns():
+    assert app_module.exposure_warning("127.0.0.1", None, False) is None
+    assert "without --auth" in app_module.exposure_warning("0.0.0.0", None, False)
+    assert app_module.exposure_warning("0.0.0.0", ("a", "b"), False) is None
+    assert "public" in app_module.exposure_warning("127.0.0.1", None, True)
+
+
+# --- compare: discovery, images ----------------------------------------------------------------
+
+
+def test_missing_checkpoints_are_listed_with_what_to_do(home, tiny_llava_dir, tmp_path):
+    from captionlab.service.compare import discover_strategies
+    from captionlab.service.settings import settings_for
+
+    slots = {s.key: s for s in discover_strategies(settings_for(str(tiny_llava_dir), tmp_path / "empty"))}
+    assert list(slots) == ["zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora", "full", "clip_captioner"]
+    assert slots["zero_shot"].available
+    for key in ("prompt_learning", "prefix_tuning", "lora", "dora", "full"):
+        assert not slots[key].available
+        assert "no trained checkpoint for" in slots[key].reason and "python -m train zoo" in slots[key].reason
+    assert not slots["clip_captioner"].available and "CLIP-Captioner" in slots["clip_captioner"].reason
+
+
+def test_a_missing_base_model_is_explained_for_every_strategy(home, tmp_path):
+    from captionlab.service.compare import discover_strategies
+    from captionlab.service.settings import settings_for
+
+    slots = discover_strategies(settings_for(str(tmp_path / "nowhere"), tmp_path))
+    assert not any(s.available for s in slots)
+    assert all(s.reason for s in slots)
+
+
+def test_artifacts_are_found_in_strategies_folders_and_run_folders(tmp_path):
+    from captionlab.service.compare import find_artifact
+
+    shipped = tmp_path / "strategies" / "lora"
+    shipped.mkdir(parents=True)
+    (shipped / "strategy.json").write_text(json.dumps({"strategy": "lora"}))
+    run = tmp_path / "run" / "best" / "artifact"
+    run.mkdir(parents=True)
+    (run / "strategy.json").write_text(json.dumps({"strategy": "dora"}))
+    assert find_artifact(shipped, "lora") == shipped
+    assert find_artifact(tmp_path / "run", "dora") == run
+    assert find_artifact(shipped, "dora") is None  # a LoRA artifact is not a DoRA one
+
+
+def test_bad_uploads_get_a_clear_message(tmp_path):
+    from captionlab.service.compare import ImageError, compare_images, open_image, open_images
+    from captionlab.service.settings import settings_for
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    good = write_png(tmp_path / "ok.png")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(ImageError, match="notes.txt: not an image"):
+        open_image(text)
+    with pytest.raises(ImageError, match="cut.png"):
+        open_image(truncated)
+    images, names, errors = open_images([text, good, truncated])
+    assert names == ["ok.png"] and len(errors) == 2
+    with pytest.raises(ImageError, match="no image given"):
+        compare_images(settings_for(None), [])
+    with pytest.raises(ImageError, match="not an image"):
+        compare_images(settings_for(None), [text])  # nothing usable: fails before loading any model
+
+
+def test_gallery_is_rendered_once_from_the_embedded_world(home):
+    from captionlab.service import gallery
+
+    items, source = gallery.load_gallery(None)
+    assert len(items) == gallery.DEFAULT_SIZE and "embedded caption world" in source
+    assert {i.domain for i in items} == {"coco", "nocaps", "cc3m", "vizwiz", "textcaps"}
+    assert all(i.path.is_file() and i.references for i in items)
+    assert gallery.read_gallery(gallery.generated_gallery_dir()) == items
+
+
+# --- train: the form, a run's view -------------------------------------------------------------
+
+
+def form(**changes):
+    from captionlab.service.runs import TrainForm
+
+    values = {"lr_max": 0.02, "lr_min": 1e-5, "batch_size": 32, "micro_batch_size": 8, "epochs": 4,
+              "max_train_images": None, "max_val_images": None}
+    fields = {"model": "llava-1.5-7b", "strategy": "lora", "dataset": "coco", "gpus": 1, "name": ""}
+    for key, value in changes.items():
+        (values if key in values else fields)[key] = value
+    return TrainForm(values=values, **fields)
+
+
+def test_form_defaults_are_the_papers():
+    from captionlab.service.runs import form_defaults
+
+    defaults = form_defaults("llava-1.5-7b", "lora")
+    assert (defaults["lr_max"], defaults["lr_min"], defaults["batch_size"], defaults["epochs"]) == (0.02, 1e-5, 32, 4)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"lr_max": -1}, "max learning rate"), ({"lr_min": 0.5}, "min learning rate"), ({"batch_size": 0}, "batch size"),
+    ({"micro_batch_size": 64}, "micro-batch size"), ({"epochs": 1.5}, "epochs"), ({"gpus": 0}, "GPUs"),
+    ({"max_train_images": "many"}, "max training images"), ({"strategy": "zero_shot"}, "strategy"),
+    ({"dataset": " "}, "dataset"),
+])
+def test_form_errors_name_the_field(changes, field):
+    from captionlab.service.runs import FormError, validate_form
+
+    with pytest.raises(FormError) as caught:
+        validate_form(form(**changes))
+    assert str(caught.value).startswith(field)
+
+
+def test_preview_is_the_launchers_command_with_only_the_changes():
+    from captionlab.service.runs import preview
+
+    assert preview(form()) == "python -m captionlab runs launch llava-1.5-7b/lora"
+    line = preview(form(epochs=1, max_train_images="16", gpus=4, name="quick"))
+    assert line == ("python -m captionlab runs launch llava-1.5-7b/lora epochs=1 max_train_images=16 "
+                    "--gpus 4 --name quick")
+
+
+def make_run(home: Path, run_id="r1", steps=3, total=6, energy=True) -> Path:
+    from captionlab.training import runs_db
+    from captionlab.training.run_folder import RunFolder
+
+    folder = RunFolder(home / "runs" / run_id)
+    folder.path.mkdir(parents=True)
+    folder.write_status(state="running", step=steps, total_steps=total, best_epoch=1, best_val_loss=2.5)
+    for step in range(1, steps + 1):
+        folder.append_metrics({"step": step, "epoch": step / 3, "loss": 4.0 - step * 0.5, "lr": 0.02,
+                               "elapsed_s": 10.0 * step, "energy_j": 3600.0 * step})
+    folder.append_metrics({"event": "val", "epoch": 1, "step": 3, "val_loss": 2.5, "energy_j": 10800.0})
+    if energy:
+        (folder.path / "energy.json").write_text(json.dumps({
+            "kwh_all_epochs": 0.003, "kwh_best": 0.003, "epochs": 1, "best_epoch": 1, "method": "estimate",
+            "label": "estimate: 2 cores x 10 W assumed", "device": "cpu", "measured": False,
+            "strategy": "lora", "model": "embedded", "trainable_parameters": 17408}))
+    folder.log_path.write_text("line 1\nline 2\n")
+    runs_db.register_run(run_id, name=run_id, run_dir=folder.path, state="running", model="embedded",
+                         strategy="lora", dataset="coco", pid=None)
+    return folder.path
+
+
+def test_run_view_reads_progress_curves_energy_and_log(home):
+    from captionlab.service.runs import format_duration, run_view
+
+    make_run(home)
+    view = run_view("r1")
+    assert (view.step, view.total_steps, view.fraction) == (3, 6, 0.5)
+    assert view.eta_s == pytest.approx(30.0)  # 10 s per step, 3 steps to go
+    assert view.train_curve == [(1, 3.5), (2, 3.0), (3, 2.5)] and view.val_curve == [(3, 2.5)]
+    assert view.energy_kwh == pytest.approx(0.003) and "estimate" in view.energy_method
+    assert view.log_tail.endswith("line 2") and view.running and not view.resumable
+    assert format_duration(30) == "30s" and format_duration(3725) == "1h02m"
+
+
+# --- benchmarks, energy -------------------------------------------------------------------------
+
+
+def test_paper_table_1_marks_the_best_per_model():
+    from captionlab.service.benchmarks import paper_rows, table_rows
+
+    columns, cells, keys = table_rows(paper_rows(), ["coco"])
+    assert columns[:3] == ["Source", "Model", "Strategy"] and columns[6] == "C"
+    by_line = {(c[1], c[2]): c for c in cells}
+    assert by_line[("LLaVA-v1.5-7B", "Full fine-tuning")][6] == "**111.4**"
+    assert by_line[("LLaVA-v1.5-7B", "LoRA")][6] == "105.7"
+    assert by_line[("CLIP-Captioner", "—")][6] == "126.2 ★"  # overall best, not bold (its own model)
+    assert by_line[("LLaVA-v1.5-7B", "Zero-shot")][8] == "**0.806** ★"  # CLIP-S
+    assert len(cells) == 13 and all(k["source"] == "paper" for k in keys)
+
+
+def test_your_results_sit_beside_the_papers_and_drill_down(home, tmp_path):
+    from captionlab.evaluation import results
+    from captionlab.service import benchmarks
+
+    predictions = tmp_path / "eval" / "predictions.jsonl"
+    predictions.parent.mkdir()
+    predictions.write_text("\n".join(json.dumps({"image_id": f"img{i}", "caption": f"a red ball {i}",
+                                                 "references": ["a red ball"]}) for i in range(3)))
+    row_id = results.record_result(model="embedded", strategy="lora", dataset="coco", split="test",
+                                   metrics={"CIDEr": 80.0, "BLEU-4": 20.0}, n_images=3,
+                                   predictions_path=predictions)
+    stored = results.get_result(row_id)
+    results.write_results_json(predictions.parent, stored, per_image={"CIDEr": {"img0": 90.0, "img1": 70.0}})
+    rows = benchmarks.paper_rows() + benchmarks.your_rows(None)
+    _, cells, keys = benchmarks.table_rows(rows, ["coco"])
+    mine = [i for i, k in enumerate(keys) if k["source"] == "yours"]
+    assert len(mine) == 1 and cells[mine[0]][6] == "**80.0** ★"
+    records, where = benchmarks.drilldown(keys[mine[0]]["rows"]["coco"])
+    assert [r["image"] for r in records] == ["img0", "img1", "img2"]
+    assert records[0]["caption"] == "a red ball 0" and records[0]["CIDEr"] == 90.0 and records[2]["CIDEr"] is None
+    assert benchmarks.drilldown(keys[0]["rows"]["coco"])[0] == []  # the paper has no per-image data
+
+
+def test_fig2_and_tradeoff_data_from_the_paper():
+    from captionlab.service.benchmarks import cider_series, generalisation_points, paper_rows
+    from captionlab.ui import charts
+
+    rows = paper_rows()
+    bars = cider_series(rows, ["nocaps", "vizwiz", "textcaps"])
+    assert {b["group"] for b in bars} == {"paper · LLaVA-v1.5-7B", "paper · LLaVA-v1.6-7B"}
+    assert len([b for b in bars if b["strategy"] == "CLIP-Captioner"]) == 6  # drawn in both panels
+    points = {(p["model"], p["strategy"]): p for p in generalisation_points(rows)}
+    full = points[("LLaVA-v1.5-7B", "Full fine-tuning")]
+    assert full["in_domain"] == 111.4 and full["out_of_domain"] == pytest.approx((86.8 + 20.8 + 43.7 + 39.3) / 4)
+    assert len(charts.cider_bars(bars).data) > 0 and len(charts.generalisation_scatter(list(points.values())).data) > 0
+    assert charts.cider_bars([]).layout.annotations  # an empty chart says why
+
+
+def test_energy_shows_both_parameter_counts_and_your_runs(home):
+    from captionlab.service import benchmarks, energy
+
+    paper = {r["key"]: r for r in energy.paper_table()}
+    assert paper["prompt_learning"]["Params (printed)"] == "19.7k"
+    assert paper["prompt_learning"]["Params (method text)"] == "196,608"
+    assert paper["prefix_tuning"]["Params (method text)"] == "131,072" and "10x" in paper["prefix_tuning"]["Note"]
+    make_run(home)
+    runs = energy.run_energy_rows(None)
+    assert len(runs) == 1 and runs[0]["Method"].startswith("ESTIMATE") and runs[0]["kWh all epochs"] == 0.003
+    bars = energy.energy_bars(list(paper.values()), runs)
+    assert bars[0]["source"].startswith("paper") and bars[-1]["source"] == "yours · r1"
+    points = energy.quality_points(list(paper.values()), runs, benchmarks.paper_rows())
+    assert {p["strategy"] for p in points} == {"Prompt learning", "Prefix tuning", "LoRA", "DoRA", "Full fine-tuning"}
+
+
+# --- the running app answers gradio_client ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_checkpoints(tmp_path_factory, tiny_llava_dir):
+    """Artifacts of every trainable strategy for the tiny model, laid out as --checkpoints expects."""
+    import torch
+
+    from captionlab.models.loading import load_model
+    from captionlab.models.registry import get_model_spec
+    from captionlab.strategies import get_strategy
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    for seed, key in enumerate(["prompt_learning", "prefix_tuning", "lora", "dora", "full"]):
+        torch.manual_seed(seed)
+        loaded = load_model(get_model_spec(tiny_llava_dir), device="cpu")
+        strategy = get_strategy(key)
+        model = strategy.apply(loaded.model, loaded.spec, loaded.tokenizer)
+        strategy.save(model, root / "strategies" / key)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(args: list[str], home: Path, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """`python app.py ARGS` on 127.0.0.1 and a free port; returns (process, url) once it answers."""
+    import urllib.request
+
+    port = free_port()
+    log = (home / "app.log").open("wb")
+    env = {**os.environ, "CAPTIONLAB_HOME": str(home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                                *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited: {(home / 'app.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.5)
+    stop_app(process)
+    raise TimeoutError(f"the app did not answer within {timeout_s}s: {(home / 'app.log').read_text()[-3000:]}")
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_running_app_captions_through_gradio_client(tmp_path, tiny_llava_dir, served_checkpoints):
+    from gradio_client import Client, handle_file
+
+    home = tmp_path / "home"
+    home.mkdir()
+    process, url = start_app(["--model", str(tiny_llava_dir), "--checkpoints", str(served_checkpoints),
+                              "--device", "cpu", "--max-new-tokens", "4"], home)
+    try:
+        client = Client(url, verbose=False)
+        captions = client.predict(handle_file(str(write_png(tmp_path / "red.png"))), api_name="/caption")
+        assert sorted(captions) == sorted(["zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora", "full"])
+        assert all(isinstance(text, str) for text in captions.values())
+        bad = tmp_path / "bad.png"
+        bad.write_text("this is not a png")
+        with pytest.raises(Exception, match="not an image"):
+            client.predict(handle_file(str(bad)), api_name="/caption")
+    finally:
+        stop_app(process)
