@@ -1,0 +1,99 @@
+"""`python -m captionlab evaluate` on a tiny random LLaVA and the tiny world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from captionlab.cli import main
+
+SIX = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CLIP-Score"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CAPTIONLAB_OPENCLIP_WEIGHTS", str(tmp_path / "no-clip-here.safetensors"))
+    return tmp_path / "home"
+
+
+def _evaluate(*args):
+    return main(["evaluate", *map(str, args)])
+
+
+def test_json_prints_exactly_the_six_metrics(home, tiny_llava_dir, tiny_world, capsys):
+    args = ["--model", tiny_llava_dir, "--strategy", "zero_shot", "--dataset", "coco", "--config", tiny_world,
+            "--limit", 4, "--max-new-tokens", 6, "--batch-size", 2]
+    assert _evaluate(*args, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["metrics"]) == SIX
+    for name in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        assert isinstance(out["metrics"][name], float)
+    for name, value in out["metrics"].items():
+        assert (value is None) == (name in out["unavailable"])
+    assert out["metrics"]["CLIP-Score"] is None and "no-clip-here" in out["unavailable"]["CLIP-Score"]
+    assert out["n_images"] == 4 and out["split"] == "test" and out["generated"] == 4
+
+    # the same evaluation again resumes from its predictions and prints the readable table
+    assert _evaluate(*args) == 0
+    text = capsys.readouterr().out
+    assert "CIDEr" in text and "x100" in text and "unavailable:" in text
+    assert "resumed: 4 caption(s)" in text
+
+
+def _lora_artifact(model_dir, folder):
+    from captionlab.models.loading import load_model
+    from captionlab.models.registry import get_model_spec
+    from captionlab.strategies import get_strategy
+
+    torch.manual_seed(0)
+    loaded = load_model(get_model_spec(model_dir), device="cpu")
+    strategy = get_strategy("lora")
+    model = strategy.apply(loaded.model, loaded.spec, loaded.tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, p in strategy.trainable_parameters(model):
+            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+    strategy.save(model, folder)
+    return folder
+
+
+def test_grid_runs_every_strategy_with_a_checkpoint(home, tmp_path, tiny_llava_dir, tiny_world, capsys):
+    checkpoints = tmp_path / "ckpt"
+    _lora_artifact(tiny_llava_dir, checkpoints / "strategies" / "lora")
+    code = _evaluate("--grid", "--model", tiny_llava_dir, "--strategies", "zero_shot,lora,dora",
+                     "--datasets", "coco,vizwiz", "--config", tiny_world, "--checkpoints", checkpoints,
+                     "--limit", 2, "--max-new-tokens", 4)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Table 1" in out and "Table 3" in out and "Table 2" not in out
+    assert "Zero-shot" in out and "LoRA" in out
+    assert "skipped DoRA" in out or "skipped dora" in out
+    assert "CLIP-Score unavailable" in out
+    from captionlab.evaluation.results import list_results
+
+    rows = list_results()
+    assert sorted((r.strategy, r.dataset) for r in rows) == [("lora", "coco"), ("lora", "vizwiz"),
+                                                            ("zero_shot", "coco"), ("zero_shot", "vizwiz")]
+    assert all(r.n_images == 2 for r in rows)
+    assert {r.checkpoint for r in rows if r.strategy == "lora"} == {str((checkpoints / "strategies" / "lora").resolve())}
+
+
+@pytest.mark.parametrize("case", ["dataset", "checkpoint", "model", "clip_captioner"])
+def test_user_errors_exit_2_naming_the_path(home, tmp_path, tiny_llava_dir, tiny_world, capsys, case):
+    missing = tmp_path / "does" / "not" / "exist.json"
+    if case == "clip_captioner":  # an existing folder that holds no CLIP-Captioner
+        missing.mkdir(parents=True)
+    args = {"dataset": ["--model", tiny_llava_dir, "--strategy", "zero_shot", "--dataset", f"karpathy:{missing}"],
+            "checkpoint": ["--model", tiny_llava_dir, "--strategy", "lora", "--checkpoint", missing,
+                           "--dataset", "coco", "--config", tiny_world],
+            "clip_captioner": ["--model", tiny_llava_dir, "--strategy", "clip_captioner", "--checkpoint", missing,
+                               "--dataset", "coco", "--config", tiny_world, "--limit", 1],
+            "model": ["--model", missing.parent, "--strategy", "zero_shot", "--dataset", "coco",
+                      "--config", tiny_world]}[case]
+    assert _evaluate(*args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(missing.parent if case == "model" else missing) in err
