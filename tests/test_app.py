@@ -384,3 +384,32 @@ def test_running_app_captions_through_gradio_client(tmp_path, tiny_llava_dir, se
             client.predict(handle_file(str(bad)), api_name="/caption")
     finally:
         stop_app(process)
+
+
+def test_cider_of_a_caption_uses_the_gallery_as_its_corpus():
+    from captionlab.service.scoring import cider_scores
+
+    references = [["a red ball on the grass", "a red ball lying on green grass"], None]
+    corpus = {"a": ["two blue cups on a table", "blue cups on a kitchen table"],
+              "b": ["a small tree next to a house", "a house with a tree"],
+              "target": references[0]}  # the target's own entry leaves the corpus
+    captions = {"good": ["a red ball on the grass", "anything"], "bad": ["two blue cups", "anything"]}
+    scores, notes = cider_scores(captions, references, corpus)
+    assert scores["good"][0] > 100 and scores["bad"][0] < scores["good"][0]
+    assert scores["good"][1] is None  # no references: no CIDEr
+    assert "3 images" in notes[0]
+
+
+def test_evaluation_jobs_run_the_evaluate_cli_without_a_shell(home, monkeypatch):
+    from captionlab.service import jobs
+    from captionlab.service.settings import settings_for
+
+    settings = settings_for("llava-1.5-7b", None, "cuda", 30)
+    argv = jobs.evaluation_argv(settings, "lora", "coco", "/runs/r1", limit=50)
+    assert argv[1:] == ["-m", "captionlab", "evaluate", "--model", "llava-1.5-7b", "--strategy", "lora", "--dataset",
+                        "coco", "--max-new-tokens", "30", "--checkpoint", "/runs/r1", "--limit", "50",
+                        "--device", "cuda"]
+    assert "⚠️ limit" in jobs.start_evaluation(settings, "lora", "coco", limit=0)
+    monkeypatch.setattr(jobs, "evaluate_available", lambda: False)
+    assert "not part of this version" in jobs.start_evaluation(settings, "lora", "coco")
+    assert jobs.list_jobs() == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from captionlab.service.catalog import (DATASET_LABELS, DATASETS, IN_DOMAIN, METRICS, OUT_OF_DOMAIN,
+from captionlab.service.catalog import (DATASET_LABELS, IN_DOMAIN, METRICS, OUT_OF_DOMAIN,
                                         PAPER_STRATEGIES, strategy_label)
 
 PAPER = "paper"
@@ -109,7 +109,8 @@ def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[l
                 value = row["metrics"].get(metric)
                 if value is None:
                     continue
-                for store, group in ((best_model, (key[0], key[1], dataset, metric)), (best_source, (key[0], dataset, metric))):
+                for store, group in ((best_model, (key[0], key[1], dataset, metric)),
+                                     (best_source, (key[0], dataset, metric))):
                     store[group] = max(store.get(group, value), value)
     cells, keys = [], []
     for key in order:
@@ -160,7 +161,8 @@ def cider_series(rows: list[dict], datasets: list[str]) -> list[dict]:
             targets = [f"{row['source']} · {row['model']}"]
         for group in targets:
             out.append({"group": group, "strategy": strategy_label(row["strategy"]), "strategy_key": row["strategy"],
-                        "dataset": DATASET_LABELS.get(row["dataset"], row["dataset"]), "cider": row["metrics"]["CIDEr"]})
+                        "dataset": DATASET_LABELS.get(row["dataset"], row["dataset"]),
+                        "cider": row["metrics"]["CIDEr"]})
     order = {DATASET_LABELS.get(d, d): i for i, d in enumerate(datasets)}
     return sorted(out, key=lambda p: (p["group"], _strategy_order(p["strategy_key"]), order.get(p["dataset"], 99)))
 
@@ -205,7 +207,8 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
             per_image = {}
     predictions = _read_predictions(row.get("predictions_path"))
     if not predictions and not per_image:
-        return [], (f"no per-image data for this evaluation (predictions: {row.get('predictions_path') or 'not recorded'})")
+        where = row.get("predictions_path") or "not recorded"
+        return [], f"no per-image data for this evaluation (predictions: {where})"
     ids = list(predictions) or sorted({i for scores in per_image.values() for i in scores})
     out = []
     for image_id in ids[:MAX_DRILLDOWN_ROWS]:
@@ -238,8 +241,8 @@ def _read_predictions(path: str | None) -> dict[str, dict]:
         records = records[0]
     out = {}
     for record in records if isinstance(records, list) else []:
-        if not isinstance(record, dict):
-            continue
+        if not isinstance(record, dict) or not isinstance(record.get("caption", record.get("prediction")), str):
+            continue  # e.g. a line of metadata
         image_id = str(record.get("image_id", record.get("id", len(out))))
         caption = record.get("caption", record.get("prediction", ""))
         references = record.get("references", record.get("refs", []))

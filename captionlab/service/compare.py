@@ -65,7 +65,8 @@ def base_model_problem(settings: AppSettings) -> str | None:
     """Why the base model cannot be loaded on this machine, or None when its weights are here."""
     from captionlab.models.registry import ModelNotFoundError, get_model_spec
 
-    if settings.is_embedded and not (Path(settings.model) / "config.json").is_file() and not _registry_has(settings.model):
+    built = (Path(settings.model) / "config.json").is_file() or _registry_has(settings.model)
+    if settings.is_embedded and not built:
         return (f"the embedded model is not built yet ({settings.model} is missing): "
                 f"run `python -m train zoo` to build the embedded study")
     try:
@@ -316,9 +317,9 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
             if slot.key in captions:
                 text = captions[slot.key][index]
                 row.update(caption=text, words=len(text.split()), latency_ms=round(latency[slot.key], 1))
-                for metric in ("CIDEr", "CLIP-S"):
+                for metric, digits in (("CIDEr", 1), ("CLIP-S", 3)):  # as the paper prints them
                     values = scores.get(metric, {}).get(slot.key)
-                    row[metric] = None if values is None or values[index] is None else round(values[index], 3)
+                    row[metric] = None if values is None or values[index] is None else round(values[index], digits)
             else:
                 row["caption"] = errors_by_key.get(slot.key) or slot.reason or "not loaded"
             result.rows.append(row)

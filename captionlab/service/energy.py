@@ -121,14 +121,16 @@ def quality_points(paper: list[dict], runs: list[dict], results: list[dict]) -> 
     for run in runs:
         match = _result_for_run(run, results)
         if match is not None and run["kWh all epochs"] is not None:
-            points.append({"source": f"yours · {run['Run']}", "strategy": run["Strategy"], "kwh": run["kWh all epochs"],
-                           "kwh_best": run["kWh up to best"], "cider": match["metrics"]["CIDEr"], "method": run["Method"]})
+            points.append({"source": f"yours · {run['Run']}", "strategy": run["Strategy"],
+                           "kwh": run["kWh all epochs"], "kwh_best": run["kWh up to best"],
+                           "cider": match["metrics"]["CIDEr"], "method": run["Method"]})
     return points
 
 
 def _result_for_run(run: dict, results: list[dict]) -> dict | None:
     """The COCO evaluation of this run's checkpoint, else the newest one of its model and strategy."""
-    coco = [r for r in results if r["source"] == "yours" and r["dataset"] == "coco" and r["metrics"].get("CIDEr") is not None]
+    coco = [r for r in results
+            if r["source"] == "yours" and r["dataset"] == "coco" and r["metrics"].get("CIDEr") is not None]
     for r in coco:
         if r.get("checkpoint") and str(r["checkpoint"]).startswith(run["folder"]):
             return r

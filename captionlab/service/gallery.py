@@ -43,7 +43,8 @@ def read_gallery(folder: Path) -> list[GalleryItem]:
         if not entry.get("file") or not image.is_file():
             continue
         references = tuple(str(r) for r in entry.get("references", []) if str(r).strip())
-        items.append(GalleryItem(str(entry.get("id", index)), image.resolve(), str(entry.get("domain", "")), references))
+        items.append(GalleryItem(str(entry.get("id", index)), image.resolve(), str(entry.get("domain", "")),
+                                 references))
     return items
 
 

@@ -32,11 +32,16 @@ def evaluate_help() -> str:
             "yet, so no evaluation job can be started from here.")
 
 
-def evaluation_argv(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None) -> list[str]:
+def evaluation_argv(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None,
+                    limit: int | None = None) -> list[str]:
     argv = [sys.executable, "-m", "captionlab", "evaluate", "--model", settings.model, "--strategy", strategy,
-            "--dataset", dataset]
+            "--dataset", dataset, "--max-new-tokens", str(settings.max_new_tokens)]
     if checkpoint:
         argv += ["--checkpoint", checkpoint]
+    if limit:
+        argv += ["--limit", str(limit)]
+    if settings.device:
+        argv += ["--device", settings.device]
     return argv
 
 
@@ -46,15 +51,16 @@ def jobs_dir() -> Path:
     return path
 
 
-def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None = None) -> str:
+def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None = None,
+                     limit: int | None = None) -> str:
     """Start the job; returns a message for the user (what started, or why nothing did)."""
     if not evaluate_available():
         return evaluate_help()
     if not strategy or not dataset:
         return "⚠️ strategy and dataset: both are needed"
-    if checkpoint and not Path(checkpoint).exists():
-        return f"⚠️ checkpoint: {checkpoint} does not exist"
-    argv = evaluation_argv(settings, strategy, dataset, checkpoint)
+    if limit is not None and limit < 1:
+        return "⚠️ limit: must be at least 1 (or empty for the whole split)"
+    argv = evaluation_argv(settings, strategy, dataset, checkpoint, limit)
     job_id = f"eval-{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = jobs_dir() / job_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,10 +97,12 @@ def list_jobs(limit: int = 20) -> list[dict]:
 
 
 def _alive(pid: int | None) -> bool:
+    """A live, non-zombie process whose command line is an evaluation (not a reused pid)."""
     if not pid:
         return False
-    stat = Path(f"/proc/{pid}/stat")
     try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, IndexError):
         return False
+    return state not in ("Z", "X") and b"evaluate" in argv

@@ -19,6 +19,7 @@ from captionlab import paths
 from captionlab.service.catalog import TRAINABLE_STRATEGIES
 
 JOULES_PER_KWH = 3.6e6
+NO_METHOD_YET = "method not reported yet: the trainer records it in energy.json after the first epoch"
 
 # The form's fields: (config key, label, kind). Defaults come from the recipe, else the paper's.
 FORM_FIELDS = [
@@ -231,7 +232,7 @@ def runs_table(runs: list[dict]) -> list[dict]:
 def _kwh_text(kwh: float | None, method: str | None) -> str:
     if kwh is None:
         return ""
-    return f"{kwh:.3g} ({method or 'method unknown'})"
+    return f"{kwh:.3g} ({method or 'method pending'})"
 
 
 @dataclass
@@ -285,14 +286,15 @@ def run_view(run_id: str, log_lines: int = 40) -> RunView:
     kwh = energy.get("kwh_all_epochs")
     if energy_j is not None and (kwh is None or energy_j / JOULES_PER_KWH > kwh):
         kwh = energy_j / JOULES_PER_KWH
-    method = energy.get("label") or energy.get("method") or status.get("energy_method") or ""
+    method = (energy.get("label") or energy.get("method") or status.get("energy_label")
+              or status.get("energy_method") or "")
     return RunView(
         run_id=run_id, state=state, message=status.get("message") or row.get("message") or "", step=step,
         total_steps=total, fraction=fraction, eta_s=eta, elapsed_s=elapsed,
         train_curve=[(m["step"], m["loss"]) for m in steps],
         val_curve=[(m.get("step", 0), m["val_loss"]) for m in vals if m.get("val_loss") is not None],
         lr_curve=[(m["step"], m["lr"]) for m in steps if m.get("lr") is not None],
-        energy_kwh=kwh, energy_method=method or ("not measured yet" if kwh is None else "method unknown"),
+        energy_kwh=kwh, energy_method=method or ("not measured yet" if kwh is None else NO_METHOD_YET),
         best_epoch=status.get("best_epoch"), best_val_loss=status.get("best_val_loss"),
         log_tail=folder.log_tail(log_lines), resumable=state in ("stopped", "crashed", "failed"),
         running=state in ("running", "queued"),

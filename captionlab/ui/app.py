@@ -22,7 +22,8 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     with gr.Blocks(title="captionlab") as demo:
         gr.Markdown(f"## {TITLE}\nCan multimodal LLMs replace classic captioners, and which way of personalizing "
                     f"them adapts them to COCO-style captions while keeping their generality? "
-                    f"Serving **{settings.model_label}**" + (" (the embedded miniature study)" if settings.is_embedded else ""))
+                    f"Serving **{settings.model_label}**"
+                    + (" (the embedded miniature study)" if settings.is_embedded else ""))
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 create_compare_tab(settings)

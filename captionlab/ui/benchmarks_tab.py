@@ -5,7 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from captionlab.service import benchmarks, jobs
-from captionlab.service.catalog import DATASETS, FIG2_DATASETS, PAPER_TABLES
+from captionlab.service.catalog import COMPARE_ORDER, DATASETS, FIG2_DATASETS, PAPER_TABLES, strategy_label
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
 
@@ -51,10 +51,14 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     with gr.Accordion("Run an evaluation", open=False):
         gr.Markdown(jobs.evaluate_help())
         with gr.Row():
-            eval_strategy = gr.Textbox("zero_shot", label="Strategy (key)")
+            eval_strategy = gr.Dropdown([(strategy_label(k), k) for k in COMPARE_ORDER], value="zero_shot",
+                                        label="Strategy")
             eval_dataset = gr.Dropdown(DATASETS, value="coco", label="Dataset", allow_custom_value=True)
-            eval_checkpoint = gr.Textbox("", label="Checkpoint folder (empty for zero-shot / shipped)")
-        eval_button = gr.Button("Start evaluation job")
+            eval_checkpoint = gr.Textbox("", label="Checkpoint: run folder, run id or artifact (empty: zero-shot)")
+            eval_limit = gr.Number(None, label="Only the first N images (empty: all)", precision=0)
+        with gr.Row():
+            eval_button = gr.Button("Start evaluation job", variant="primary")
+            jobs_button = gr.Button("Refresh jobs")
         eval_message = gr.Markdown()
         eval_jobs = gr.Dataframe(interactive=False, wrap=True, label="Evaluation jobs")
 
@@ -82,8 +86,9 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         title = f"**{line['model']} · {chosen['strategy']} · {chosen['dataset']}** — {where}"
         return title, pd.DataFrame(records)
 
-    def on_evaluate(strategy: str, dataset: str, checkpoint: str):
-        message = jobs.start_evaluation(settings, strategy.strip(), dataset.strip(), checkpoint.strip() or None)
+    def on_evaluate(strategy: str, dataset: str, checkpoint: str, limit):
+        message = jobs.start_evaluation(settings, (strategy or "").strip(), (dataset or "").strip(),
+                                        (checkpoint or "").strip() or None, int(limit) if limit else None)
         return message, pd.DataFrame(jobs.list_jobs())
 
     outputs = [table, keys, notes, fig2, tradeoff]
@@ -91,5 +96,6 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     gr.on(None, show, [table_choice, source_choice], outputs, api_visibility="private")
     reload_button.click(show, [table_choice, source_choice], outputs, api_visibility="private")
     table.select(on_select, [table_choice, keys], [drill_note, drill], api_visibility="private")
-    eval_button.click(on_evaluate, [eval_strategy, eval_dataset, eval_checkpoint], [eval_message, eval_jobs],
-                      api_visibility="private")
+    eval_button.click(on_evaluate, [eval_strategy, eval_dataset, eval_checkpoint, eval_limit],
+                      [eval_message, eval_jobs], api_visibility="private")
+    jobs_button.click(lambda: pd.DataFrame(jobs.list_jobs()), None, eval_jobs, api_visibility="private")

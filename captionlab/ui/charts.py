@@ -59,14 +59,16 @@ def generalisation_scatter(points: list[dict]) -> go.Figure:
         names = [f"{p['source']} · {p['model']}" for p in mine]
         figure.add_trace(go.Scatter(
             x=[p["in_domain"] for p in mine], y=[p["out_of_domain"] for p in mine], mode="markers", name=strategy,
-            marker=dict(size=13, color=_colour(strategy), symbol=[symbols[models.index(n) % len(symbols)] for n in names],
+            marker=dict(size=13, color=_colour(strategy),
+                        symbol=[symbols[models.index(n) % len(symbols)] for n in names],
                         line=dict(width=1, color="#333")),
             customdata=[[n, p["n_out"]] for n, p in zip(names, mine)],
             hovertemplate=(f"{strategy} · %{{customdata[0]}}<br>COCO CIDEr %{{x:.1f}}<br>"
                            "mean of %{customdata[1]} out-of-domain CIDEr %{y:.1f}<extra></extra>")))
     for model in models:  # one legend entry per marker shape
         figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=model,
-                                    marker=dict(size=11, color="#bbb", symbol=symbols[models.index(model) % len(symbols)])))
+                                    marker=dict(size=11, color="#bbb",
+                                                symbol=symbols[models.index(model) % len(symbols)])))
     figure.update_layout(title="Generalisation trade-off: in-domain vs out-of-domain CIDEr",
                          xaxis_title="COCO CIDEr (in-domain)", yaxis_title="mean out-of-domain CIDEr",
                          height=520, **LAYOUT)

@@ -62,7 +62,8 @@ def create_compare_tab(settings: AppSettings) -> None:
                                   label=f"Or click an example: {gallery_source}", columns=5, height=290,
                                   allow_preview=False, buttons=[], elem_id="compare-gallery")
     status = gr.Markdown(elem_id="compare-status")
-    shown = gr.Gallery(label="Captioned images", columns=10, height=150, object_fit="contain", allow_preview=False, preview=False,
+    shown = gr.Gallery(label="Captioned images", columns=10, height=150, object_fit="contain", allow_preview=False,
+                       preview=False, fit_columns=False, elem_id="compare-shown",
                        buttons=[])
     table = gr.Dataframe(value=_table(None), label="Captions side by side", wrap=True, interactive=False,
                          max_height=720, column_widths=["11%", "12%", "47%", "6%", "9%", "7%", "8%"],

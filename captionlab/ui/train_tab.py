@@ -16,6 +16,7 @@ from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
 
 POLL_SECONDS = 2.0
+STATE_COLOURS = {"finished": "#2ca02c", "failed": "#d62728", "crashed": "#d62728", "stopped": "#ff7f0e"}
 RUN_HEADERS = ["run", "strategy", "model", "dataset", "state", "progress", "best val loss", "kWh"]
 
 
@@ -25,7 +26,7 @@ def _progress_html(view: runs.RunView | None) -> str:
     percent = 100 * view.fraction
     total = view.total_steps or "?"
     eta = f" · ETA {runs.format_duration(view.eta_s)}" if view.eta_s is not None else ""
-    colour = {"finished": "#2ca02c", "failed": "#d62728", "crashed": "#d62728", "stopped": "#ff7f0e"}.get(view.state, "#1f77b4")
+    colour = STATE_COLOURS.get(view.state, "#1f77b4")
     return (f"<div id='train-progress' data-step='{view.step}' data-state='{html.escape(view.state)}'>"
             f"<div style='display:flex;justify-content:space-between;font-size:0.95em'>"
             f"<b>{html.escape(view.run_id)}</b><span>{html.escape(view.state)} · step {view.step}/{total} "
@@ -91,10 +92,11 @@ def create_train_tab(settings: AppSettings) -> None:
         stop_button = gr.Button("Stop", variant="stop", scale=1, elem_id="train-stop")
         resume_button = gr.Button("Resume", scale=1, elem_id="train-resume")
     progress = gr.HTML(_progress_html(None))
-    stats = gr.Markdown()
+    stats = gr.Markdown(elem_id="train-stats")
     with gr.Row():
-        curves = gr.Plot(charts.empty_figure("no run selected"), label="Loss curves")
-        log = gr.Code(label="Log (last lines)", language=None, interactive=False, lines=16, max_lines=16)
+        curves = gr.Plot(charts.empty_figure("no run selected"), label="Loss curves", elem_id="train-curves")
+        log = gr.Textbox(label="Log (last lines)", interactive=False, lines=16, max_lines=16, autoscroll=True,
+                         elem_id="train-log")
     runs_table = gr.Dataframe(_runs_frame([]), label="All runs (newest first; click one to watch it)",
                               interactive=False, wrap=True, elem_id="train-runs")
     timer = gr.Timer(POLL_SECONDS)
@@ -135,13 +137,15 @@ def create_train_tab(settings: AppSettings) -> None:
         table = _runs_frame(runs.runs_table(all_runs))
         selected = current.strip() or (all_runs[0]["run_id"] if all_runs else "")
         if not selected:
-            return "", _progress_html(None), "", gr.skip(), "", table, gr.update(interactive=False), gr.update(interactive=False)
+            return ("", _progress_html(None), "", gr.skip(), "", table, gr.update(interactive=False),
+                    gr.update(interactive=False))
         try:
             view = runs.run_view(selected)
         except KeyError as exc:
             return selected, _progress_html(None), f"⚠️ {exc.args[0]}", gr.skip(), "", table, \
                 gr.update(interactive=False), gr.update(interactive=False)
-        return (selected, _progress_html(view), _stats_markdown(view), charts.loss_curves(view.train_curve, view.val_curve),
+        return (selected, _progress_html(view), _stats_markdown(view),
+                charts.loss_curves(view.train_curve, view.val_curve),
                 view.log_tail, table, gr.update(interactive=view.running), gr.update(interactive=view.resumable))
 
     def on_pick(event: gr.SelectData, table: pd.DataFrame):

@@ -1,0 +1,182 @@
+"""The real app in headless Chromium: Compare captions an upload, Benchmarks draws plotly charts, a
+training run started from the Train form advances and is still there after a page reload.
+
+Chromium is Debian's (/usr/bin/chromium), driven by playwright's sync API; nothing is downloaded.
+Screenshots go to $CAPTIONLAB_SCREENSHOTS when set (else the test's temp folder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from test_app import served_checkpoints, start_app, stop_app, write_png  # noqa: F401  (fixture re-used)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT_MS = 120_000  # every wait is bounded; CPU captioning and training on 2 shared cores are slow
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_llava_dir, served_checkpoints):  # noqa: F811
+    """The app on a free port, serving the tiny model and its strategies, with a tiny world to train on."""
+    home = tmp_path_factory.mktemp("browser-home")
+    previous = os.environ.get("CAPTIONLAB_HOME")
+    os.environ["CAPTIONLAB_HOME"] = str(home)
+    try:
+        from captionlab import paths
+        from captionlab.world import write_world
+
+        write_world(paths.world_dir(), seed=0, scale=0.02, workers=1)
+    finally:
+        if previous is None:
+            os.environ.pop("CAPTIONLAB_HOME")
+        else:
+            os.environ["CAPTIONLAB_HOME"] = previous
+    process, url = start_app(["--model", str(tiny_llava_dir), "--checkpoints", str(served_checkpoints),
+                              "--device", "cpu", "--max-new-tokens", "4"], home)
+    yield url, home
+    stop_app(process)
+    from captionlab.training import launcher
+
+    os.environ["CAPTIONLAB_HOME"] = str(home)  # stop any run the tests left going
+    try:
+        for run in launcher.runs_db.list_runs():
+            if run["state"] in launcher.ACTIVE_STATES:
+                try:
+                    launcher.stop_run(run["run_id"], grace_s=5)
+                except launcher.LaunchError:
+                    pass
+    finally:
+        if previous is None:
+            os.environ.pop("CAPTIONLAB_HOME")
+        else:
+            os.environ["CAPTIONLAB_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    url, _ = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url, timeout=WAIT_MS)
+    page.wait_for_selector("#compare-gallery", timeout=WAIT_MS)
+    yield page
+    page.close()
+
+
+def screenshot(page, name: str, tmp_path: Path) -> None:
+    folder = Path(os.environ.get("CAPTIONLAB_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_compare_captions_an_upload_with_every_strategy(page, tmp_path):
+    image = write_png(tmp_path / "upload.png", size=(64, 48), colour=(20, 160, 40))
+    page.locator("#compare-upload input[type=file]").set_input_files(str(image))
+    page.wait_for_selector("#compare-upload :text('upload.png')", timeout=WAIT_MS)
+    page.click("#compare-run")
+    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Captioned')",
+                           timeout=WAIT_MS)
+    table = page.inner_text("#compare-table")
+    for label in ("Zero-shot", "Prompt learning", "Prefix tuning", "LoRA", "DoRA", "Full fine-tuning",
+                  "CLIP-Captioner"):
+        assert label in table
+    assert "Captioned 1 image(s) with 6 captioner(s)" in page.inner_text("#compare-status")
+    assert "CLIP-Captioner checkpoint" in table  # shown with what to do, not hidden
+    screenshot(page, "compare", tmp_path)
+
+
+def test_compare_rejects_a_file_that_is_not_an_image(page, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    page.locator("#compare-upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_selector("#compare-upload :text('notes.txt')", timeout=WAIT_MS)
+    page.click("#compare-run")
+    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('not an image')",
+                           timeout=WAIT_MS)
+    assert "Traceback" not in page.content()
+
+
+def test_benchmarks_draw_plotly_charts(page, tmp_path):
+    open_tab(page, "Benchmarks")
+    page.wait_for_selector("#bench-fig2 .js-plotly-plot .main-svg", timeout=WAIT_MS)
+    page.wait_for_selector("#bench-tradeoff .js-plotly-plot .main-svg", timeout=WAIT_MS)
+    assert page.locator("#bench-fig2 .js-plotly-plot .bars path").count() > 10
+    assert "111.4" in page.inner_text("#bench-table")  # Table 1: LLaVA-v1.5-7B full fine-tuning CIDEr
+    screenshot(page, "benchmarks", tmp_path)
+
+
+def progress_step(page) -> tuple[int, str]:
+    element = page.locator("#train-progress")
+    if element.count() == 0:
+        return -1, ""
+    return int(element.get_attribute("data-step") or 0), element.get_attribute("data-state") or ""
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_training_from_the_form_advances_and_survives_a_reload(page, served, tmp_path):
+    url, home = served
+    open_tab(page, "Train")
+    for field, value in (("batch-size", "2"), ("micro-batch-size", "2"), ("epochs", "1"),
+                         ("max-train-images", "12"), ("max-val-images", "4")):
+        box = page.locator(f"#train-{field} input, #train-{field} textarea").first
+        box.fill(value)
+        box.press("Tab")
+    page.fill("#train-name input, #train-name textarea", "browser-test")
+    page.click("#train-launch")
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Started')",
+                           timeout=WAIT_MS)
+    run_id = re.search(r"Started (\S+)", page.inner_text("#train-message")).group(1)
+    assert run_id.startswith("browser-test")
+    assert "epochs=1" in page.input_value("#train-command textarea")
+
+    first = wait_for(lambda: progress_step(page)[0] >= 1 and progress_step(page), 240, "the first optimizer step")
+    screenshot(page, "train-running", tmp_path)
+    wait_for(lambda: progress_step(page)[0] > first[0] or progress_step(page)[1] == "finished", 240,
+             "the run to advance past its first step")
+    wait_for(lambda: "kWh" in page.inner_text("#train-stats") if page.locator("#train-stats").count() else False,
+             60, "the energy so far")
+
+    page.reload()
+    page.wait_for_selector("#compare-gallery", timeout=WAIT_MS)
+    open_tab(page, "Train")
+    wait_for(lambda: run_id in page.inner_text("#train-runs"), 60, "the run in the list after a reload")
+    wait_for(lambda: run_id in (page.locator("#train-progress").inner_text()
+                                if page.locator("#train-progress").count() else ""),
+             60, "the run's progress after a reload")
+    assert progress_step(page)[0] >= first[0]
+    page.wait_for_selector("#train-curves .js-plotly-plot", timeout=WAIT_MS)
+    screenshot(page, "train-after-reload", tmp_path)
