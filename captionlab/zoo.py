@@ -187,3 +187,77 @@ def step_personalize(out: Path) -> None:
         _train_recipe(f"embedded/{strategy}", run_dir)
         _ship_run(run_dir, target, out / "runs" / strategy)
         _say(f"personalize {strategy}: done in {time.monotonic() - started:.0f}s")
+
+
+def step_clip_captioner(out: Path) -> None:
+    target = out / "clip_captioner"
+    if target.exists() and any(target.glob("*.safetensors")):
+        _say("clip_captioner: exists")
+        return
+    started = time.monotonic()
+    run_dir = paths.workspace() / "zoo_runs" / "clip_captioner"
+    _train_recipe("embedded/clip_captioner", run_dir)
+    _ship_run(run_dir, target, out / "runs" / "clip_captioner")
+    _say(f"clip_captioner: done in {time.monotonic() - started:.0f}s")
+
+
+def step_evaluate(out: Path) -> None:
+    """All seven captioners on all five domains; results.json + predictions shipped under results/."""
+    from captionlab.evaluation.evaluator import DEFAULT_DATASETS, evaluate_grid
+    from captionlab.strategies import PAPER_STRATEGIES
+
+    results_dir = out / "results"
+    db_path = paths.workspace() / "zoo_results.db"
+    grid = evaluate_grid(
+        "embedded", strategies=[*PAPER_STRATEGIES, "clip_captioner"], datasets=DEFAULT_DATASETS,
+        checkpoints=out, config_path=world_config(), db_path=db_path,
+        on_skip=lambda what, why: _say(f"evaluate: skipped {what}: {why}"),
+        on_result=lambda r: _say(f"evaluate {r.strategy} on {r.dataset}: CIDEr {r.metrics.get('CIDEr')}"),
+    )
+    if grid.failed:
+        raise RuntimeError(f"evaluations failed: {grid.failed}")
+    for result in grid.results:
+        target = results_dir / result.strategy / result.dataset
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(result.predictions_path, target / "predictions.jsonl")
+        data = json.loads(Path(result.results_path).read_text())
+        # the shipped copy points at the shipped predictions, relative to the project
+        data["result"]["predictions_path"] = str((target / "predictions.jsonl").relative_to(paths.PROJECT_ROOT))
+        (target / "results.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    _say(f"evaluate: {len(grid.results)} evaluations written to {results_dir}")
+
+
+def step_report(out: Path) -> None:
+    from captionlab import report
+    from captionlab.service.gallery import write_gallery
+
+    if not (out / "gallery" / "gallery.json").exists():
+        write_gallery(out / "gallery", n=10, seed=0)
+    report.main(["--checkpoints", str(out), "--readme", str(paths.PROJECT_ROOT / "README.md")])
+    write_manifest(out)
+
+
+def recipe_hash(recipe: str) -> str:
+    """Hash of a recipe's resolved config (what a shipped run must have been trained with)."""
+    import hashlib
+
+    from captionlab.training.config import resolve_config
+
+    config = resolve_config(recipe, {}).to_dict()
+    config.pop("recipe", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(out: Path) -> Path:
+    """manifest.json: every shipped file's sha256 and, per trained run, the hash of its recipe."""
+    import hashlib
+
+    files = {}
+    for file in sorted(out.rglob("*")):
+        if file.is_file() and file.name != "manifest.json":
+            files[str(file.relative_to(out))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    recipes = {s: {"recipe": f"embedded/{s}", "config_sha256": recipe_hash(f"embedded/{s}")}
+               for s in [*PERSONALIZED, "clip_captioner"] if (out / "runs" / s / "config.yaml").exists()}
+    manifest = out / "manifest.json"
+    manifest.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True) + "\n")
+    return manifest

@@ -54,7 +54,7 @@ def pixels_of(paths: list[Path], processor) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def train_clip(pairs: list[tuple[Path, list[str]]], tokenizer, out_dir: Path, *, epochs: int = 12,
+def train_clip(pairs: list[tuple[Path, list[str]]], tokenizer, out_dir: Path, *, epochs: int = 8,
                batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                progress: Callable[[str], None] = print) -> Path:
     """Train the tiny CLIP on (image path, captions) pairs and save it to out_dir."""
@@ -87,7 +87,7 @@ def train_clip(pairs: list[tuple[Path, list[str]]], tokenizer, out_dir: Path, *,
             optimizer.step()
             schedule.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         progress(f"clip epoch {epoch + 1}/{epochs}: contrastive loss {np.mean(losses):.3f} "
                  f"({time.monotonic() - started:.0f}s)")
     out_dir = Path(out_dir)

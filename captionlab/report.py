@@ -1,0 +1,167 @@
+"""The embedded study's report: Tables 1-4 in the paper's shape and the checks the study must pass,
+generated from the shipped results (never typed by hand).
+
+    python -m captionlab.report [--checkpoints checkpoints/embedded] [--readme README.md]
+
+writes `<checkpoints>/results/tables.md` and, with --readme, replaces the README's section between
+`<!-- embedded-study:start -->` and `<!-- embedded-study:end -->`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from captionlab import paths
+
+DATASETS = ("coco", "nocaps", "cc3m", "vizwiz", "textcaps")
+ORDER = ("clip_captioner", "zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora", "full")
+LABELS = {"clip_captioner": "CLIP-Captioner", "zero_shot": "Zero-shot", "prompt_learning": "Prompt learning",
+          "prefix_tuning": "Prefix tuning", "lora": "LoRA", "dora": "DoRA", "full": "Full fine-tuning"}
+METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CLIP-Score")
+START, END = "<!-- embedded-study:start -->", "<!-- embedded-study:end -->"
+
+
+def load_study(checkpoints: Path) -> dict[tuple[str, str], dict]:
+    """(strategy, dataset) -> {"metrics", "unavailable", "predictions", "references", ...} from results/."""
+    study = {}
+    for results_json in sorted((Path(checkpoints) / "results").glob("*/*/results.json")):
+        document = json.loads(results_json.read_text())
+        result = document["result"]
+        predictions = {}
+        predictions_file = results_json.parent / "predictions.jsonl"
+        if predictions_file.exists():
+            for line in predictions_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "image_id" in row:
+                    predictions[str(row["image_id"])] = row.get("caption", "")
+        study[(result["strategy"], result["dataset"])] = {**result, "predictions": predictions,
+                                                          "per_image": document.get("per_image", {})}
+    return study
+
+
+def _cell(value, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if metric == "CLIP-Score" else f"{value:.1f}"
+
+
+def metrics_table(study: dict, datasets: tuple[str, ...]) -> str:
+    """A table shaped like the paper's Tables 1-3; the best value of each column in bold (LLaVA rows)."""
+    header = "| Model | Strategy | " + " | ".join(f"{d} {m}" for d in datasets for m in METRICS) + " |"
+    lines = [header, "|" + "---|" * (2 + len(datasets) * len(METRICS))]
+    best = {}
+    for d in datasets:
+        for m in METRICS:
+            values = [study[(s, d)]["metrics"].get(m) for s in ORDER if (s, d) in study and s != "clip_captioner"]
+            values = [v for v in values if v is not None]
+            best[(d, m)] = max(values) if values else None
+    for strategy in ORDER:
+        if not any((strategy, d) in study for d in datasets):
+            continue
+        model = "CLIP-Captioner" if strategy == "clip_captioner" else "embedded tiny LLaVA"
+        cells = []
+        for d in datasets:
+            for m in METRICS:
+                value = study.get((strategy, d), {}).get("metrics", {}).get(m)
+                text = _cell(value, m)
+                if value is not None and strategy != "clip_captioner" and value == best[(d, m)]:
+                    text = f"**{text}**"
+                cells.append(text)
+        label = "-" if strategy == "clip_captioner" else LABELS[strategy]
+        lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def energy_table(checkpoints: Path) -> str:
+    lines = ["| Strategy | Trainable params | Energy, all epochs (kWh) | Energy, up to best (kWh) | Best epoch | Method |",
+             "|---|---|---|---|---|---|"]
+    for strategy in ORDER:
+        energy_file = Path(checkpoints) / "runs" / strategy / "energy.json"
+        if not energy_file.exists():
+            continue
+        energy = json.loads(energy_file.read_text())
+        lines.append(f"| {LABELS[strategy]} | {energy.get('trainable_parameters', 0):,} | "
+                     f"{energy.get('kwh_all_epochs', 0):.2e} | {energy.get('kwh_best', 0):.2e} | "
+                     f"{energy.get('best_epoch')} | {energy.get('label') or energy.get('method')} |")
+    return "\n".join(lines)
+
+
+def mean_words(texts) -> float:
+    texts = list(texts)
+    return sum(len(t.split()) for t in texts) / max(1, len(texts))
+
+
+def checks(study: dict) -> list[str]:
+    """The quality claims the embedded study makes, each computed from the shipped predictions."""
+    from captionlab.world.vocabulary import NOVEL_KINDS
+
+    out = []
+    zero = study.get(("zero_shot", "coco"))
+    if zero:
+        refs = [r for rs in _references("coco").values() for r in rs]
+        out.append(f"Zero-shot captions on coco average {mean_words(zero['predictions'].values()):.1f} words against "
+                   f"{mean_words(refs):.1f} for the references.")
+    for strategy in ORDER:
+        row = study.get((strategy, "coco"))
+        if row and row["predictions"]:
+            distinct = len(set(row["predictions"].values())) / len(row["predictions"])
+            out.append(f"{LABELS[strategy]}: {distinct:.0%} of coco test captions are distinct; "
+                       f"mean {mean_words(row['predictions'].values()):.1f} words.")
+    for strategy in ORDER:
+        row = study.get((strategy, "nocaps"))
+        if row and row["predictions"]:
+            named = sum(any(k in c.lower() for k in NOVEL_KINDS) for c in row["predictions"].values())
+            out.append(f"{LABELS[strategy]} names a nocaps-only object kind in {named} of "
+                       f"{len(row['predictions'])} nocaps captions.")
+    return out
+
+
+def _references(dataset: str) -> dict[str, list[str]]:
+    from captionlab.data.datasets import load_records
+
+    config = paths.world_dir() / "datasets.yaml"
+    if not config.exists():
+        return {}
+    split = "test" if dataset == "coco" else None
+    return {r.image_id: list(r.references) for r in load_records(dataset, split=split, config=config)}
+
+
+def render(checkpoints: Path) -> str:
+    study = load_study(checkpoints)
+    parts = [
+        "#### Table 1: in-domain (coco test)", metrics_table(study, ("coco",)),
+        "#### Tables 2-3: out-of-domain", metrics_table(study, ("nocaps", "cc3m")), "",
+        metrics_table(study, ("vizwiz", "textcaps")),
+        "#### Table 4: trainable parameters and training energy", energy_table(checkpoints),
+        "#### Checks", "\n".join(f"- {line}" for line in checks(study)),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", default=str(paths.CHECKPOINTS_DIR / "embedded"))
+    parser.add_argument("--readme", help="README.md whose embedded-study section to regenerate")
+    args = parser.parse_args(argv)
+    text = render(Path(args.checkpoints))
+    (Path(args.checkpoints) / "results" / "tables.md").write_text(text)
+    if args.readme:
+        readme = Path(args.readme)
+        content = readme.read_text()
+        if START not in content or END not in content:
+            print(f"error: {readme} has no {START} ... {END} section")
+            return 2
+        content = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}{END}", content, flags=re.S)
+        readme.write_text(content)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
