@@ -266,7 +266,9 @@ def test_your_results_sit_beside_the_papers_and_drill_down(home, tmp_path):
     records, where = benchmarks.drilldown(keys[mine[0]]["rows"]["coco"])
     assert [r["image"] for r in records] == ["img0", "img1", "img2"]
     assert records[0]["caption"] == "a red ball 0" and records[0]["CIDEr"] == 90.0 and records[2]["CIDEr"] is None
-    assert benchmarks.drilldown(keys[0]["rows"]["coco"])[0] == []  # the paper has no per-image data
+    assert mine == [0]  # your rows come first, above the paper's
+    paper_line = next(k for k in keys if k["source"] == "paper")
+    assert benchmarks.drilldown(paper_line["rows"]["coco"])[0] == []  # the paper has no per-image data
 
 
 def test_fig2_and_tradeoff_data_from_the_paper():

@@ -100,7 +100,7 @@ def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[l
             continue
         key = (row["source"], _model_of(row), row["strategy"])
         lines.setdefault(key, {})[row["dataset"]] = row
-    order = sorted(lines, key=lambda k: (k[0] != PAPER, k[1] != "CLIP-Captioner", k[1], _strategy_order(k[2])))
+    order = sorted(lines, key=lambda k: (k[0] != YOURS, k[1] != "CLIP-Captioner", k[1], _strategy_order(k[2])))
     best_model: dict[tuple, float] = {}
     best_source: dict[tuple, float] = {}
     for key in order:
@@ -213,11 +213,11 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     out = []
     for image_id in ids[:MAX_DRILLDOWN_ROWS]:
         entry = predictions.get(image_id, {})
-        line = {"image": image_id, "caption": entry.get("caption", ""),
-                "references": " | ".join(entry.get("references", [])[:3])}
+        line = {"image": image_id, "caption": entry.get("caption", "")}
         for metric, scores in per_image.items():
             value = scores.get(image_id)
             line[metric] = None if value is None else round(float(value), 3)
+        line["references"] = " | ".join(entry.get("references", [])[:2])
         out.append(line)
     source = f"{len(ids)} images from {row.get('predictions_path') or results_json}"
     if len(ids) > MAX_DRILLDOWN_ROWS:

@@ -91,10 +91,18 @@ def _energy_row(energy: dict, run: str, model: str, strategy: str, origin: str, 
         "Strategy": strategy_label(energy.get("strategy") or strategy), "key": energy.get("strategy") or strategy,
         "Params": f"{energy['trainable_parameters']:,}" if energy.get("trainable_parameters") else "—",
         "kWh all epochs": energy.get("kwh_all_epochs"), "kWh up to best": energy.get("kwh_best"),
-        "Best epoch": energy.get("best_epoch"), "Epochs": energy.get("epochs"),
-        "Method": f"{'measured' if measured else 'ESTIMATE'}: {energy.get('label') or method}",
+        "Best epoch": f"{energy.get('best_epoch') or '—'} of {energy.get('epochs') or '?'}",
+        "Method": _method_text(energy.get("label") or method, measured),
         "Device": energy.get("device") or "unknown", "folder": str(folder),
     }
+
+
+def _method_text(label: str, measured: bool) -> str:
+    """The label, starting with "measured" or "ESTIMATE" so an estimate is never read as a measurement."""
+    lowered = label.lower()
+    if measured:
+        return label if lowered.startswith("measured") else f"measured: {label}"
+    return "ESTIMATE" + label[len("estimate"):] if lowered.startswith("estimate") else f"ESTIMATE: {label}"
 
 
 def energy_bars(paper: list[dict], runs: list[dict]) -> list[dict]:

@@ -39,7 +39,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         reload_button = gr.Button("Reload results", scale=1)
     notes = gr.Markdown()
     table = gr.Dataframe(label="Results", interactive=False, wrap=True, datatype="markdown",
-                         elem_id="bench-table", max_height=560)
+                         elem_id="bench-table", max_height=900)
     keys = gr.State([])
     with gr.Accordion("Per-image drill-down", open=True):
         drill_note = gr.Markdown("*Click a row of your results above.*")

@@ -92,22 +92,27 @@ def loss_curves(train: list[tuple[float, float]], val: list[tuple[float, float]]
 
 
 def energy_bars(bars: list[dict]) -> go.Figure:
-    """kWh per strategy: all epochs (solid) and up to the best checkpoint (hatched), per source."""
+    """kWh per strategy, all epochs and up to the best checkpoint: the paper's panel beside yours
+    (each with its own scale: a 7B model on four A100s and a tiny one on a CPU differ by orders)."""
     if not bars:
         return empty_figure("no energy figures yet")
-    figure = go.Figure()
-    labels = [f"{b['strategy']}<br><sub>{b['source']}</sub>" for b in bars]
-    figure.add_trace(go.Bar(x=labels, y=[b["kwh_all"] for b in bars], name="all epochs",
-                            marker_color=[_colour(b["strategy"]) for b in bars],
-                            customdata=[b["method"] for b in bars],
-                            hovertemplate="%{x}<br>%{y:.4g} kWh, all epochs<br>%{customdata}<extra></extra>"))
-    figure.add_trace(go.Bar(x=labels, y=[b["kwh_best"] for b in bars], name="up to best checkpoint",
-                            marker=dict(color=[_colour(b["strategy"]) for b in bars], pattern_shape="/", opacity=0.55),
-                            customdata=[b["method"] for b in bars],
-                            hovertemplate="%{x}<br>%{y:.4g} kWh up to best<br>%{customdata}<extra></extra>"))
-    log = max((b["kwh_all"] or 0) for b in bars) / max(1e-12, min((b["kwh_all"] or 1e9) for b in bars)) > 1000
-    figure.update_layout(barmode="group", title="Training energy per strategy", yaxis_title="kWh",
-                         yaxis_type="log" if log else "linear", height=420, **LAYOUT)
+    panels = [("paper", [b for b in bars if b["source"].startswith("paper")]),
+              ("yours", [b for b in bars if not b["source"].startswith("paper")])]
+    panels = [(name, items) for name, items in panels if items]
+    titles = ["the paper (4x A100, as printed)" if name == "paper" else "your runs" for name, _ in panels]
+    figure = make_subplots(rows=1, cols=len(panels), subplot_titles=titles)
+    for column, (name, items) in enumerate(panels, start=1):
+        labels = [b["strategy"] if name == "paper" else f"{b['strategy']}<br><sub>{b['source'][8:][:28]}</sub>"
+                  for b in items]
+        for key, label, style in (("kwh_all", "all epochs", dict()),
+                                  ("kwh_best", "up to best checkpoint", dict(pattern_shape="/", opacity=0.55))):
+            figure.add_trace(go.Bar(
+                x=labels, y=[b[key] for b in items], name=label, legendgroup=label, showlegend=column == 1,
+                marker=dict(color=[_colour(b["strategy"]) for b in items], **style),
+                customdata=[b["method"] for b in items],
+                hovertemplate=f"%{{x}}<br>%{{y:.4g}} kWh, {label}<br>%{{customdata}}<extra></extra>"), row=1, col=column)
+        figure.update_yaxes(title_text="kWh", row=1, col=column)
+    figure.update_layout(barmode="group", title="Training energy per strategy", height=440, **LAYOUT)
     return figure
 
 

@@ -11,6 +11,11 @@ from captionlab.ui import charts
 PAPER_COLUMNS = ["Strategy", "Params (printed)", "Params (method text)", "kWh all epochs", "kWh up to best", "Note"]
 RUN_COLUMNS = ["Run", "Origin", "Model", "Strategy", "Params", "kWh all epochs", "kWh up to best", "Best epoch",
                "Method", "Device"]
+RUN_WIDTHS = ["15%", "7%", "11%", "8%", "8%", "8%", "8%", "7%", "17%", "11%"]
+
+
+def _kwh(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
 
 
 def _counted_frame(counts: dict | None, model: str) -> pd.DataFrame:
@@ -32,12 +37,11 @@ def create_energy_tab(settings: AppSettings) -> None:
         count_button = gr.Button("Count (builds the model on the meta device; takes a while)")
         counted = gr.Dataframe(interactive=False)
     gr.Markdown("### Your runs (energy.json of each run; measured = NVML or RAPL counters, ESTIMATE otherwise)")
-    runs_table = gr.Dataframe(interactive=False, wrap=True, elem_id="energy-runs")
+    runs_table = gr.Dataframe(interactive=False, wrap=True, elem_id="energy-runs", column_widths=RUN_WIDTHS)
     runs_note = gr.Markdown()
     reload_button = gr.Button("Reload")
-    with gr.Row():
-        bars = gr.Plot(label="Energy per strategy", elem_id="energy-bars")
-        scatter = gr.Plot(label="CIDEr against kWh", elem_id="energy-scatter")
+    bars = gr.Plot(label="Energy per strategy", elem_id="energy-bars")
+    scatter = gr.Plot(label="CIDEr against kWh", elem_id="energy-scatter")
 
     def show():
         paper = energy.paper_table()
@@ -48,7 +52,8 @@ def create_energy_tab(settings: AppSettings) -> None:
             results = benchmarks.paper_rows()
         note = "" if runs else "*No run has written energy.json yet: train one in the Train tab.*"
         return (pd.DataFrame([[r[c] for c in PAPER_COLUMNS] for r in paper], columns=PAPER_COLUMNS),
-                pd.DataFrame([[r[c] for c in RUN_COLUMNS] for r in runs], columns=RUN_COLUMNS), note,
+                pd.DataFrame([[_kwh(r[c]) if c.startswith("kWh") else r[c] for c in RUN_COLUMNS] for r in runs],
+                             columns=RUN_COLUMNS), note,
                 charts.energy_bars(energy.energy_bars(paper, runs)),
                 charts.quality_vs_energy(energy.quality_points(paper, runs, results)),
                 _counted_frame(energy.counted_parameters("llava-1.5-7b"), "llava-1.5-7b"))
