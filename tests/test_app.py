@@ -415,3 +415,61 @@ def test_evaluation_jobs_run_the_evaluate_cli_without_a_shell(home, monkeypatch)
     monkeypatch.setattr(jobs, "evaluate_available", lambda: False)
     assert "not part of this version" in jobs.start_evaluation(settings, "lora", "coco")
     assert jobs.list_jobs() == []
+
+
+def test_shipped_results_are_read_with_their_predictions(home, tmp_path):
+    from captionlab.evaluation import results
+    from captionlab.service import benchmarks
+
+    shipped = tmp_path / "ckpt" / "results" / "dora" / "nocaps"
+    shipped.mkdir(parents=True)
+    (shipped / "predictions.jsonl").write_text(json.dumps({"image_id": "n1", "caption": "a crown on a lake"}) + "\n")
+    row = results.ResultRow(model="embedded", strategy="dora", dataset="nocaps", split="val",
+                            metrics={"CIDEr": 42.0}, n_images=1,
+                            predictions_path="checkpoints/embedded/results/dora/nocaps/predictions.jsonl")
+    results.write_results_json(shipped, row, per_image={"CIDEr": {"n1": 42.0}})
+    (found,) = benchmarks.your_rows(tmp_path / "ckpt")
+    assert found["origin"] == "shipped" and found["metrics"]["CIDEr"] == 42.0
+    records, _ = benchmarks.drilldown(found)
+    assert records == [{"image": "n1", "caption": "a crown on a lake", "CIDEr": 42.0, "references": ""}]
+
+
+def test_a_run_launched_from_the_form_is_watched_from_its_folder(home):
+    from captionlab.service import runs
+    from captionlab.training.launcher import LaunchError
+
+    fake_trainer = [sys.executable, str(ROOT / "tests" / "fixtures" / "fake_trainer.py")]
+    run_id = runs.launch(form(name="from form", epochs=1), trainer_cmd=fake_trainer)
+    deadline = time.monotonic() + 60
+    while runs.run_view(run_id).state != "finished" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    view = runs.run_view(run_id)
+    assert run_id.startswith("from-form") and view.state == "finished" and view.fraction == 1.0
+    assert len(view.train_curve) == 20 and view.energy_kwh == pytest.approx(720 / 3.6e6)
+    assert not view.running and not view.resumable
+    table = runs.runs_table(runs.list_runs())
+    assert table[0]["run"] == run_id and table[0]["state"] == "finished" and table[0]["progress"] == "20/20"
+    with pytest.raises(LaunchError, match="not running"):
+        runs.stop(run_id)
+    with pytest.raises(LaunchError, match="only a stopped, crashed or failed run"):
+        runs.resume(run_id)
+
+
+@pytest.mark.slow
+def test_compare_captions_several_images_and_scores_gallery_ones(home, tmp_path, tiny_llava_dir, served_checkpoints):
+    from captionlab.service import compare, gallery
+    from captionlab.service.settings import settings_for
+
+    settings = settings_for(str(tiny_llava_dir), served_checkpoints, "cpu", 4)
+    items, _ = gallery.load_gallery(settings.checkpoints)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 broken jpeg")
+    files = [str(items[0].path), str(write_png(tmp_path / "upload.png")), str(bad)]
+    result = compare.compare_images(settings, files, [list(items[0].references), None, None],
+                                    {i.id: list(i.references) for i in items})
+    assert result.names == [items[0].path.name, "upload.png"] and result.skipped[0].startswith("bad.jpg")
+    assert len(result.rows) == 2 * 7 and set(result.captions) == set(compare.COMPARE_ORDER) - {"clip_captioner"}
+    gallery_rows = [r for r in result.rows if r["image"] == items[0].path.name and r["key"] != "clip_captioner"]
+    assert all(r["CIDEr"] is not None and r["latency_ms"] > 0 and r["words"] is not None for r in gallery_rows)
+    assert all(r["CIDEr"] is None for r in result.rows if r["image"] == "upload.png")
+    assert list(result.references) == [items[0].path.name]

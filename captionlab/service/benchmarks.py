@@ -60,10 +60,23 @@ def _shipped_results(checkpoints: Path | None) -> list[dict]:
             continue
     for path in sorted(folder.rglob(store.RESULTS_JSON_NAME)):
         try:
-            rows.append(_row(store.load_results_json(path).result, "shipped", path))
+            row = _row(store.load_results_json(path).result, "shipped", path)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
             continue
+        row["predictions_path"] = _shipped_predictions(row["predictions_path"], path.parent)
+        rows.append(row)
     return rows
+
+
+def _shipped_predictions(recorded: str | None, folder: Path) -> str | None:
+    """Shipped results record their predictions relative to the project (or not at all)."""
+    from captionlab import paths
+
+    candidates = [Path(recorded)] if recorded else []
+    if recorded and not Path(recorded).is_absolute():
+        candidates.insert(0, paths.PROJECT_ROOT / recorded)
+    candidates.append(folder / "predictions.jsonl")
+    return next((str(c) for c in candidates if c.is_file()), recorded)
 
 
 def _strategy_order(strategy: str) -> int:

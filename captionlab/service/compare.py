@@ -299,7 +299,7 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
     pool = get_pool(settings)
     captions, latency, errors_by_key = pool.caption(images)
     result = CompareResult(names=names, captions=captions, rows=[], skipped=list(errors))
-    if pool.load_seconds:
+    if pool.load_seconds and captions:
         result.notes.append(f"models loaded in {pool.load_seconds:.1f} s (once per app start)")
     scores: dict[str, dict[str, list]] = {}
     if score and captions:

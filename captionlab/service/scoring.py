@@ -2,7 +2,7 @@
 
 - CLIP-Score needs no references, so every caption gets one, from the CLIP the settings point
   to (`<checkpoints>/clip/`, e.g. the embedded tiny CLIP) or else the paper's ViT-B/32 when its
-  weights are here; the encoder's name is reported beside the numbers.
+  weights are here (never downloaded); the encoder's name is reported beside the numbers.
 - CIDEr-D weighs n-grams by their document frequency over a corpus of references; over a single
   image every weight is log(1/1) = 0. So each caption is scored against its image's references
   with the document frequencies of a corpus (the gallery's references): one
@@ -22,16 +22,22 @@ _encoder_lock = threading.Lock()
 
 
 def clip_encoder(settings: AppSettings):
-    """(encoder, None) or (None, why there is none)."""
+    """(encoder, None) or (None, why there is none).
+
+    `<checkpoints>/clip/` when there is one (the embedded tiny CLIP ships there), else the paper's
+    ViT-B/32 when its weights are here. A real model's captions are never scored with the tiny
+    CLIP, which only knows the embedded world.
+    """
     from captionlab.evaluation import clipscore
 
     folder = Path(settings.checkpoints) / "clip" if settings.checkpoints else None
-    key = str(folder) if folder and (folder / "config.json").is_file() else "default"
+    key = str(folder) if folder and (folder / "config.json").is_file() else "vit-b-32"
     with _encoder_lock:
         if key not in _encoders:
             try:
-                if key == "default":
-                    _encoders[key] = clipscore.default_clip_encoder()
+                if key == "vit-b-32":
+                    clipscore.openclip_weights_path()  # raises, saying how to get them, when absent
+                    _encoders[key] = clipscore.OpenClipEncoder(device=settings.device)
                 elif folder == clipscore.embedded_clip_folder():
                     _encoders[key] = clipscore.embedded_clip_encoder(folder)
                 else:

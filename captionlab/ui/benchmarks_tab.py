@@ -31,7 +31,8 @@ def _load_rows(settings: AppSettings) -> tuple[list[dict], str]:
 def create_benchmarks_tab(settings: AppSettings) -> None:
     """Lay out the Benchmarks tab inside the current gr.Tab."""
     gr.Markdown("Scores are on the paper's scale (BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; CLIP-S unscaled). "
-                "**Bold**: best of a model (per source); ★: best of the source overall. Click one of your rows "
+                "**Bold**: best of a model (per source); ★: best of the source overall. *Yours*: the evaluations in "
+                "this workspace and those shipped with the checkpoints (the embedded study). Click one of your rows "
                 "to see its per-image captions and scores.")
     with gr.Row():
         table_choice = gr.Radio(list(PAPER_TABLES), value=list(PAPER_TABLES)[0], label="Table", scale=3)

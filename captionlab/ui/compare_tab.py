@@ -81,6 +81,8 @@ def create_compare_tab(settings: AppSettings) -> None:
         except compare.ImageError as exc:
             return (f"⚠️ {exc}", [], _table(None), "", "")
         message = f"Captioned {len(result.names)} image(s) with {len(result.captions)} captioner(s)."
+        if not result.captions:
+            message = "⚠️ No captioner can run yet: the table says why, and what to do, for each one."
         if result.skipped:
             message += "\n\n⚠️ Skipped: " + "; ".join(result.skipped)
         good = [p for p in paths if Path(p).name in result.names]
