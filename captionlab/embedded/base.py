@@ -29,7 +29,7 @@ from captionlab.training.batching import build_training_batch
 def build_base(tokenizer, clip: transformers.CLIPModel) -> transformers.LlavaForConditionalGeneration:
     """A tiny LLaVA whose vision tower carries the trained CLIP's vision weights."""
     model = transformers.LlavaForConditionalGeneration(tiny_config(LLAVA_SHAPE, len(tokenizer), tokenizer))
-    model.model.vision_tower.vision_model.load_state_dict(clip.vision_model.state_dict())
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     return model
 
 
