@@ -289,7 +289,8 @@ def run_view(run_id: str, log_lines: int = 40) -> RunView:
     method = (energy.get("label") or energy.get("method") or status.get("energy_label")
               or status.get("energy_method") or "")
     return RunView(
-        run_id=run_id, state=state, message=status.get("message") or row.get("message") or "", step=step,
+        run_id=run_id, state=state, step=step,
+        message=(status.get("message") if "message" in status else row.get("message")) or "",
         total_steps=total, fraction=fraction, eta_s=eta, elapsed_s=elapsed,
         train_curve=[(m["step"], m["loss"]) for m in steps],
         val_curve=[(m.get("step", 0), m["val_loss"]) for m in vals if m.get("val_loss") is not None],

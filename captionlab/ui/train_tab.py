@@ -38,7 +38,8 @@ def _progress_html(view: runs.RunView | None) -> str:
 def _stats_markdown(view: runs.RunView) -> str:
     energy = "—" if view.energy_kwh is None else f"{view.energy_kwh:.4g} kWh ({view.energy_method})"
     best = "—" if view.best_val_loss is None else f"{view.best_val_loss:.4f} (epoch {view.best_epoch})"
-    lines = [f"**Elapsed:** {runs.format_duration(view.elapsed_s)} · **energy so far:** {energy} · "
+    energy_label = "energy so far" if view.running else "energy"
+    lines = [f"**Elapsed:** {runs.format_duration(view.elapsed_s)} · **{energy_label}:** {energy} · "
              f"**best validation loss:** {best}"]
     if view.message:
         lines.append(f"**Message:** {view.message}")
