@@ -30,7 +30,7 @@ def load_study(checkpoints: Path) -> dict[tuple[str, str], dict]:
     for results_json in sorted((Path(checkpoints) / "results").glob("*/*/results.json")):
         document = json.loads(results_json.read_text())
         result = document["result"]
-        predictions = {}
+        predictions, references = {}, {}
         predictions_file = results_json.parent / "predictions.jsonl"
         if predictions_file.exists():
             for line in predictions_file.read_text().splitlines():
@@ -40,7 +40,8 @@ def load_study(checkpoints: Path) -> dict[tuple[str, str], dict]:
                     continue
                 if "image_id" in row:
                     predictions[str(row["image_id"])] = row.get("caption", "")
-        study[(result["strategy"], result["dataset"])] = {**result, "predictions": predictions,
+                    references[str(row["image_id"])] = list(row.get("references") or [])
+        study[(result["strategy"], result["dataset"])] = {**result, "predictions": predictions, "references": references,
                                                           "per_image": document.get("per_image", {})}
     return study
 
@@ -104,7 +105,7 @@ def checks(study: dict) -> list[str]:
     out = []
     zero = study.get(("zero_shot", "coco"))
     if zero:
-        refs = [r for rs in _references("coco").values() for r in rs]
+        refs = [r for rs in zero["references"].values() for r in rs]
         out.append(f"Zero-shot captions on coco average {mean_words(zero['predictions'].values()):.1f} words against "
                    f"{mean_words(refs):.1f} for the references.")
     for strategy in ORDER:
@@ -120,16 +121,6 @@ def checks(study: dict) -> list[str]:
             out.append(f"{LABELS[strategy]} names a nocaps-only object kind in {named} of "
                        f"{len(row['predictions'])} nocaps captions.")
     return out
-
-
-def _references(dataset: str) -> dict[str, list[str]]:
-    from captionlab.data.datasets import load_records
-
-    config = paths.world_dir() / "datasets.yaml"
-    if not config.exists():
-        return {}
-    split = "test" if dataset == "coco" else None
-    return {r.image_id: list(r.references) for r in load_records(dataset, split=split, config=config)}
 
 
 def render(checkpoints: Path) -> str:

@@ -228,7 +228,8 @@ class Trainer:
         config = self.config
         if self.main:
             self.run.write_status(state="running", pid=os.getpid(), total_steps=self.total_steps,
-                                  step=self.state["step"], epoch=self.state["epoch"], message="")
+                                  step=self.state["step"], epoch=self.state["epoch"], message="",
+                                  energy_method=self.energy.method, energy_label=self.energy.label)
         self.log(f"training {config.strategy} on {config.model}: {len(self.train_records)} images, "
                  f"{self.total_steps} steps of {config.batch_size} ({config.epoch_unit} epochs), "
                  f"{sum(p.numel() for p in self.params.values()):,} trainable parameters, {self.world} process(es), "
