@@ -18,16 +18,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captionlab.safety.images import ImageRejected, open_upload
 from captionlab.service.catalog import CLIP_CAPTIONER, COMPARE_ORDER, strategy_label
 from captionlab.service.settings import AppSettings
 
 ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, without importing torch
 MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
-MAX_PIXELS = 40_000_000
 
 
-class ImageError(ValueError):
-    """An upload that is not a readable image; the message names the file."""
+class ImageError(ImageRejected):
+    """An upload that is not a usable image (or a request without one); the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -151,25 +151,13 @@ def _clip_captioner_slot(settings: AppSettings, root: Path | None) -> StrategySl
 
 
 def open_image(path: str | Path):
-    """An uploaded file as an RGB PIL image, or ImageError saying what is wrong with it."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
+    """An uploaded file as an RGB PIL image (`captionlab.safety.images.open_upload`), else ImageError."""
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ImageError(f"{path.name}: {image.width}x{image.height} is too large (at most "
-                                 f"{MAX_PIXELS // 1_000_000} megapixels)")
-            image.load()
-            return image.convert("RGB")
+        return open_upload(path)
     except ImageError:
         raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{path.name}: not an image (PNG, JPEG, WebP, GIF, BMP, ... expected)") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{path.name}: too large to decode safely") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path.name}: the image is corrupt or truncated ({exc})") from None
+    except ImageRejected as exc:
+        raise ImageError(str(exc)) from None
 
 
 def open_images(files: list[str | Path]) -> tuple[list, list[str], list[str]]:
