@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,15 +52,40 @@ def jobs_dir() -> Path:
     return path
 
 
+def validate_evaluation(strategy: str, dataset: str, checkpoint: str | None,
+                        limit) -> tuple[str, str, str | None, int | None]:
+    """The job's inputs checked, paths resolved inside the allowed roots; ValueError names the field."""
+    from captionlab.data.readers import FORMATS
+    from captionlab.safety.paths import check_checkpoint, check_dataset
+    from captionlab.service.catalog import COMPARE_ORDER, DATASETS
+    from captionlab.service.runs import dataset_choices
+
+    if strategy not in COMPARE_ORDER:
+        raise ValueError(f"strategy: choose one of {', '.join(COMPARE_ORDER)}")
+    dataset = check_dataset(dataset, sorted(set(DATASETS) | set(dataset_choices())), FORMATS)
+    checkpoint = check_checkpoint(checkpoint) if checkpoint else None
+    if limit is not None and not (isinstance(limit, str) and not limit.strip()):
+        try:
+            number = float(limit)
+        except (TypeError, ValueError):
+            raise ValueError(f"limit: {limit!r} is not a whole number") from None
+        if not math.isfinite(number) or not number.is_integer() or number < 1:
+            raise ValueError("limit: must be a whole number, at least 1 (or empty for the whole split)")
+        return strategy, dataset, checkpoint, int(number)
+    return strategy, dataset, checkpoint, None
+
+
 def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None = None,
-                     limit: int | None = None) -> str:
+                     limit: int | float | str | None = None) -> str:
     """Start the job; returns a message for the user (what started, or why nothing did)."""
     if not evaluate_available():
         return evaluate_help()
     if not strategy or not dataset:
         return "⚠️ strategy and dataset: both are needed"
-    if limit is not None and limit < 1:
-        return "⚠️ limit: must be at least 1 (or empty for the whole split)"
+    try:
+        strategy, dataset, checkpoint, limit = validate_evaluation(strategy, dataset, checkpoint, limit)
+    except ValueError as exc:
+        return f"⚠️ {exc}"
     argv = evaluation_argv(settings, strategy, dataset, checkpoint, limit)
     job_id = f"eval-{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = jobs_dir() / job_id

@@ -19,6 +19,7 @@ from captionlab import paths
 from captionlab.service.catalog import TRAINABLE_STRATEGIES
 
 JOULES_PER_KWH = 3.6e6
+MAX_GPUS = 64  # one node's worth, and then some: the launcher runs one accelerate job on one machine
 NO_METHOD_YET = "method not reported yet: the trainer records it in energy.json after the first epoch"
 
 # The form's fields: (config key, label, kind). Defaults come from the recipe, else the paper's.
@@ -128,12 +129,16 @@ def _number(key: str, label: str, kind: type, raw) -> int | float | None:
 
 def validate_form(form: TrainForm) -> tuple[str, list[str]]:
     """(recipe, overrides) for the launcher, or FormError naming the first bad field."""
+    from captionlab.data.readers import FORMATS
+    from captionlab.safety.paths import PathNotAllowed, check_dataset, check_model
+
     if form.strategy not in TRAINABLE_STRATEGIES:
         raise FormError(f"strategy: choose one of {', '.join(TRAINABLE_STRATEGIES)} (zero-shot trains nothing)")
-    if not str(form.model or "").strip():
-        raise FormError("model: choose a model")
-    if not str(form.dataset or "").strip():
-        raise FormError("dataset: choose a dataset (a name, or FORMAT:PATH)")
+    try:  # model folders and FORMAT:PATH datasets only inside the allowed roots (captionlab.safety.paths)
+        model = check_model(form.model, model_choices())
+        dataset = check_dataset(form.dataset, dataset_choices(), FORMATS)
+    except PathNotAllowed as exc:
+        raise FormError(str(exc)) from None
     values = {key: _number(key, label, kind, form.values.get(key)) for key, label, kind in FORM_FIELDS}
     checks = [
         ("max learning rate", values["lr_max"] > 0, "must be positive"),
@@ -151,16 +156,18 @@ def validate_form(form: TrainForm) -> tuple[str, list[str]]:
         if not ok:
             raise FormError(f"{label}: {why}")
     try:
-        gpus = int(form.gpus)
+        gpus = float(form.gpus)
     except (TypeError, ValueError):
         raise FormError(f"GPUs: {form.gpus!r} is not a whole number") from None
-    if gpus < 1:
-        raise FormError("GPUs: must be at least 1")
-    recipe = recipe_for(form.model, form.strategy)
+    if not math.isfinite(gpus) or not gpus.is_integer():
+        raise FormError(f"GPUs: {form.gpus!r} is not a whole number")
+    if not 1 <= gpus <= MAX_GPUS:
+        raise FormError(f"GPUs: must be between 1 and {MAX_GPUS}")
+    recipe = recipe_for(model, form.strategy)
     if recipe is None:
         raise FormError(f"strategy: no recipe for {form.strategy} in {paths.RECIPES_DIR}")
     base = recipe_values(recipe)
-    wanted = {"model": form.model.strip(), "strategy": form.strategy, "dataset": form.dataset.strip(), **values}
+    wanted = {"model": model, "strategy": form.strategy, "dataset": dataset, **values}
     overrides = [f"{key}={_yaml_scalar(value)}" for key, value in wanted.items() if base.get(key) != value]
     return recipe, overrides
 

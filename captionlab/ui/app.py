@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from captionlab.safety.paths import allow_root
 from captionlab.service import gallery
 from captionlab.service.settings import AppSettings, embedded_settings
 from captionlab.ui.benchmarks_tab import create_benchmarks_tab
@@ -19,6 +20,8 @@ TITLE = "captionlab: personalizing multimodal LLMs for image captioning"
 def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     """The app for `settings` (default: the embedded study). Loads no model: captioners load on first use."""
     settings = settings or embedded_settings()
+    for folder in (settings.model, settings.checkpoints):  # what the app serves, forms may name
+        allow_root(folder)
     with gr.Blocks(title="captionlab") as demo:
         gr.Markdown(f"## {TITLE}\nCan multimodal LLMs replace classic captioners, and which way of personalizing "
                     f"them adapts them to COCO-style captions while keeping their generality? "

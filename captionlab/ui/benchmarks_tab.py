@@ -89,7 +89,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
 
     def on_evaluate(strategy: str, dataset: str, checkpoint: str, limit):
         message = jobs.start_evaluation(settings, (strategy or "").strip(), (dataset or "").strip(),
-                                        (checkpoint or "").strip() or None, int(limit) if limit else None)
+                                        (checkpoint or "").strip() or None, limit)
         return message, pd.DataFrame(jobs.list_jobs())
 
     outputs = [table, keys, notes, fig2, tradeoff]
