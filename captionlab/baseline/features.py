@@ -35,7 +35,7 @@ FEATURE_LAYER = -2
 OPEN_CLIP_PREFIX = "open_clip:"
 OPEN_CLIP_PRETRAINED = "openai"
 WEIGHTS_ENV = "CAPTIONLAB_CAPTIONER_CLIP_WEIGHTS"
-OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors",)  # never the pickled .bin: safetensors only
 STORAGE_DTYPE = torch.float16
 
 
@@ -146,7 +146,8 @@ class HFGridEncoder(GridEncoder):
         hf_logging.set_verbosity_error()  # a CLIPModel folder's text weights are unused here, by design
         hf_logging.disable_progress_bar()
         try:
-            self.model = CLIPVisionModel.from_pretrained(self.folder, local_files_only=True, dtype=dtype)
+            self.model = CLIPVisionModel.from_pretrained(self.folder, local_files_only=True, dtype=dtype,
+                                                         use_safetensors=True)
         finally:
             hf_logging.set_verbosity(verbosity)
             if bar:
@@ -198,7 +199,7 @@ def folder_fingerprint(folder: Path) -> str:
     """sha256 (16 hex) of a model folder's config, preprocessing and weight files: changes when they do."""
     digest = hashlib.sha256()
     for path in sorted(Path(folder).iterdir()):
-        if path.is_file() and (path.suffix in (".safetensors", ".bin") or path.name in
+        if path.is_file() and (path.suffix == ".safetensors" or path.name in
                                ("config.json", "preprocessor_config.json")):
             digest.update(path.name.encode())
             with path.open("rb") as handle:
@@ -219,6 +220,9 @@ def open_clip_weights_file(name: str, cache_dir: str | Path | None = None) -> Pa
               f"{cfg.get('hf_hub', '').strip('/')}), or point ${WEIGHTS_ENV} at a downloaded {OPEN_CLIP_WEIGHT_FILES[0]}")
     explicit = os.environ.get(WEIGHTS_ENV, "").strip()
     if explicit:
+        if Path(explicit).suffix != ".safetensors":
+            raise ClipEncoderNotFound(f"${WEIGHTS_ENV}={explicit} is not a .safetensors file (pickled weights are "
+                                      f"never loaded); {how_to}")
         if Path(explicit).expanduser().is_file():
             return Path(explicit).expanduser()
         raise ClipEncoderNotFound(f"${WEIGHTS_ENV}={explicit} is not a file; {how_to}")
@@ -229,10 +233,6 @@ def open_clip_weights_file(name: str, cache_dir: str | Path | None = None) -> Pa
         cached = try_to_load_from_cache(repo, filename, cache_dir=str(cache_dir) if cache_dir else None)
         if isinstance(cached, str) and Path(cached).is_file():
             return Path(cached)
-    if cfg.get("url") and cache_dir is None:  # open_clip's own download cache for OpenAI's .pt files
-        legacy = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
-        if legacy.is_file():
-            return legacy
     raise ClipEncoderNotFound(f"the CLIP-Captioner's encoder {name} ({OPEN_CLIP_PRETRAINED}) is not in the local "
                               f"caches; captionlab never downloads at run time: {how_to}")
 

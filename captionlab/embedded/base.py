@@ -39,7 +39,7 @@ def pretrain_base(conversations: list[tuple[Path, str, str]], tokenizer, clip_di
     """Pretrain on (image, user prompt, verbose answer) triples and save a tiny-LLaVA folder."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    clip = transformers.CLIPModel.from_pretrained(clip_dir)
+    clip = transformers.CLIPModel.from_pretrained(clip_dir, use_safetensors=True)
     model = build_base(tokenizer, clip)
     out_dir = Path(out_dir)
     save_tiny_llava(out_dir, tokenizer, LLAVA_SHAPE, name="embedded", model=model)  # processor + card first
@@ -98,7 +98,7 @@ def sample_answer(folder: Path, image, prompt: str = "Briefly caption the image"
     """Greedy answer of a saved base (a quick look at what pretraining produced)."""
     spec = get_model_spec(folder)
     processor = transformers.AutoProcessor.from_pretrained(folder)
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder, use_safetensors=True).eval()
     inputs = processor(images=[image], text=[build_prompt(spec, prompt)], return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -31,7 +31,7 @@ CLIP_SCORE_WEIGHT = 2.5
 CLIP_SCORE_PREFIX = "A photo depicts "
 OPENCLIP_WEIGHTS_ENV = "CAPTIONLAB_OPENCLIP_WEIGHTS"
 OPENAI_VITB32_HF_REPO = "timm/vit_base_patch32_clip_224.openai"
-OPENCLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OPENCLIP_WEIGHT_FILES = ("open_clip_model.safetensors",)  # never the pickled .bin: safetensors only
 EMBEDDED_CLIP_NAME = "embedded-tiny-clip"
 
 
@@ -71,7 +71,7 @@ class HFClipEncoder(ClipEncoder):
             raise ClipWeightsNotFound(f"no CLIP model in {self.folder} (config.json missing)")
         self.name = name or f"hf-clip:{self.folder.name}"
         self.device = torch.device(device)
-        self.model = CLIPModel.from_pretrained(self.folder, local_files_only=True).to(self.device).eval()
+        self.model = CLIPModel.from_pretrained(self.folder, local_files_only=True, use_safetensors=True).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         self.image_processor = AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
@@ -104,6 +104,9 @@ def openclip_weights_path(weights: str | Path | None = None, cache_dir: str | Pa
     explicit = weights or os.environ.get(OPENCLIP_WEIGHTS_ENV, "").strip() or None
     if explicit:
         path = Path(explicit).expanduser()
+        if path.suffix != ".safetensors":
+            raise ClipWeightsNotFound(f"open_clip weights file {path} is not a .safetensors file (pickled "
+                                      f"weights are never loaded); {how_to}")
         if path.is_file():
             return path
         raise ClipWeightsNotFound(f"open_clip weights file {path} does not exist; {how_to}")

@@ -87,7 +87,7 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None, dtype:
     folder = weights_folder(spec)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}  # never a pickled .bin
     if load_in_4bit:
         if device.type != "cuda":
             raise RuntimeError("4-bit loading (QLoRA) needs a CUDA GPU with bitsandbytes; none is present")

@@ -39,5 +39,6 @@ class FullFineTuning(Strategy):
         if not (Path(directory) / "config.json").exists():
             raise StrategyError(f"{directory}: no config.json in the full fine-tuning artifact")
         base = unwrap(model)
-        loaded = model_class(spec).from_pretrained(directory, dtype=next(base.parameters()).dtype)
+        loaded = model_class(spec).from_pretrained(directory, dtype=next(base.parameters()).dtype,
+                                                     use_safetensors=True)
         return loaded.to(next(base.parameters()).device).eval()
