@@ -3,6 +3,7 @@
     python app.py                                   # the embedded miniature study, at once, on 127.0.0.1:7860
     python app.py --model llava-1.5-7b --checkpoints DIR      # the real thing (GPU)
     python app.py --host 0.0.0.0 --auth user:pass   # reachable from elsewhere, with a login
+    python app.py --max-upload-mb 10 --allow-root /data/coco   # upload limit; a folder the forms may name
 
 Nothing is trained or downloaded at start-up; captioners load on the first Compare request.
 No public share link is made unless --share is given.
@@ -11,9 +12,12 @@ No public share link is made unless --share is given.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+QUEUE_MAX_SIZE = 100  # requests waiting beyond this are refused ("queue full") instead of piling up in memory
+CONCURRENCY_LIMIT = 1  # per event: captioning shares one model and is serialised anyway
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port to bind")
     parser.add_argument("--auth", help="user:pass required to open the app")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    parser.add_argument("--max-upload-mb", type=float, default=None,
+                        help="largest uploaded file, in MB (default: $CAPTIONLAB_MAX_UPLOAD_MB, else 20)")
+    parser.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                        help="a folder the Train and Benchmarks forms may name datasets, models and checkpoints "
+                             "in (repeatable; the workspace and the served folders always are)")
     return parser.parse_args(argv)
 
 
@@ -53,12 +62,35 @@ def exposure_warning(host: str, auth: tuple[str, str] | None, share: bool) -> st
     return None
 
 
+def apply_limits(args: argparse.Namespace) -> int:
+    """Make --max-upload-mb and --allow-root the library's settings (environment variables, so the
+    service and the jobs it starts see them); returns the upload limit in bytes."""
+    from captionlab.safety import images, paths
+
+    if args.max_upload_mb is not None:
+        if args.max_upload_mb <= 0:
+            raise SystemExit("error: --max-upload-mb must be positive")
+        os.environ[images.MAX_UPLOAD_ENV] = repr(args.max_upload_mb)
+    if args.allow_root:
+        extra = [str(os.path.abspath(os.path.expanduser(d))) for d in args.allow_root]
+        os.environ[paths.ROOTS_ENV] = os.pathsep.join(filter(None, [os.environ.get(paths.ROOTS_ENV), *extra]))
+    return images.max_upload_bytes()
+
+
+def launch_options(args: argparse.Namespace, auth: tuple[str, str] | None, allowed: list[str],
+                   max_upload_bytes: int) -> dict:
+    """Keyword arguments of demo.launch: where it listens, who may use it, what it serves."""
+    return dict(server_name=args.host, server_port=args.port, auth=auth, share=args.share, allowed_paths=allowed,
+                max_file_size=max_upload_bytes, show_error=False, footer_links=["api"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     auth = parse_auth(args.auth)
     warning = exposure_warning(args.host, auth, args.share)
     if warning:
         print(warning, file=sys.stderr)
+    max_upload = apply_limits(args)
     from captionlab.service.settings import settings_for
     from captionlab.ui.app import allowed_paths, build_app
 
@@ -70,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"warning: could not refresh the runs registry: {exc}", file=sys.stderr)
     demo = build_app(settings)
-    demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, auth=auth, share=args.share,
-                allowed_paths=allowed_paths(settings), show_error=False, footer_links=["api"])
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+    demo.launch(**launch_options(args, auth, allowed_paths(settings), max_upload))
     return 0
 
 
