@@ -1,0 +1,387 @@
+"""What the benchmarks share: the models (real shapes with random weights, or tiny ones), synthetic
+inputs built directly as tensors, timing/energy/memory measurement, and the JSON + markdown report.
+
+Models (`--model`):
+  llava-1.5-7b   the registry config, random weights (`build_random_model`), bf16 on CUDA: CLIP ViT-L/14-336
+                 + Vicuna-7B, 576 image tokens per image.
+  llava-1.6-7b   the registry config (LLaVA-NeXT, vicuna-7b pinpoints), random weights; one 672x672 image
+                 per sample: 5 tiles (base + 2x2), 2,928 image tokens, as the reference measurement did.
+  tiny           a tiny LLaVA of the real classes (`save_tiny_llava` + a locally trained tokenizer), 16 image tokens.
+  tiny-next      the same as LLaVA-NeXT, one 64x64 image = 5 tiles.
+  tiny-576       tiny widths, but LLaVA-1.5's token layout: 576 image tokens (96 px, 4 px patches), so the
+                 share of the sequence that the image+prompt prefix takes is the real one.
+
+No processor or tokenizer exists offline for the 7B models, so every input is made as tensors, the
+same way for every model: input_ids = BOS, [prefix-tuning placeholder], prompt text, N image tokens,
+prompt text (P prompt tokens in all: the registry's 48 for the 7B models, the tokenizer's count for
+tiny ones, so prompt learning finds exactly its P tokens), then caption tokens ending in EOS; random
+text ids that are never a special token; random pixel values; `image_sizes` for LLaVA-NeXT, with the
+image-token count computed the way LlavaNextProcessor computes it (checked against it in the tests).
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from captionlab.models.registry import ModelSpec
+
+TINY_MODELS = ("tiny", "tiny-next", "tiny-576")
+REAL_MODELS = ("llava-1.5-7b", "llava-1.6-7b")
+TRAIN_STRATEGIES = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
+TINY_TEXTS = [
+    "A chat between a curious human and an artificial intelligence assistant.",
+    "USER: <image>\nBriefly caption the image ASSISTANT:",
+    "a red ball on the grass", "two blue cups on a kitchen table", "a small tree next to a house",
+    "The image shows a vibrant scene with a large red ball in the center of a green park.",
+] * 10
+
+
+@dataclass
+class Setup:
+    """A model ready to benchmark, and how to make inputs for it."""
+
+    name: str
+    spec: ModelSpec
+    model: torch.nn.Module  # the zero-shot base model (strategies are attached to and removed from it)
+    tokenizer: object | None
+    device: torch.device
+    dtype: torch.dtype
+    image_tokens: int  # per image
+    pixel_shape: tuple  # per image: (3, S, S) or (tiles, 3, S, S)
+    image_size: tuple[int, int] | None  # (height, width) for LLaVA-NeXT's image_sizes
+    prompt_text: torch.Tensor  # the P prompt text token ids (random, fixed per setup)
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    image_id: int
+    placeholder_id: int  # prefix tuning's slot token (<unk>)
+    text_ids: torch.Tensor  # ids that random text may use
+    workdir: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def is_next(self) -> bool:
+        return self.spec.architecture == "llava_next"
+
+    def prefix_ids(self, prefix_slots: int = 0) -> torch.Tensor:
+        """One image's image+prompt prefix (1D): BOS, placeholders, prompt text, image tokens, prompt text."""
+        split = (3 * len(self.prompt_text)) // 4  # system prompt + "USER:" before the image, the request after
+        parts = [torch.tensor([self.bos_id] + [self.placeholder_id] * prefix_slots), self.prompt_text[:split],
+                 torch.full((self.image_tokens,), self.image_id), self.prompt_text[split:]]
+        return torch.cat(parts).long()
+
+    def random_text(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.text_ids[torch.randint(len(self.text_ids), (n,), generator=generator)]
+
+    def random_captions(self, images: int, per_image: int, length: int, generator: torch.Generator) -> list[list[torch.Tensor]]:
+        """`per_image` captions of `length` tokens (the last one EOS) for each image."""
+        return [[torch.cat([self.random_text(length - 1, generator), torch.tensor([self.eos_id])])
+                 for _ in range(per_image)] for _ in range(images)]
+
+    def random_pixels(self, images: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn((images, *self.pixel_shape), generator=generator)
+
+    def image_sizes(self, images: int) -> torch.Tensor | None:
+        return torch.tensor([list(self.image_size)] * images) if self.is_next else None
+
+
+def llava_next_image_tokens(config: dict, height: int, width: int) -> tuple[int, int]:
+    """(image tokens, tiles) of one height x width image for a LLaVA-NeXT config, as LlavaNextProcessor counts them."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    vision = config["vision_config"]
+    size, patch = int(vision["image_size"]), int(vision["patch_size"])
+    best_h, best_w = select_best_resolution([height, width], config["image_grid_pinpoints"])
+    scale_h, scale_w = best_h // size, best_w // size
+    patches = size // patch
+    current_h, current_w = patches * scale_h, patches * scale_w
+    if width / height > current_w / current_h:
+        new_h = int(round(height * (current_w / width), 7))
+        current_h -= ((current_h - new_h) // 2) * 2
+    else:
+        new_w = int(round(width * (current_h / height), 7))
+        current_w -= ((current_w - new_w) // 2) * 2
+    tokens = current_h * current_w + current_h + patches * patches + 1  # unpadded + newlines + base (+CLS)
+    if config.get("vision_feature_select_strategy", "default") == "default":
+        tokens -= 1
+    return tokens, 1 + scale_h * scale_w
+
+
+def llava_image_tokens(config: dict) -> int:
+    vision = config["vision_config"]
+    tokens = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
+    return tokens + (1 if config.get("vision_feature_select_strategy", "default") == "full" else 0)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def shrink_config(config: dict) -> dict:
+    """A real model's config with tiny widths and depths but the same image geometry, vocabulary and token layout.
+
+    For checking the real-model code path (no tokenizer, 576 / 2,928 image tokens, 48 prompt tokens) on the CPU.
+    """
+    import copy
+
+    config = copy.deepcopy(config)
+    config["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   projection_dim=32)
+    config["text_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=4, head_dim=16)
+    return config
+
+
+def make_setup(name: str, device: str | torch.device, seed: int = 0, dtype: torch.dtype | None = None,
+               shrink: bool = False) -> Setup:
+    """Build the model `name` on `device` (random weights) and the facts needed to make its inputs.
+
+    `shrink` (real models only): tiny widths, real geometry (see `shrink_config`); the setup is named "<name>-shrunk".
+    """
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    workdir = None
+    if name in TINY_MODELS:
+        from captionlab.models.loading import load_model
+        from captionlab.models.registry import get_model_spec
+        from captionlab.models.tiny import TinyShape, save_tiny_llava
+        from captionlab.models.tokenizer import train_tokenizer
+        from captionlab.strategies.prompt_learning import prompt_token_ids
+
+        tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=320)
+        shape = TinyShape(image_size=96, patch_size=4) if name == "tiny-576" else TinyShape()
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        atexit.register(shutil.rmtree, workdir, True)
+        folder = save_tiny_llava(workdir, tokenizer, shape=shape, seed=seed,
+                                 architecture="llava_next" if name == "tiny-next" else "llava")
+        spec = get_model_spec(folder)
+        loaded = load_model(spec, device=device, dtype=dtype)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        prompt_count = len(prompt_token_ids(spec, tokenizer))
+        specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
+                    tokenizer.convert_tokens_to_ids("<image>")}
+        vocab = len(tokenizer)
+        bos, eos, pad, unk = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
+    elif name in REAL_MODELS:
+        from captionlab.models.loading import build_random_model
+        from captionlab.models.registry import get_model_spec
+
+        spec = get_model_spec(name)
+        if shrink:
+            from dataclasses import replace
+
+            spec = replace(spec, config=shrink_config(spec.config), name=f"{name}-shrunk")
+        model = build_random_model(spec, device=device, seed=seed, dtype=dtype)
+        model.eval()
+        tokenizer = None
+        prompt_count = int(spec.prompt_token_count)
+        text = spec.config["text_config"]
+        bos, eos, unk = int(text.get("bos_token_id", 1)), int(text.get("eos_token_id", 2)), 0
+        pad = int(spec.config.get("pad_token_id", text.get("pad_token_id", 0)))
+        vocab = int(text["vocab_size"])
+        specials = {bos, eos, pad, unk, int(spec.config["image_token_index"])}
+        specials |= set(range(int(spec.config["image_token_index"]), vocab))  # added tokens (<image>, <pad>, ...)
+    else:
+        raise SystemExit(f"unknown --model {name!r}: choose from {', '.join(REAL_MODELS + TINY_MODELS)}")
+    config = spec.config
+    image_id = int(config["image_token_index"])
+    vision = config["vision_config"]
+    size = int(vision["image_size"])
+    if spec.architecture == "llava_next":
+        image_size = (2 * size, 2 * size)  # 672x672 on LLaVA-1.6: the best pinpoint is 2x2 tiles
+        image_tokens, tiles = llava_next_image_tokens(config, *image_size)
+        pixel_shape = (tiles, 3, size, size)
+    else:
+        image_size, image_tokens, pixel_shape = None, llava_image_tokens(config), (3, size, size)
+    generator = torch.Generator().manual_seed(seed)
+    text_ids = torch.tensor([i for i in range(vocab) if i not in specials])
+    prompt_text = text_ids[torch.randint(len(text_ids), (prompt_count,), generator=generator)]
+    setup = Setup(name=spec.name if (shrink and name in REAL_MODELS) else name, spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype,
+                  image_tokens=image_tokens, pixel_shape=pixel_shape, image_size=image_size, prompt_text=prompt_text,
+                  bos_id=bos, eos_id=eos, pad_id=pad, image_id=image_id, placeholder_id=unk, text_ids=text_ids,
+                  workdir=workdir)
+    setup.info = {
+        "model": setup.name, "architecture": spec.architecture, "parameters": sum(p.numel() for p in model.parameters()),
+        "image_tokens": image_tokens, "prompt_tokens": prompt_count, "prefix_tokens": len(setup.prefix_ids()),
+        "pixel_shape": list(pixel_shape), "image_size": list(image_size) if image_size else None,
+        "dtype": str(dtype).replace("torch.", ""),
+        "attention": getattr(model.config, "_attn_implementation", None),
+        "weights": ("random tiny model" if name in TINY_MODELS else
+                    "random, shrunk widths (CPU check of the real-model path)" if shrink else
+                    "random (architecture from the registry config)"),
+    }
+    return setup
+
+
+# --- measurement ---------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":  # (a full gc.collect costs ~0.5 s with transformers loaded: not worth it on the CPU)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def measure(step: Callable[[], None], units_per_step: int, device: torch.device, meter, warmup: int = 1,
+            iters: int = 3, min_seconds: float = 0.0, max_iters: int = 1000) -> dict:
+    """Run `step` `warmup` times untimed, then at least `iters` times and `min_seconds`; throughput, energy, peak memory."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    joules0, start = meter.joules(), time.perf_counter()
+    done = 0
+    while done < iters or (time.perf_counter() - start < min_seconds and done < max_iters):
+        step()
+        done += 1
+        if min_seconds:
+            synchronize(device)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    joules = meter.joules() - joules0
+    units = units_per_step * done
+    return {
+        "steps": done, "units": units, "seconds": seconds, "per_s": units / seconds,
+        "joules": joules, "j_per_unit": joules / units if units else float("nan"),
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def with_oom_fallback(run: Callable[[int], dict], batch: int, device: torch.device) -> dict:
+    """`run(batch)`, halving the batch after an out-of-memory error (the row records what ran and why)."""
+    notes = []
+    while True:
+        try:
+            row = run(batch)
+            row["batch"] = batch
+            if notes:
+                row["note"] = "; ".join(notes)
+            return row
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_oom(exc) or batch <= 1:
+                raise
+        # out of the except block: the exception's traceback (and the activations its frames hold) is gone
+        notes.append(f"out of memory at batch {batch}")
+        batch //= 2
+        free_memory(device)
+
+
+# --- report ----------------------------------------------------------------------------------------------
+def environment(device: torch.device, meter=None, argv: list[str] | None = None) -> dict:
+    import peft
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu}",
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "command": "python -m " + " ".join(argv) if argv is not None else None,
+    }
+    if meter is not None:
+        env["energy"] = meter.describe()
+    return env
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """captionlab / plain for each (model, work, strategy): speed-up, energy and memory ratios."""
+    out = []
+    keys = []
+    for row in rows:
+        key = (row["model"], row["work"], row["strategy"])
+        if key not in keys:
+            keys.append(key)
+    for key in keys:
+        group = [r for r in rows if (r["model"], r["work"], r["strategy"]) == key]
+        plain = next((r for r in group if r["method"] == "plain"), None)
+        ours = next((r for r in group if r["method"] == "captionlab"), None)
+        if plain is None or ours is None:
+            continue
+        ratio = {"model": key[0], "work": key[1], "strategy": key[2], "unit": ours["unit"],
+                 "plain_per_s": plain["per_s"], "captionlab_per_s": ours["per_s"],
+                 "speedup": ours["per_s"] / plain["per_s"],
+                 "energy_ratio": (ours["j_per_unit"] / plain["j_per_unit"]) if plain["j_per_unit"] else None,
+                 "memory_ratio": (ours["peak_gib"] / plain["peak_gib"]) if ours["peak_gib"] and plain["peak_gib"] else None}
+        out.append(ratio)
+    return out
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# captionlab vs plain transformers + peft ({env['device_name']}, {env['date']})", "",
+             f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, python {env['python']}; "
+             f"energy: {env.get('energy', {}).get('label', 'n/a')}", ""]
+    if env.get("command"):
+        lines += [f"Command: `{env['command']}`", ""]
+    for name, info in report.get("models", {}).items():
+        lines.append(f"- {name}: {info['parameters']:,} parameters, {info['dtype']}, attention {info['attention']}, "
+                     f"{info['prefix_tokens']} prefix tokens per image ({info['image_tokens']} image tokens), {info['weights']}")
+    lines += ["", "| model | work | strategy | method | setting | batch | throughput | J/unit | peak GiB | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['work']} | {r['strategy']} | {r['method']} | {r['setting']} | {r['batch']} | "
+                     f"{_fmt(r['per_s'])} {r['unit']}/s | {_fmt(r['j_per_unit'])} | {_fmt(r['peak_gib'])} | {r.get('note', '')} |")
+    lines += ["", "| model | work | strategy | plain /s | captionlab /s | speed-up | energy per unit (ours/plain) | peak memory (ours/plain) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in report["comparisons"]:
+        lines.append(f"| {c['model']} | {c['work']} | {c['strategy']} | {_fmt(c['plain_per_s'])} | {_fmt(c['captionlab_per_s'])} | "
+                     f"{_fmt(c['speedup'])}x | {_fmt(c['energy_ratio'])} | {_fmt(c['memory_ratio'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=True))
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+def print_comparisons(rows: list[dict]) -> None:
+    for c in comparisons(rows):
+        print(f"  {c['model']:>13} {c['work']:>7} {c['strategy']:>15}: plain {c['plain_per_s']:.3g} -> captionlab "
+              f"{c['captionlab_per_s']:.3g} {c['unit']}/s = {c['speedup']:.2f}x; J/{c['unit'][:-1]} x{_fmt(c['energy_ratio'])}; "
+              f"peak memory x{_fmt(c['memory_ratio'])}", flush=True)

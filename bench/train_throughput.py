@@ -1,0 +1,284 @@
+"""Training throughput per strategy: the plain per-caption loop against captionlab's step with prefix sharing.
+
+plain       one sequence per (image, caption) pair, `plain_batch` pairs per step, the model's own loss
+            (`model(..., labels=labels).loss`, as a transformers + peft user writes it), backward, SGD step.
+            LoRA/DoRA are peft adapters; prompt learning and prefix tuning (which peft does not offer in the
+            paper's form) use captionlab's strategy hooks, so their "plain" row isolates the batching.
+captionlab  `packed_images` images per step, each with all its captions packed after one copy of its
+            image+prompt prefix (`captionlab.training.prefix_sharing`), summed caption-token loss / tokens,
+            backward, SGD step: the same loss and gradients as the per-caption step on the same captions.
+
+Both use the same model, strategy and SGD (plain SGD, no momentum, as the paper); captions/s, J/caption
+(`EnergyMeter`) and peak memory (`torch.cuda.max_memory_allocated`, CUDA only) per method.
+
+    python -m bench.train_throughput --device cuda --model llava-1.5-7b --out bench/out
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from bench.common import (TRAIN_STRATEGIES, Setup, comparisons, environment, free_memory, make_setup, measure,
+                          print_comparisons, with_oom_fallback, write_report)
+from captionlab.training.batching import IGNORE_INDEX
+from captionlab.training.prefix_sharing import pack_sequences, packed_loss_sum
+
+PRESETS = {
+    # images in the pool, captions per image, caption tokens (incl. EOS), plain pairs per step, packed images per step
+    "llava-1.5-7b": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4),
+    "llava-1.6-7b": dict(images=2, captions_per_image=5, caption_tokens=16, plain_batch=2, packed_images=1),
+    "tiny": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=2),
+    "tiny-next": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=2),
+    "tiny-576": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=5, packed_images=1),
+}
+LEARNING_RATE = 1e-5
+
+
+def attach(setup: Setup, name: str):
+    """(model, strategy) with strategy `name` applied to the setup's base model, in train mode."""
+    from captionlab.strategies import get_strategy
+
+    strategy = get_strategy(name)
+    model = strategy.apply(setup.model, setup.spec, setup.tokenizer)
+    if name == "prompt_learning" and setup.tokenizer is None:
+        # without a tokenizer the prompt has only its shape (torch.empty): give it values
+        from captionlab.models.prompting import unwrap
+        from captionlab.strategies.prompt_learning import CONTROLLER
+
+        with torch.no_grad():
+            getattr(unwrap(model), CONTROLLER).prompt.normal_(0.0, 0.02)
+    model.train()
+    return model, strategy
+
+
+def detach(setup: Setup, model, strategy) -> None:
+    """Remove the strategy again, leaving the (frozen, eval-mode) base model in `setup.model`."""
+    from captionlab.models.prompting import unwrap
+    from captionlab.strategies.base import freeze
+
+    if strategy.name in ("lora", "dora"):
+        base = model.unload()  # peft: the base model with the adapter layers taken out (not merged)
+    else:
+        base = unwrap(model)
+        for attr in ("captionlab_prompt_learning", "captionlab_prefix_tuning"):
+            controller = getattr(base, attr, None)
+            if controller is not None:
+                for handle in controller._handles:
+                    handle.remove()
+                delattr(base, attr)
+    freeze(base)
+    base.eval()
+    setup.model = base
+
+
+def per_caption_batch(setup: Setup, prefix: torch.Tensor, pixels: torch.Tensor, captions, pairs: int) -> dict:
+    """The plain layout: one sequence per (image, caption) pair, the first `pairs` pairs, right-padded."""
+    chosen = [(i, cap) for i, caps in enumerate(captions) for cap in caps][:pairs]
+    length = max(len(prefix) + len(cap) for _, cap in chosen)
+    ids = torch.full((len(chosen), length), setup.pad_id, dtype=torch.long)
+    labels = torch.full((len(chosen), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(chosen), length), dtype=torch.long)
+    for row, (_, cap) in enumerate(chosen):
+        n = len(prefix) + len(cap)
+        ids[row, :n] = torch.cat([prefix, cap])
+        labels[row, len(prefix):n] = cap
+        mask[row, :n] = 1
+    index = torch.tensor([i for i, _ in chosen])
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels[index].to(setup.dtype)}
+    sizes = setup.image_sizes(len(chosen))
+    if sizes is not None:
+        batch["image_sizes"] = sizes
+    return {k: v.to(setup.device) for k, v in batch.items()}
+
+
+def packed_batch(setup: Setup, prefix: torch.Tensor, pixels: torch.Tensor, captions, images: int) -> dict:
+    batch = pack_sequences([prefix] * images, captions[:images], setup.pad_id,
+                           pad_to_multiple_of=16 if setup.device.type == "cuda" else 1)
+    batch["pixel_values"] = pixels[:images].to(setup.dtype)
+    sizes = setup.image_sizes(images)
+    if sizes is not None:
+        batch["image_sizes"] = sizes
+    return {k: v.to(setup.device) for k, v in batch.items()}
+
+
+def run_train(setup: Setup, meter, strategies: list[str], *, images: int, captions_per_image: int, caption_tokens: int,
+              plain_batch: int, packed_images: int, warmup: int = 1, iters: int = 2, min_seconds: float = 0.0,
+              seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = setup.random_pixels(images, generator)
+    captions = setup.random_captions(images, captions_per_image, caption_tokens, generator)
+    rows = []
+    for name in strategies:
+        model, strategy = attach(setup, name)
+        params = [p for _, p in strategy.trainable_parameters(model)]
+        optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.0)
+        prefix = setup.prefix_ids(strategy.prefix_slots)
+        trainable = sum(p.numel() for p in params)
+
+        def run_plain(pairs: int) -> dict:
+            batch = per_caption_batch(setup, prefix, pixels, captions, pairs)
+
+            def step():
+                loss = model(**batch).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            try:
+                return measure(step, batch["input_ids"].shape[0], setup.device, meter, warmup, iters, min_seconds)
+            finally:
+                optimizer.zero_grad(set_to_none=True)
+
+        def run_packed(count: int) -> dict:
+            batch = packed_batch(setup, prefix, pixels, captions, count)
+            captions_per_step = int(batch["caption_counts"].sum())
+
+            def step():
+                loss, tokens = packed_loss_sum(model, batch)
+                (loss / tokens).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            try:
+                return measure(step, captions_per_step, setup.device, meter, warmup, iters, min_seconds)
+            finally:
+                optimizer.zero_grad(set_to_none=True)
+
+        plain = with_oom_fallback(run_plain, plain_batch, setup.device)
+        free_memory(setup.device)
+        ours = with_oom_fallback(run_packed, packed_images, setup.device)
+        free_memory(setup.device)
+        common = {"model": setup.name, "work": "train", "strategy": name, "unit": "captions",
+                  "trainable_parameters": trainable}
+        rows.append({**common, "method": "plain", "setting": f"one sequence per caption, {plain['batch']} per step",
+                     **plain})
+        ours_setting = (f"prefix sharing: {ours['batch']} image(s) x {captions_per_image} captions packed per step "
+                        f"({ours['units'] // max(1, ours['steps'])} captions)")
+        rows.append({**common, "method": "captionlab", "setting": ours_setting, **ours})
+        del optimizer, params
+        detach(setup, model, strategy)
+        del model
+        free_memory(setup.device)
+    return rows
+
+
+def interleaved_step_times(setup: Setup, strategies: list[str], *, repeats: int, captions_per_image: int,
+                           caption_tokens: int, packed_images: int, seed: int = 0, **_) -> list[dict]:
+    """Per-caption and packed training steps on the *same* captions, alternated `repeats` times; median step times.
+
+    Alternating A/B steps keeps background load (a shared machine) from favouring either side.
+    """
+    import statistics
+    import time
+
+    from bench.common import synchronize
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = setup.random_pixels(packed_images, generator)
+    captions = setup.random_captions(packed_images, captions_per_image, caption_tokens, generator)
+    pairs = packed_images * captions_per_image
+    out = []
+    for name in strategies:
+        model, strategy = attach(setup, name)
+        params = [p for _, p in strategy.trainable_parameters(model)]
+        optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.0)
+        prefix = setup.prefix_ids(strategy.prefix_slots)
+        plain_batch = per_caption_batch(setup, prefix, pixels, captions, pairs)
+        packed = packed_batch(setup, prefix, pixels, captions, packed_images)
+
+        def plain_step():
+            model(**plain_batch).loss.backward()
+
+        def packed_step():
+            loss, tokens = packed_loss_sum(model, packed)
+            (loss / tokens).backward()
+
+        times = {"plain": [], "captionlab": []}
+        for index in range(repeats + 1):
+            for method, step in (("plain", plain_step), ("captionlab", packed_step)):
+                synchronize(setup.device)
+                start = time.perf_counter()
+                step()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                synchronize(setup.device)
+                if index:  # the first round is warm-up
+                    times[method].append(time.perf_counter() - start)
+        plain_s, packed_s = statistics.median(times["plain"]), statistics.median(times["captionlab"])
+        out.append({"model": setup.name, "strategy": name, "captions_per_step": pairs, "repeats": repeats,
+                    "plain_tokens": int(plain_batch["attention_mask"].sum()),
+                    "packed_tokens": int(packed["attention_mask"].sum()),
+                    "plain_step_s": plain_s, "captionlab_step_s": packed_s, "step_time_ratio": packed_s / plain_s,
+                    "speedup": plain_s / packed_s})
+        print(f"  {setup.name} {name}: per-caption step {plain_s * 1e3:.1f} ms, packed step {packed_s * 1e3:.1f} ms "
+              f"(median of {repeats}, {pairs} captions each): {plain_s / packed_s:.2f}x", flush=True)
+        del optimizer, params
+        detach(setup, model, strategy)
+        del model
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", default=None, help="llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")
+    p.add_argument("--out", default="bench/out")
+    p.add_argument("--strategies", default=",".join(TRAIN_STRATEGIES))
+    for key in ("images", "captions_per_image", "caption_tokens", "plain_batch", "packed_images"):
+        p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 gives steadier CPU timings on a machine shared with other jobs)")
+    p.add_argument("--min-seconds", type=float, default=0.0)
+    p.add_argument("--interleave", type=int, default=0, metavar="N",
+                   help="instead: N alternating per-caption / packed steps on the same captions, median step times")
+    return p
+
+
+def settings(args, model: str) -> dict:
+    preset = dict(PRESETS[model])
+    for key in preset:
+        value = getattr(args, key, None)
+        if value is not None:
+            preset[key] = value
+    return preset
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from captionlab.training.energy import EnergyMeter
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = args.model or ("llava-1.5-7b" if args.device.startswith("cuda") else "tiny")
+    device = torch.device(args.device)
+    meter = EnergyMeter(str(device)).start()
+    setup = make_setup(model, device)
+    if args.interleave:
+        step_times = interleaved_step_times(setup, [s for s in args.strategies.split(",") if s], repeats=args.interleave,
+                                            **settings(args, model))
+        report = {"environment": environment(device, meter, ["bench.train_throughput", *argv]),
+                  "models": {model: setup.info}, "step_times": step_times}
+        from pathlib import Path
+        import json
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "step_times.json").write_text(json.dumps(report, indent=2))
+        return report
+    rows = run_train(setup, meter, [s for s in args.strategies.split(",") if s], **settings(args, model),
+                     warmup=args.warmup, iters=args.iters, min_seconds=args.min_seconds)
+    report = {"environment": environment(device, meter, ["bench.train_throughput", *argv]),
+              "models": {model: setup.info}, "rows": rows, "comparisons": comparisons(rows)}
+    paths = write_report(report, args.out, "train_throughput")
+    print_comparisons(rows)
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

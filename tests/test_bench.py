@@ -1,0 +1,125 @@
+"""The benchmark scripts run on the CPU with tiny models (the same code the GPU comparison runs) and report
+every row with finite positive numbers; the processor-free LLaVA-NeXT inputs have the processor's token counts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from bench.common import TRAIN_STRATEGIES, llava_next_image_tokens
+
+
+def check_rows(report, model, works, strategies):
+    rows = {(r["model"], r["work"], r["strategy"], r["method"]): r for r in report["rows"]}
+    expected = []
+    if "caption" in works:
+        expected += [(model, "caption", "zero_shot", m) for m in ("plain", "captionlab")]
+    if "train" in works:
+        expected += [(model, "train", s, m) for s in strategies for m in ("plain", "captionlab")]
+    for key in expected:
+        assert key in rows, key
+        row = rows[key]
+        for field in ("per_s", "seconds", "joules", "j_per_unit", "units", "batch"):
+            assert isinstance(row[field], (int, float)) and math.isfinite(row[field]) and row[field] > 0, (key, field)
+        assert row["peak_gib"] is None  # CUDA only
+    pairs = {(c["model"], c["work"], c["strategy"]) for c in report["comparisons"]}
+    assert pairs == {k[:3] for k in expected if k[0] == model} | {p for p in pairs if p[0] != model}
+    for c in report["comparisons"]:
+        assert math.isfinite(c["speedup"]) and c["speedup"] > 0
+
+
+def test_run_all_on_the_cpu_with_tiny_models(tmp_path):
+    from bench import run_all
+
+    out = tmp_path / "out"
+    report = run_all.main(["--device", "cpu", "--models", "tiny,tiny-next", "--out", str(out), "--warmup", "0",
+                           "--iters", "1"])
+    check_rows(report, "tiny", ("caption", "train"), TRAIN_STRATEGIES)
+    check_rows(report, "tiny-next", ("caption", "train"), TRAIN_STRATEGIES)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    assert saved["environment"]["device"] == "cpu" and saved["environment"]["energy"]["method"]
+    table = (out / "results.md").read_text()
+    assert table.count("| tiny | train |") == 2 * len(TRAIN_STRATEGIES) + len(TRAIN_STRATEGIES)
+    assert "speed-up" in table and "energy" in table
+    assert saved["models"]["tiny-next"]["prefix_tokens"] > saved["models"]["tiny"]["prefix_tokens"]
+
+
+def test_caption_script_alone(tmp_path):
+    from bench import caption_throughput
+
+    report = caption_throughput.main(["--device", "cpu", "--model", "tiny", "--out", str(tmp_path), "--images", "4",
+                                      "--plain-batch", "2", "--batch", "4", "--new-tokens", "2", "--warmup", "0"])
+    check_rows(report, "tiny", ("caption",), [])
+    assert (tmp_path / "caption_throughput.md").exists()
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 32), (32, 64), (40, 90)])
+def test_llava_next_image_token_count_matches_the_processor(tiny_llava_next_dir, size):
+    from captionlab.models.loading import load_model
+    from captionlab.models.registry import get_model_spec
+
+    spec = get_model_spec(tiny_llava_next_dir)
+    processor = load_model(spec, device="cpu").processor
+    width, height = size
+    inputs = processor(images=[Image.new("RGB", size)], text=["<image>"], return_tensors="pt")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    tokens, tiles = llava_next_image_tokens(spec.config, height, width)
+    assert tokens == int((inputs["input_ids"] == image_id).sum())
+    assert tiles <= inputs["pixel_values"].shape[1]
+
+
+def test_llava_16_reference_shape():
+    from captionlab.models.registry import get_model_spec
+
+    # the reference measurement: one 672x672 image = 2,928 image tokens, 5 tiles of 336 px
+    assert llava_next_image_tokens(get_model_spec("llava-1.6-7b").config, 672, 672) == (2928, 5)
+
+
+def test_oom_fallback_halves_the_batch_and_says_so():
+    import torch
+
+    from bench.common import with_oom_fallback
+
+    tried = []
+
+    def run(batch):
+        tried.append(batch)
+        if batch > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"per_s": 1.0}
+
+    row = with_oom_fallback(run, 8, torch.device("cpu"))
+    assert tried == [8, 4, 2] and row["batch"] == 2 and row["note"] == "out of memory at batch 8; out of memory at batch 4"
+
+
+@pytest.mark.parametrize("name", ["llava-1.5-7b", "llava-1.6-7b"])
+def test_the_7b_code_path_on_shrunk_configs(name):
+    """Real geometry (576 / 2,928 image tokens, 48 prompt tokens, no tokenizer), tiny widths: the GPU path on the CPU.
+
+    The plain rows and the packed rows of the benchmark compute the same loss on the same captions.
+    """
+    import torch
+
+    from bench.common import make_setup
+    from bench.train_throughput import attach, detach, packed_batch, per_caption_batch
+    from captionlab.training.prefix_sharing import packed_loss_sum
+
+    setup = make_setup(name, "cpu", shrink=True)
+    assert setup.name == f"{name}-shrunk" and setup.tokenizer is None
+    assert setup.info["prefix_tokens"] == 1 + 48 + (576 if name == "llava-1.5-7b" else 2928)
+    generator = torch.Generator().manual_seed(0)
+    pixels = setup.random_pixels(1, generator)
+    captions = setup.random_captions(1, 2, 4, generator)
+    strategy_name = "prompt_learning" if name == "llava-1.5-7b" else "prefix_tuning"
+    model, strategy = attach(setup, strategy_name)
+    prefix = setup.prefix_ids(strategy.prefix_slots)
+    with torch.no_grad():
+        plain = model(**per_caption_batch(setup, prefix, pixels, captions, 2)).loss * (2 * 4)
+        packed, tokens = packed_loss_sum(model, packed_batch(setup, prefix, pixels, captions, 1))
+    assert tokens == 8 and abs(float(packed - plain)) < 1e-4 * abs(float(plain))
+    detach(setup, model, strategy)
+    assert not any(p.requires_grad for p in setup.model.parameters())
