@@ -43,6 +43,11 @@ def replace_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
     if target.exists():
         os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)  # the swap failed (e.g. disk full): put the old folder back
+        raise
     if old.exists():
         shutil.rmtree(old)

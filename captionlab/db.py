@@ -28,7 +28,8 @@ def connect(db_path: Path | None = None, schema: str = "") -> sqlite3.Connection
 
 
 class transaction:
-    """`with transaction(conn): ...` runs the block in BEGIN IMMEDIATE / COMMIT (ROLLBACK on error)."""
+    """`with transaction(conn): ...` runs the block in BEGIN IMMEDIATE / COMMIT (ROLLBACK on error, also when
+    the COMMIT itself fails): a failed transaction leaves nothing behind."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
@@ -38,4 +39,17 @@ class transaction:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # After SQLITE_FULL or an I/O error SQLite has already rolled back; a second ROLLBACK would
+        # raise "no transaction is active" and hide the real error (e.g. "database or disk is full").
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")

@@ -54,19 +54,28 @@ def save_checkpoint(folder: Path, *, save_artifact, trainable: dict[str, torch.T
     staging = folder.with_name(f".{folder.name}.staging")
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    save_artifact(staging / "artifact")
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(staging / TENSOR_FILES[0]))
-    save_file(optimizer, str(staging / TENSOR_FILES[1]))
-    checksums = {name: _sha256(staging / name) for name in TENSOR_FILES}
-    atomic.write_json(staging / STATE_FILE, {**state, "checksums": checksums})
-    atomic.write_text(staging / CHECKPOINT_COMPLETE, "ok\n")
-    if folder.name == "last" and folder.exists():
-        previous = folder.with_name("previous")
-        if previous.exists():
-            shutil.rmtree(previous)
-        folder.rename(previous)
-    atomic.replace_dir(staging, folder)
+    moved_to = None
+    try:
+        staging.mkdir(parents=True)
+        save_artifact(staging / "artifact")
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(staging / TENSOR_FILES[0]))
+        save_file(optimizer, str(staging / TENSOR_FILES[1]))
+        checksums = {name: _sha256(staging / name) for name in TENSOR_FILES}
+        atomic.write_json(staging / STATE_FILE, {**state, "checksums": checksums})
+        atomic.write_text(staging / CHECKPOINT_COMPLETE, "ok\n")
+        if folder.name == "last" and folder.exists():
+            previous = folder.with_name("previous")
+            if previous.exists():
+                shutil.rmtree(previous)
+            folder.rename(previous)
+            moved_to = previous
+        atomic.replace_dir(staging, folder)
+    except BaseException:
+        # A failed write (disk full, ...) keeps the checkpoint it was replacing as `folder` and frees the space.
+        if moved_to is not None and moved_to.exists() and not folder.exists():
+            moved_to.rename(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def copy_checkpoint(source: Path, target: Path) -> None:
