@@ -119,7 +119,7 @@ def test_trainer_command_is_an_argv_list():
     run_dir = Path("/runs/x")
     assert launcher.trainer_command(run_dir) == [sys.executable, "-m", "train", "run", "--run-dir", "/runs/x"]
     assert launcher.trainer_command(run_dir, gpus=4, resume=True) == [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "-m", "train", "run",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4", "-m", "train", "run",
         "--run-dir", "/runs/x", "--resume"]
     assert launcher.trainer_command(run_dir, trainer_cmd=["fake"]) == ["fake", "--run-dir", "/runs/x"]
 

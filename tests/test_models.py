@@ -41,3 +41,10 @@ def test_params_llava_16_and_bad_model(capsys):
     assert '"lora": 319815680' in capsys.readouterr().out
     assert main(["params", "--model", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_a_registry_name_cannot_escape_the_configs_folder(tmp_path):
+    (tmp_path / "evil.json").write_text('{"name": "evil", "architecture": "llava", "config": {}}')
+    relative = "../../../../../../../../" + str(tmp_path / "evil").lstrip("/")
+    with pytest.raises(ModelNotFoundError):
+        get_model_spec(relative)

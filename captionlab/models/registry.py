@@ -128,9 +128,8 @@ def _cached_hf_folder(hf_id: str) -> Path | None:
 def get_model_spec(name_or_path: str | Path) -> ModelSpec:
     """Resolve a registry name, a local folder or a Hugging Face id (from the local cache only)."""
     text = str(name_or_path)
-    registry_file = paths.MODEL_CONFIGS_DIR / f"{text}.json"
-    if registry_file.exists():
-        return _spec_from_file(registry_file)
+    if text in list_models():  # only a plain registry name, never a path that escapes the folder
+        return _spec_from_file(paths.MODEL_CONFIGS_DIR / f"{text}.json")
     folder = Path(text).expanduser()
     if folder.is_dir():
         return _spec_from_folder(folder.resolve())
