@@ -74,9 +74,11 @@ def trainer_process(run_dir: Path, resume: bool = False) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def test_kill_9_then_resume_gives_the_same_losses(tmp_path, tiny_llava_dir, tiny_world):
+@pytest.mark.parametrize("packing", [{}, {"epoch_unit": "image_captions", "share_prefix": True}],
+                         ids=["per_caption", "share_prefix"])
+def test_kill_9_then_resume_gives_the_same_losses(tmp_path, tiny_llava_dir, tiny_world, packing):
     settings = dict(strategy="lora", batch_size=8, micro_batch_size=4, max_train_images=24, checkpoint_every_steps=3,
-                    momentum=0.9, lr_max=0.2)
+                    momentum=0.9, lr_max=0.2, **packing)
     reference = make_run(tmp_path, tiny_llava_dir, tiny_world, "reference", **settings)
     assert train_run(reference) == 0
 
@@ -118,8 +120,16 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_llava_
         load_checkpoint(run_dir / "last")
 
 
-def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_llava_dir, tiny_world):
-    settings = dict(strategy="lora", batch_size=8, micro_batch_size=2, epochs=1, max_train_images=8, lr_max=0.5)
+@pytest.mark.parametrize("packing", [
+    {},
+    # whole images per step, shared between the processes; their micro-batch counts differ
+    {"epoch_unit": "image_captions", "share_prefix": True, "batch_size": 16, "micro_batch_size": 6},
+    # one image per step (5 captions > 4): the second process gets no group and must still join the all-reduce
+    {"epoch_unit": "image_captions", "batch_size": 4, "micro_batch_size": 2},
+], ids=["per_caption", "share_prefix", "image_per_step"])
+def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_llava_dir, tiny_world, packing):
+    settings = {**dict(strategy="lora", batch_size=8, micro_batch_size=2, epochs=1, max_train_images=8, lr_max=0.5),
+                **packing}
     single = make_run(tmp_path, tiny_llava_dir, tiny_world, "single", **settings)
     assert train_run(single) == 0
     double = make_run(tmp_path, tiny_llava_dir, tiny_world, "double", **settings)
@@ -142,7 +152,8 @@ def test_every_shipped_recipe_loads_and_validates():
         first_line = recipe.read_text().splitlines()[0]
         assert first_line.startswith("# python -m train run --recipe"), recipe
         config = resolve_config(recipe, [])
-        assert config.strategy in recipe.stem
+        # the strategy is named by the file (llava-1.5-7b/lora.yaml) or by its folder (clip-captioner/coco.yaml)
+        assert config.strategy in recipe.stem or config.strategy.replace("_", "-") in recipe.parent.name, recipe
 
 
 @pytest.mark.parametrize("override, field", [
@@ -160,3 +171,57 @@ def test_missing_dataset_is_rejected_before_training(tmp_path, tiny_llava_dir, t
     assert train_run(run_dir) == 1
     status = RunFolder(run_dir).read_status()
     assert status["state"] == "failed" and "/nonexistent/dataset_coco.json" in status["message"]
+
+
+def test_image_captions_epochs_keep_each_images_captions_together_in_whole_image_steps(tiny_world):
+    from captionlab.training.samples import caption_samples, epoch_groups, epoch_samples, split_steps
+    from captionlab.training.trainer import load_split
+
+    config = resolve_config(None, dict(dataset="coco", datasets_config=str(tiny_world), max_train_images=12))
+    records = load_split(config, "train", 12)
+    groups = epoch_groups(records, "image_captions", 0, 1)
+    assert sorted(g[0].image_id for g in groups) == sorted(r.image_id for r in records if r.references)
+    assert all(len({s.image_id for s in g}) == 1 for g in groups)
+    assert sorted(map(repr, epoch_samples(records, "image_captions", 0, 1))) == sorted(map(repr, caption_samples(records)))
+    assert epoch_groups(records, "image_captions", 0, 1) == groups  # only (seed, epoch) decide
+    assert epoch_groups(records, "image_captions", 0, 2) != groups
+    steps = split_steps(groups, 8)
+    assert [g for step in steps for g in step] == groups
+    for index, step in enumerate(steps):
+        size = sum(len(g) for g in step)
+        assert len(step) >= 1 and (size <= 8 or len(step) == 1)
+        if index + 1 < len(steps):  # greedy: the next image would not have fitted
+            assert size + len(steps[index + 1][0]) > 8
+    # one sample per group for the other units: the plain split into batch_size chunks
+    singles = epoch_groups(records, "caption", 0, 1)
+    assert [len(step) for step in split_steps(singles, 8)] == [len(singles[i:i + 8]) for i in range(0, len(singles), 8)]
+
+
+@pytest.mark.parametrize("strategy", ["lora", "prompt_learning"])
+def test_share_prefix_gives_the_same_losses_as_one_sequence_per_caption(tmp_path, tiny_llava_dir, tiny_world, strategy):
+    settings = dict(strategy=strategy, epoch_unit="image_captions", epochs=1, batch_size=12, micro_batch_size=6,
+                    max_train_images=8, max_val_images=3, momentum=0.0, lr_max=0.5 if strategy == "lora" else 2.0)
+    per_caption = make_run(tmp_path, tiny_llava_dir, tiny_world, "per_caption", share_prefix=False, **settings)
+    shared = make_run(tmp_path, tiny_llava_dir, tiny_world, "shared", share_prefix=True, **settings)
+    assert train_run(per_caption) == 0 and train_run(shared) == 0
+    assert len(train_losses(shared)) >= 2
+    assert train_losses(shared) == pytest.approx(train_losses(per_caption), rel=1e-5)
+    assert val_losses(shared) == pytest.approx(val_losses(per_caption), rel=1e-5)
+    # the run really moved: a step changed the loss, and the epoch ended below where it started
+    assert val_losses(shared)[-1] != pytest.approx(val_losses(shared)[0], rel=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["share_prefix=true"],  # the recipe's epoch_unit is caption
+    ["share_prefix=true", "epoch_unit=image"],
+    ["share_prefix=maybe", "epoch_unit=image_captions"],
+])
+def test_share_prefix_needs_image_captions_epochs(overrides):
+    with pytest.raises(ConfigError, match="^share_prefix:"):
+        resolve_config("llava-1.5-7b/lora", overrides)
+    assert resolve_config("llava-1.5-7b/lora", ["share_prefix=true", "epoch_unit=image_captions"]).share_prefix is True
+
+
+def test_share_prefix_is_rejected_for_the_clip_captioner():
+    with pytest.raises(ConfigError, match="^share_prefix:.*clip_captioner"):
+        resolve_config("embedded/clip_captioner", ["share_prefix=true", "epoch_unit=image_captions"])

@@ -6,6 +6,11 @@ each process takes an interleaved share of every global batch, and the loss is n
 caption tokens of the whole global batch, so N processes compute exactly what one does.
 Resume is exact: the epoch order depends only on (seed, epoch), and the trainable parameters,
 optimizer buffers and position in the epoch come back from the last verified checkpoint.
+
+The trainer works on groups of samples: one image's captions (epoch_unit image_captions) or one
+sample each. Steps and micro-batches take whole groups, processes take interleaved groups, and with
+`share_prefix` a micro-batch is packed (prefix_sharing.py: one row per image, its captions after one
+copy of the image+prompt prefix), which computes the same loss and gradients with far fewer tokens.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from captionlab.training.checkpoint import (copy_checkpoint, latest_good_checkpo
                                             save_checkpoint)
 from captionlab.training.config import TrainConfig, load_run_config
 from captionlab.training.run_folder import RunFolder
-from captionlab.training.samples import ImageCache, caption_samples, epoch_samples
+from captionlab.training.prefix_sharing import build_packed_batch, caption_token_count, packed_loss_sum
+from captionlab.training.samples import ImageCache, caption_samples, epoch_groups, image_groups, split_steps
 
 
 def cosine_lr(step: int, total_steps: int, lr_max: float, lr_min: float) -> float:
@@ -104,12 +110,15 @@ class Trainer:
     """State and steps of one run (one instance per process)."""
 
     def __init__(self, run_dir: Path, resume: bool):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
         self.run = RunFolder(Path(run_dir))
         self.config = load_run_config(self.run.config_path)
         cpu = self.config.device == "cpu" or (self.config.device == "auto" and not torch.cuda.is_available())
-        self.accelerator = Accelerator(cpu=cpu)
+        # No buffer broadcast at every forward: the model's buffers (rotary frequencies...) are the same on
+        # every process, and processes may run different numbers of micro-batches in a step or in validation
+        # (groups of different sizes), so a per-forward collective would pair up wrongly between them.
+        self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.loaded, self.strategy = load_for_training(self.config, self.accelerator.device)
@@ -120,11 +129,14 @@ class Trainer:
         self.model = self.accelerator.prepare_model(self.loaded.model)
         self.train_records = load_split(self.config, self.config.train_split, self.config.max_train_images)
         self.val_records = load_split(self.config, self.config.val_split, self.config.max_val_images)
-        per_epoch = len(epoch_samples(self.train_records, self.config.epoch_unit, self.config.seed, 0))
-        self.steps_per_epoch = math.ceil(per_epoch / self.config.batch_size)
-        self.total_steps = self.steps_per_epoch * self.config.epochs
+        # steps per epoch, from each epoch's own split (image_captions steps hold whole images, so the
+        # count can differ between epochs when images have different numbers of captions)
+        self.epoch_steps = [len(self._epoch_plan(epoch)) for epoch in range(self.config.epochs)]
+        self.total_steps = sum(self.epoch_steps)
         self.images = ImageCache()
-        self.build_batch = getattr(self.loaded, "build_batch", None) or self._llava_batch
+        own_batch = getattr(self.loaded, "build_batch", None)  # the CLIP-Captioner brings its own
+        self.build_batch = own_batch or self._llava_batch
+        self.packed = bool(self.config.share_prefix) and own_batch is None
         self.state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_val_loss": None, "best_epoch": None,
                       "val_losses": [], "initial_val_loss": None, "epoch_energy_j": [], "energy_j": 0.0, "elapsed_s": 0.0,
                       "energy_at_epoch_start_j": 0.0}
@@ -177,12 +189,33 @@ class Trainer:
         )
 
     # --- steps ---------------------------------------------------------------------------------
-    def _batches(self, samples) -> list[dict]:
-        local = samples[self.rank::self.world]
+    def _epoch_plan(self, epoch: int) -> list:
+        """The optimizer steps of `epoch`: each a list of groups, depending only on (seed, epoch)."""
+        groups = epoch_groups(self.train_records, self.config.epoch_unit, self.config.seed, epoch)
+        return split_steps(groups, self.config.batch_size)
+
+    def _batches(self, groups) -> list[dict]:
+        """This process's micro-batches of a global batch of groups (interleaved groups per process).
+
+        Packed: whole groups up to micro_batch_size captions, one row per image. Per caption: the
+        captions in chunks of micro_batch_size (how they are cut does not change the step's gradient).
+        """
+        return self._build_batches(groups[self.rank::self.world])
+
+    def _build_batches(self, local: list) -> list[dict]:
         size = self.config.micro_batch_size
         batches = []
-        for start in range(0, len(local), size):
-            chunk = local[start:start + size]
+        if self.packed:
+            for chunk in split_steps(local, size):
+                batch = build_packed_batch(self.loaded.processor, self.loaded.spec,
+                                           [self.images.get(g[0].image_path) for g in chunk],
+                                           [[s.caption for s in g] for g in chunk],
+                                           self.strategy.prefix_slots, self.config.prompt)
+                batches.append({k: v.to(self.accelerator.device) for k, v in batch.items()})
+            return batches
+        samples = [s for group in local for s in group]
+        for start in range(0, len(samples), size):
+            chunk = samples[start:start + size]
             batch = self.build_batch([self.images.get(s.image_path) for s in chunk], [s.caption for s in chunk])
             batches.append({k: v.to(self.accelerator.device) for k, v in batch.items()})
         return batches
@@ -191,20 +224,29 @@ class Trainer:
         return build_training_batch(self.loaded.processor, self.loaded.spec, images, captions,
                                     self.strategy.prefix_slots, self.config.prompt)
 
+    @staticmethod
+    def _token_count(batch: dict) -> int:
+        """Caption tokens of a micro-batch: the loss's denominator."""
+        if "loss_targets" in batch:
+            return caption_token_count(batch)
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
     def _global_sum(self, value: float) -> float:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(tensor, reduction="sum").item()) if self.world > 1 else value
 
     def _forward_loss_sum(self, batch: dict) -> torch.Tensor:
+        if "loss_targets" in batch:  # packed
+            return packed_loss_sum(self.model, batch)[0]
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
         return caption_loss_sum(self.model(**inputs).logits, labels)
 
-    def train_step(self, samples) -> dict:
-        batches = self._batches(samples)
-        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    def train_step(self, groups) -> dict:
+        batches = self._batches(groups)
+        local_tokens = sum(self._token_count(b) for b in batches)
         global_tokens = max(1.0, self._global_sum(local_tokens))
         loss_sum = 0.0
         for index, batch in enumerate(batches):
@@ -214,9 +256,11 @@ class Trainer:
                 micro = self._forward_loss_sum(batch)
                 (micro * self.world / global_tokens).backward()
             loss_sum += float(micro.detach())
-        if not batches and self.world > 1:  # keep DDP's collective calls matched
-            zero = sum(p.sum() * 0 for p in self.params.values())
-            zero.backward()
+        if not batches and self.world > 1:
+            # This process got no group (fewer groups than processes): it still runs one forward and a
+            # zero-weighted backward through DDP, so that its gradient all-reduce pairs with the others'.
+            dummy = self._build_batches(groups[:1])[0]
+            (self._forward_loss_sum(dummy) * 0.0).backward()
         lr = cosine_lr(self.state["step"], self.total_steps, self.config.lr_max, self.config.lr_min)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -229,10 +273,12 @@ class Trainer:
     def validation_loss(self) -> float:
         self.model.eval()
         samples = caption_samples(self.val_records)
+        # packed: every caption of an image together (the same pairs, so the same loss)
+        groups = image_groups(samples) if self.packed else [[s] for s in samples]
         loss_sum, tokens = 0.0, 0
-        for batch in self._batches(samples):
+        for batch in self._batches(groups):
             loss_sum += float(self._forward_loss_sum(batch))
-            tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            tokens += self._token_count(batch)
         self.model.train()
         return self._global_sum(loss_sum) / max(1.0, self._global_sum(tokens))
 
@@ -244,7 +290,8 @@ class Trainer:
                                   step=self.state["step"], epoch=self.state["epoch"], message="",
                                   energy_method=self.energy.method, energy_label=self.energy.label)
         self.log(f"training {config.strategy} on {config.model}: {len(self.train_records)} images, "
-                 f"{self.total_steps} steps of {config.batch_size} ({config.epoch_unit} epochs), "
+                 f"{self.total_steps} steps of {config.batch_size} ({config.epoch_unit} epochs"
+                 f"{', prefix sharing' if self.packed else ''}), "
                  f"{sum(p.numel() for p in self.params.values()):,} trainable parameters, {self.world} process(es), "
                  f"energy: {self.energy.method}")
         if self.state["step"] == 0 and self.state["initial_val_loss"] is None:
@@ -257,15 +304,16 @@ class Trainer:
             self.log(f"initial val loss {self.state['initial_val_loss']:.4f}")
         while self.state["epoch"] < config.epochs:
             epoch = self.state["epoch"]
-            samples = epoch_samples(self.train_records, config.epoch_unit, config.seed, epoch)
-            while self.state["step_in_epoch"] < self.steps_per_epoch:
-                start = self.state["step_in_epoch"] * config.batch_size
+            plan = self._epoch_plan(epoch)
+            while self.state["step_in_epoch"] < len(plan):
+                step_groups = plan[self.state["step_in_epoch"]]
                 tick = time.monotonic()
-                metrics = self.train_step(samples[start:start + config.batch_size])
+                metrics = self.train_step(step_groups)
                 self.state["step"] += 1
                 self.state["step_in_epoch"] += 1
-                row = {"step": self.state["step"], "epoch": epoch + self.state["step_in_epoch"] / self.steps_per_epoch,
-                       **metrics, "samples_per_s": len(samples[start:start + config.batch_size]) / max(1e-9, time.monotonic() - tick),
+                captions = sum(len(g) for g in step_groups)
+                row = {"step": self.state["step"], "epoch": epoch + self.state["step_in_epoch"] / len(plan),
+                       **metrics, "samples_per_s": captions / max(1e-9, time.monotonic() - tick),
                        "elapsed_s": self._elapsed_s(), "energy_j": self._energy_j()}
                 if self.main:
                     self.run.append_metrics(row)
