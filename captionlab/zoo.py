@@ -112,7 +112,7 @@ def step_base(out: Path) -> None:
 
 
 def build_zoo(out: Path, steps: list[str] | None = None) -> int:
-    out = Path(out)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     chosen = steps or STEPS
     unknown = [s for s in chosen if s not in STEPS]
