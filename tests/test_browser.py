@@ -97,7 +97,8 @@ def open_tab(page, name: str) -> None:
 def test_compare_captions_an_upload_with_every_strategy(page, tmp_path):
     image = write_png(tmp_path / "upload.png", size=(64, 48), colour=(20, 160, 40))
     page.locator("#compare-upload input[type=file]").set_input_files(str(image))
-    page.wait_for_selector("#compare-upload :text('upload.png')", timeout=WAIT_MS)
+    # the uploaded file's row, wherever gradio renders it (its element id moves between renders)
+    page.get_by_text("upload.png").first.wait_for(timeout=WAIT_MS)
     page.click("#compare-run")
     page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Captioned')",
                            timeout=WAIT_MS)
