@@ -69,13 +69,12 @@ def _shipped_results(checkpoints: Path | None) -> list[dict]:
 
 
 def _shipped_predictions(recorded: str | None, folder: Path) -> str | None:
-    """Shipped results record their predictions relative to the project (or not at all)."""
+    """The predictions shipped beside a results.json, else where it recorded them (relative to the project)."""
     from captionlab import paths
 
-    candidates = [Path(recorded)] if recorded else []
-    if recorded and not Path(recorded).is_absolute():
-        candidates.insert(0, paths.PROJECT_ROOT / recorded)
-    candidates.append(folder / "predictions.jsonl")
+    candidates = [folder / "predictions.jsonl"]
+    if recorded:
+        candidates.append(Path(recorded) if Path(recorded).is_absolute() else paths.PROJECT_ROOT / recorded)
     return next((str(c) for c in candidates if c.is_file()), recorded)
 
 
