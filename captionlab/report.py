@@ -98,7 +98,7 @@ def mean_words(texts) -> float:
     return sum(len(t.split()) for t in texts) / max(1, len(texts))
 
 
-def checks(study: dict) -> list[str]:
+def checks(study: dict, checkpoints: Path) -> list[str]:
     """The quality claims the embedded study makes, each computed from the shipped predictions."""
     from captionlab.world.vocabulary import NOVEL_KINDS
 
@@ -115,6 +115,12 @@ def checks(study: dict) -> list[str]:
             out.append(f"{LABELS[strategy]}: {distinct:.0%} of coco test captions are distinct; "
                        f"mean {mean_words(row['predictions'].values()):.1f} words.")
     for strategy in ORDER:
+        check = Path(checkpoints) / "results" / strategy / "coco" / "shuffled_clip_score.json"
+        if check.exists():
+            values = json.loads(check.read_text())
+            out.append(f"{LABELS[strategy]}: CLIP-Score {values['clip_score']:.3f} with its own coco test image, "
+                       f"{values['clip_score_shuffled']:.3f} with another image's (shuffled pairing).")
+    for strategy in ORDER:
         row = study.get((strategy, "nocaps"))
         if row and row["predictions"]:
             named = sum(any(k in c.lower() for k in NOVEL_KINDS) for c in row["predictions"].values())
@@ -130,7 +136,7 @@ def render(checkpoints: Path) -> str:
         "#### Tables 2-3: out-of-domain", metrics_table(study, ("nocaps", "cc3m")), "",
         metrics_table(study, ("vizwiz", "textcaps")),
         "#### Table 4: trainable parameters and training energy", energy_table(checkpoints),
-        "#### Checks", "\n".join(f"- {line}" for line in checks(study)),
+        "#### Checks", "\n".join(f"- {line}" for line in checks(study, checkpoints)),
     ]
     return "\n\n".join(parts) + "\n"
 

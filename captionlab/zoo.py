@@ -8,6 +8,8 @@ Steps (each skipped when its output already exists; delete a folder to redo it):
                                                                    -> <out>/strategies/<name>, <out>/runs/<name>
   clip_captioner train the CLIP-Captioner baseline                 -> <out>/clip_captioner
   evaluate       caption and score all seven captioners on all five domains -> <out>/results
+  checks         CLIP-Score of each captioner's coco test captions against a shuffled pairing
+                                                                   -> <out>/results/<key>/coco/shuffled_clip_score.json
   report         write the embedded study's tables (<out>/results/tables.md) and the gallery
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from captionlab import paths
 
-STEPS = ["world", "clip", "base", "personalize", "clip_captioner", "evaluate", "report"]
+STEPS = ["world", "clip", "base", "personalize", "clip_captioner", "evaluate", "checks", "report"]
 PERSONALIZED = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
 
 
@@ -225,6 +227,27 @@ def step_evaluate(out: Path) -> None:
         data["result"]["predictions_path"] = str((target / "predictions.jsonl").relative_to(paths.PROJECT_ROOT))
         (target / "results.json").write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
     _say(f"evaluate: {len(grid.results)} evaluations written to {results_dir}")
+
+
+def step_checks(out: Path) -> None:
+    """No-collapse check: captions must match their own image better than another image's (CLIP-S)."""
+    from captionlab.data.datasets import load_records
+    from captionlab.evaluation.clipscore import HFClipEncoder, clip_score
+
+    encoder = HFClipEncoder(out / "clip", name="embedded-tiny-clip")
+    records = {r.image_id: r for r in load_records("coco", split="test", config=world_config())}
+    for predictions_file in sorted((out / "results").glob("*/coco/predictions.jsonl")):
+        rows = [json.loads(line) for line in predictions_file.read_text().splitlines() if line.strip()]
+        captions = {str(r["image_id"]): r["caption"] for r in rows if "image_id" in r and str(r["image_id"]) in records}
+        ids = sorted(captions)
+        images = [records[i].image_path for i in ids]
+        matched = clip_score(encoder, images, [captions[i] for i in ids]).clip_score
+        shifted = ids[1:] + ids[:1]  # every image paired with another image's caption
+        shuffled = clip_score(encoder, images, [captions[i] for i in shifted]).clip_score
+        summary = {"clip_score": matched, "clip_score_shuffled": shuffled, "n_images": len(ids),
+                   "encoder": "embedded-tiny-clip", "pairing": "each image with the next image's caption"}
+        (predictions_file.parent / "shuffled_clip_score.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _say(f"checks {predictions_file.parent.parent.name}: CLIP-S {matched:.3f} vs shuffled {shuffled:.3f}")
 
 
 def step_report(out: Path) -> None:
