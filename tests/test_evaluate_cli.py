@@ -97,3 +97,17 @@ def test_user_errors_exit_2_naming_the_path(home, tmp_path, tiny_llava_dir, tiny
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert str(missing.parent if case == "model" else missing) in err
+
+
+def test_a_named_dataset_on_a_fresh_workspace_generates_the_embedded_world(tmp_path, monkeypatch):
+    """The README's `evaluate --dataset nocaps` works on a fresh machine: the world is made on first use."""
+    from captionlab.data import datasets
+
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path))
+    made = []
+    monkeypatch.setattr("captionlab.world.write_world", lambda out, seed=0, scale=1.0: made.append((out, seed, scale)))
+    datasets.ensure_embedded_world("nocaps", None)
+    assert made == [(tmp_path / "world", 0, 1.0)]
+    datasets.ensure_embedded_world("karpathy:/x/dataset_coco.json", None)  # FORMAT:PATH never triggers it
+    datasets.ensure_embedded_world("nocaps", tmp_path / "datasets.yaml")  # nor an explicit config
+    assert len(made) == 1

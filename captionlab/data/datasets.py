@@ -69,6 +69,17 @@ def default_config_path() -> Path:
     return paths.world_dir() / CONFIG_FILE_NAME
 
 
+def ensure_embedded_world(dataset: str, config_path: Path | str | None) -> None:
+    """A dataset named without a config means the embedded world's: generate it (seeded, well under a
+    minute) on first use, so the CLIs and the Train tab work on a fresh machine."""
+    if config_path is not None or ":" in dataset or default_config_path().exists():
+        return
+    from captionlab.world import write_world
+
+    print(f"generating the embedded caption world in {paths.world_dir()} (first use)", flush=True)
+    write_world(paths.world_dir(), seed=0, scale=1.0)
+
+
 def load_config(path: Path | str) -> dict[str, DatasetSpec]:
     """The datasets of a YAML config file, by name, with paths made absolute."""
     path = Path(path).expanduser().resolve()

@@ -491,7 +491,7 @@ def evaluate(
     results.json but no database row. Raises EvaluationError for a bad model, checkpoint or dataset.
     """
     from captionlab.captioner import GenerationSettings
-    from captionlab.data.datasets import resolve_dataset
+    from captionlab.data.datasets import ensure_embedded_world, resolve_dataset
     from captionlab.data.errors import DatasetError
     from captionlab.evaluation import generation
     from captionlab.evaluation.results import collect_metrics, record_result, write_results_json
@@ -512,6 +512,7 @@ def evaluate(
         artifact = resolve_checkpoint(target, strategy, checkpoint)
     elif artifact is None and checkpoint is not None:
         artifact = Path(checkpoint)
+    ensure_embedded_world(dataset, config_path)
     try:
         spec = resolve_dataset(dataset, images=Path(images) if images else None,
                                config_path=Path(config_path) if config_path else None)

@@ -84,22 +84,10 @@ def load_for_training(config: TrainConfig, device: torch.device):
     return loaded, strategy
 
 
-def ensure_default_world(config: TrainConfig) -> None:
-    """The embedded recipes name the embedded world's datasets; generate the world on first use."""
-    from captionlab import paths
-    from captionlab.data.datasets import default_config_path
-
-    if config.datasets_config is None and ":" not in config.dataset and not default_config_path().exists():
-        from captionlab.world import write_world
-
-        print(f"generating the embedded caption world in {paths.world_dir()} (first use)", flush=True)
-        write_world(paths.world_dir(), seed=0, scale=1.0)
-
-
 def load_split(config: TrainConfig, split: str, limit: int | None):
-    from captionlab.data.datasets import load_records, resolve_dataset
+    from captionlab.data.datasets import ensure_embedded_world, load_records, resolve_dataset
 
-    ensure_default_world(config)
+    ensure_embedded_world(config.dataset, config.datasets_config)
     spec = resolve_dataset(config.dataset, Path(config.images) if config.images else None,
                            Path(config.datasets_config) if config.datasets_config else None)
     records = load_records(spec, split=split)
