@@ -14,13 +14,11 @@ cached generation the slot's keys and values come from the cache, exactly as wit
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
 
 from captionlab.models.prompting import language_model, unwrap
-from captionlab.strategies.base import Strategy, StrategyError, freeze
+from captionlab.strategies.base import StrategyError, freeze
+from captionlab.strategies.controller import ControllerStrategy
 
 CONTROLLER = "captionlab_prefix_tuning"
 
@@ -71,8 +69,10 @@ class LayerPrefixes(torch.nn.Module):
         return hook
 
 
-class PrefixTuning(Strategy):
+class PrefixTuning(ControllerStrategy):
     name = "prefix_tuning"
+    controller_name = CONTROLLER
+    tensor_name = "prefix"
     label = "Prefix tuning"
     prefix_slots = 1
 
@@ -91,23 +91,4 @@ class PrefixTuning(Strategy):
         controller = LayerPrefixes(init, placeholder)
         base.add_module(CONTROLLER, controller)
         controller.attach(base)
-        return model
-
-    def set_enabled(self, model, enabled):
-        getattr(unwrap(model), CONTROLLER).enabled = enabled
-
-    def save(self, model, directory):
-        controller = getattr(unwrap(model), CONTROLLER)
-        self.write_card(Path(directory), layers=int(controller.prefix.shape[0]))
-        save_file({"prefix": controller.prefix.detach().float().cpu().contiguous()}, str(Path(directory) / "prefix.safetensors"))
-
-    def load(self, model, spec, directory, tokenizer=None):
-        self.check_card(directory)
-        weights = load_file(str(Path(directory) / "prefix.safetensors"))["prefix"]
-        model = self.apply(model, spec, tokenizer)
-        controller = getattr(unwrap(model), CONTROLLER)
-        if weights.shape != controller.prefix.shape:
-            raise StrategyError(f"{directory}: prefix shape {tuple(weights.shape)} != model's {tuple(controller.prefix.shape)}")
-        with torch.no_grad():
-            controller.prefix.copy_(weights)
         return model

@@ -13,14 +13,12 @@ no prompt and pass untouched, so `generate()` with a cache is exact.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
 
 from captionlab.models.prompting import build_prompt, unwrap
 from captionlab.models.registry import ModelSpec
-from captionlab.strategies.base import Strategy, StrategyError, freeze
+from captionlab.strategies.base import StrategyError, freeze
+from captionlab.strategies.controller import ControllerStrategy
 
 CONTROLLER = "captionlab_prompt_learning"
 
@@ -78,8 +76,10 @@ def prompt_token_ids(spec: ModelSpec, tokenizer) -> list[int]:
     return [i for i in ids if i not in (tokenizer.bos_token_id, image_id)]
 
 
-class PromptLearning(Strategy):
+class PromptLearning(ControllerStrategy):
     name = "prompt_learning"
+    controller_name = CONTROLLER
+    tensor_name = "prompt"
     label = "Prompt learning"
 
     def apply(self, model, spec, tokenizer=None):
@@ -102,23 +102,4 @@ class PromptLearning(Strategy):
         controller = PromptEmbeddings(init.float(), base.config.image_token_index, bos)
         base.add_module(CONTROLLER, controller)
         controller.attach(base)
-        return model
-
-    def set_enabled(self, model, enabled):
-        getattr(unwrap(model), CONTROLLER).enabled = enabled
-
-    def save(self, model, directory):
-        controller = getattr(unwrap(model), CONTROLLER)
-        self.write_card(Path(directory), prompt_tokens=int(controller.prompt.shape[0]))
-        save_file({"prompt": controller.prompt.detach().float().cpu().contiguous()}, str(Path(directory) / "prompt.safetensors"))
-
-    def load(self, model, spec, directory, tokenizer=None):
-        self.check_card(directory)
-        weights = load_file(str(Path(directory) / "prompt.safetensors"))["prompt"]
-        model = self.apply(model, spec, tokenizer)
-        controller = getattr(unwrap(model), CONTROLLER)
-        if weights.shape != controller.prompt.shape:
-            raise StrategyError(f"{directory}: prompt shape {tuple(weights.shape)} != model's {tuple(controller.prompt.shape)}")
-        with torch.no_grad():
-            controller.prompt.copy_(weights)
         return model
