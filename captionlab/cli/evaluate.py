@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", type=Path, help="dataset config YAML (default: the embedded world's)")
     parser.add_argument("--split", help="split to evaluate (default: the config's, test for COCO Karpathy)")
     parser.add_argument("--limit", type=int, help="only the first N images")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per generate() batch (default 16)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per generate() batch (default: 64 on a GPU, 16 on the CPU)")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="longest caption in tokens (default 40)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--out", type=Path, help="output folder (default: workspace/evaluations/...)")
@@ -65,8 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from captionlab.captioner import GenerationSettings
+    from captionlab.captioner import GenerationSettings, default_batch_size
 
+    if args.batch_size is None:
+        args.batch_size = default_batch_size(args.device)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
