@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from bench.common import (Setup, environment, make_setup, measure, print_comparisons, with_oom_fallback,
+from bench.common import (preset_with_overrides, Setup, environment, make_setup, measure, print_comparisons, with_oom_fallback,
                           write_report)
 
 PRESETS = {
@@ -101,12 +101,7 @@ def parser(defaults_from: str = "caption") -> argparse.ArgumentParser:
 
 
 def settings(args, model: str) -> dict:
-    preset = dict(PRESETS[model])
-    for key in preset:
-        value = getattr(args, key, None)
-        if value is not None:
-            preset[key] = value
-    return preset
+    return preset_with_overrides(PRESETS[model], args)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -385,3 +385,13 @@ def print_comparisons(rows: list[dict]) -> None:
         print(f"  {c['model']:>13} {c['work']:>7} {c['strategy']:>15}: plain {c['plain_per_s']:.3g} -> captionlab "
               f"{c['captionlab_per_s']:.3g} {c['unit']}/s = {c['speedup']:.2f}x; J/{c['unit'][:-1]} x{_fmt(c['energy_ratio'])}; "
               f"peak memory x{_fmt(c['memory_ratio'])}", flush=True)
+
+
+def preset_with_overrides(preset: dict, args) -> dict:
+    """A model's preset sizes, each replaced by the command-line value of the same name when one was given."""
+    values = dict(preset)
+    for key in values:
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    return values

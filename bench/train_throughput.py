@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from bench.common import (TRAIN_STRATEGIES, Setup, comparisons, environment, free_memory, make_setup, measure,
+from bench.common import (preset_with_overrides, TRAIN_STRATEGIES, Setup, comparisons, environment, free_memory, make_setup, measure,
                           print_comparisons, with_oom_fallback, write_report)
 from captionlab.training.batching import IGNORE_INDEX
 from captionlab.training.prefix_sharing import pack_sequences, packed_loss_sum
@@ -240,12 +240,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings(args, model: str) -> dict:
-    preset = dict(PRESETS[model])
-    for key in preset:
-        value = getattr(args, key, None)
-        if value is not None:
-            preset[key] = value
-    return preset
+    return preset_with_overrides(PRESETS[model], args)
 
 
 def main(argv: list[str] | None = None) -> dict:
