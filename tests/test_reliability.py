@@ -307,14 +307,9 @@ def test_uploads(tmp_path, served_app):
 
 
 def _form(**changes):
-    from captionlab.service.runs import TrainForm
+    from test_app import form  # the Train form as the app's own tests fill it
 
-    values = {"lr_max": 0.02, "lr_min": 1e-5, "batch_size": 32, "micro_batch_size": 8, "epochs": 4,
-              "max_train_images": None, "max_val_images": None}
-    fields = {"model": "llava-1.5-7b", "strategy": "lora", "dataset": "coco", "gpus": 1, "name": ""}
-    for key, value in changes.items():
-        (values if key in values else fields)[key] = value
-    return TrainForm(values=values, **fields)
+    return form(**changes)
 
 
 def _resolve_within_blocks_escapes(home: Path, outside: Path) -> None:
