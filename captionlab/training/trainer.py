@@ -15,6 +15,7 @@ copy of the image+prompt prefix), which computes the same loss and gradients wit
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -239,7 +240,7 @@ class Trainer:
         loss_sum = 0.0
         for index, batch in enumerate(batches):
             sync = index == len(batches) - 1
-            context = self.accelerator.no_sync(self.model) if (self.world > 1 and not sync) else _nullcontext()
+            context = self.accelerator.no_sync(self.model) if (self.world > 1 and not sync) else contextlib.nullcontext()
             with context:
                 micro = self._forward_loss_sum(batch)
                 (micro * self.world / global_tokens).backward()
@@ -345,14 +346,6 @@ class Trainer:
         summary.update({"trainable_parameters": sum(p.numel() for p in self.params.values()),
                         "strategy": self.config.strategy, "model": self.config.model, "processes": self.world})
         atomic.write_json(self.run.energy_path, summary)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train_run(run_dir: Path, resume: bool = False) -> int:
