@@ -46,8 +46,8 @@ def step_world(out: Path) -> None:
 
 
 def _world_texts_and_pairs():
-    import yaml
-
+    """Texts for the tokenizer (every domain's captions and the verbose set) and (image, captions) pairs for
+    the CLIP (coco train and the verbose set only: no evaluation image is seen in training)."""
     from captionlab.data.datasets import load_records
 
     config = world_config()
@@ -66,7 +66,6 @@ def _world_texts_and_pairs():
     from captionlab.models.tiny import TINY_SYSTEM_PROMPT
 
     texts.extend([TINY_SYSTEM_PROMPT, VICUNA_TEMPLATE] * 50)
-    _ = yaml
     return texts, pairs, conversations
 
 
