@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-from bench.common import (preset_with_overrides, Setup, environment, make_setup, measure, print_comparisons, with_oom_fallback,
-                          write_report)
+from bench.common import (Setup, environment, measure, preset_with_overrides, print_comparisons, start_bench,
+                          with_oom_fallback, write_report)
 
 PRESETS = {
     # images, plain batch, captionlab batch, new tokens
@@ -105,16 +105,9 @@ def settings(args, model: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from captionlab.training.energy import EnergyMeter
-
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = args.model or ("llava-1.5-7b" if args.device.startswith("cuda") else "tiny")
-    device = torch.device(args.device)
-    meter = EnergyMeter(str(device)).start()
-    setup = make_setup(model, device)
+    model, device, meter, setup = start_bench(args)
     rows = run_caption(setup, meter, **settings(args, model), warmup=args.warmup, iters=args.iters,
                        min_seconds=args.min_seconds)
     from bench.common import comparisons

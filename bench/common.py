@@ -38,16 +38,11 @@ from pathlib import Path
 import torch
 
 from captionlab.models.registry import ModelSpec
+from captionlab.models.tiny import TINY_TEXTS
 
 TINY_MODELS = ("tiny", "tiny-next", "tiny-576")
 REAL_MODELS = ("llava-1.5-7b", "llava-1.6-7b")
 TRAIN_STRATEGIES = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
-TINY_TEXTS = [
-    "A chat between a curious human and an artificial intelligence assistant.",
-    "USER: <image>\nBriefly caption the image ASSISTANT:",
-    "a red ball on the grass", "two blue cups on a kitchen table", "a small tree next to a house",
-    "The image shows a vibrant scene with a large red ball in the center of a green park.",
-] * 10
 
 
 @dataclass
@@ -395,3 +390,16 @@ def preset_with_overrides(preset: dict, args) -> dict:
         if value is not None:
             values[key] = value
     return values
+
+
+def start_bench(args) -> tuple[str, torch.device, object, "Setup"]:
+    """What a single-script benchmark starts with: threads, the model (LLaVA-1.5-7B on a GPU, tiny on the
+    CPU by default), the device, a running energy meter and the model's setup."""
+    from captionlab.training.energy import EnergyMeter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = args.model or ("llava-1.5-7b" if args.device.startswith("cuda") else "tiny")
+    device = torch.device(args.device)
+    meter = EnergyMeter(str(device)).start()
+    return model, device, meter, make_setup(model, device)

@@ -21,8 +21,8 @@ import sys
 
 import torch
 
-from bench.common import (preset_with_overrides, TRAIN_STRATEGIES, Setup, comparisons, environment, free_memory, make_setup, measure,
-                          print_comparisons, with_oom_fallback, write_report)
+from bench.common import (TRAIN_STRATEGIES, Setup, comparisons, environment, free_memory, measure,
+                          preset_with_overrides, print_comparisons, start_bench, with_oom_fallback, write_report)
 from captionlab.training.batching import IGNORE_INDEX
 from captionlab.training.prefix_sharing import pack_sequences, packed_loss_sum
 
@@ -244,16 +244,9 @@ def settings(args, model: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from captionlab.training.energy import EnergyMeter
-
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = args.model or ("llava-1.5-7b" if args.device.startswith("cuda") else "tiny")
-    device = torch.device(args.device)
-    meter = EnergyMeter(str(device)).start()
-    setup = make_setup(model, device)
+    model, device, meter, setup = start_bench(args)
     if args.interleave:
         step_times = interleaved_step_times(setup, [s for s in args.strategies.split(",") if s], repeats=args.interleave,
                                             **settings(args, model))

@@ -11,12 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-TINY_TEXTS = [
-    "A chat between a curious human and an artificial intelligence assistant.",
-    "USER: <image>\nBriefly caption the image ASSISTANT:",
-    "a red ball on the grass", "two blue cups on a kitchen table", "a small tree next to a house",
-    "The image shows a vibrant scene with a large red ball in the center of a green park.",
-] * 10
+from captionlab.models.tiny import TINY_TEXTS  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -115,13 +115,9 @@ def served_app(tmp_path_factory, tiny_llava_dir):
                 time.sleep(0.3)
         yield ServedApp(process, url, home)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        from test_app import stop_app  # SIGTERM the app's process group, SIGKILL if it lingers
+
+        stop_app(process)
         log.close()
 
 

@@ -18,6 +18,13 @@ import transformers
 from captionlab.models.registry import VICUNA_TEMPLATE, ZERO_SHOT_PROMPT
 
 TINY_SYSTEM_PROMPT = "A chat between a curious human and an artificial intelligence assistant."
+# Enough text for a tokenizer of random tiny models (tests, CPU benchmarks): the template and a few captions.
+TINY_TEXTS = [
+    "A chat between a curious human and an artificial intelligence assistant.",
+    "USER: <image>\nBriefly caption the image ASSISTANT:",
+    "a red ball on the grass", "two blue cups on a kitchen table", "a small tree next to a house",
+    "The image shows a vibrant scene with a large red ball in the center of a green park.",
+] * 10
 
 
 @dataclass(frozen=True)
