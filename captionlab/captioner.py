@@ -1,7 +1,8 @@
 """The one Captioner face: `caption(images) -> list[str]`, batched, for every model and strategy.
 
-`LlavaCaptioner` captions with a LLaVA model plus a strategy using greedy `generate()` with the
-KV cache. `load_captioners` loads one frozen base model and puts every adapter strategy on top
+`LlavaCaptioner` captions with a LLaVA model plus a strategy, greedily, with `GreedyDecoder`
+(`captionlab/models/decoding.py`: the tokens of `generate(do_sample=False)`, from a preallocated KV cache
+and, on CUDA, a decoding step replayed as a CUDA graph). `load_captioners` loads one frozen base model and puts every adapter strategy on top
 of it (switchable), instead of one full copy per strategy; full fine-tuning, whose weights differ
 everywhere, is the one separate copy. The CLIP-Captioner implements the same protocol.
 """
@@ -16,6 +17,7 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+from captionlab.models.decoding import GreedyDecoder
 from captionlab.models.loading import LoadedModel, load_model
 from captionlab.models.prompting import build_prompt
 from captionlab.models.registry import ZERO_SHOT_PROMPT, ModelSpec
@@ -85,10 +87,22 @@ class LlavaCaptioner:
         self.settings = settings
         self.key = strategy.name
         self.name = strategy.label
+        self._decoder: GreedyDecoder | None = None
 
     @property
     def model(self) -> torch.nn.Module:
         return self.base.model if self.base is not None else self.loaded.model
+
+    @property
+    def decoder(self) -> GreedyDecoder:
+        if self._decoder is None or self._decoder.model is not self.model:
+            self._decoder = GreedyDecoder(self.model)
+        return self._decoder
+
+    def release(self) -> None:
+        """Free the decoding buffers kept for the last batch shape (the KV cache: large on a 7B model)."""
+        if self._decoder is not None:
+            self._decoder.release()
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
@@ -104,11 +118,8 @@ class LlavaCaptioner:
             inputs = {k: v.to(self.loaded.device) for k, v in inputs.items()}
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
-            output = self.model.generate(
-                **inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            new_tokens = self.decoder(inputs, max_new_tokens=self.settings.max_new_tokens,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             captions.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return captions
 

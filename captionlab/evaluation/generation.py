@@ -178,6 +178,48 @@ def _prepare_file(out_jsonl: Path, meta: dict | None, predictions: Predictions) 
         atomic.write_json(meta_path, wanted)
 
 
+def _caption_batches(captioner, ordered, batch_size, out_jsonl, skip_broken, predictions, generated, energy_meter,
+                     last_joules, progress, done_before, total) -> None:
+    """Caption `ordered` in batches, appending each finished batch to `out_jsonl` (fsynced) and to `generated`."""
+    with out_jsonl.open("a", encoding="utf-8", newline="\n") as handle:
+        for start in range(0, len(ordered), batch_size):
+            batch, images = [], []
+            for record in ordered[start:start + batch_size]:
+                try:
+                    images.append(load_image(record.image_path))
+                    batch.append(record)
+                except GenerationError as exc:
+                    if not skip_broken:
+                        raise
+                    predictions.skipped.append(SkippedImage(record.image_id, str(record.image_path), str(exc)))
+            if not batch:
+                continue
+            started = time.perf_counter()
+            captions = list(captioner.caption(images))
+            seconds = (time.perf_counter() - started) / len(batch)
+            if len(captions) != len(batch):
+                raise GenerationError(f"captioner {getattr(captioner, 'key', captioner)!r} returned "
+                                      f"{len(captions)} captions for {len(batch)} images")
+            joules = None
+            if energy_meter is not None:
+                now = energy_meter.joules()
+                joules, last_joules = (now - last_joules) / len(batch), now
+            lines = []
+            for record, caption in zip(batch, captions):
+                caption = "" if caption is None else str(caption)
+                generated[record.image_id] = _Line(record.image_id, caption, seconds, joules)
+                row = {"image_id": record.image_id, "caption": caption, "seconds": seconds}
+                if joules is not None:
+                    row["joules"] = joules
+                row["references"] = list(record.references)
+                lines.append(dumps_line(row) + "\n")
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+            if progress is not None:
+                progress(done_before + len(generated), total)
+
+
 def generate_predictions(
     captioner,
     records: Sequence[CaptionRecord],
@@ -241,43 +283,13 @@ def generate_predictions(
         if callable(prepare):  # load a lazily loaded model now, outside the timed batches
             prepare()
         last_joules = energy_meter.joules() if energy_meter is not None else None
-        with out_jsonl.open("a", encoding="utf-8", newline="\n") as handle:
-            for start in range(0, len(ordered), batch_size):
-                batch, images = [], []
-                for record in ordered[start:start + batch_size]:
-                    try:
-                        images.append(load_image(record.image_path))
-                        batch.append(record)
-                    except GenerationError as exc:
-                        if not skip_broken:
-                            raise
-                        predictions.skipped.append(SkippedImage(record.image_id, str(record.image_path), str(exc)))
-                if not batch:
-                    continue
-                started = time.perf_counter()
-                captions = list(captioner.caption(images))
-                seconds = (time.perf_counter() - started) / len(batch)
-                if len(captions) != len(batch):
-                    raise GenerationError(f"captioner {getattr(captioner, 'key', captioner)!r} returned "
-                                          f"{len(captions)} captions for {len(batch)} images")
-                joules = None
-                if energy_meter is not None:
-                    now = energy_meter.joules()
-                    joules, last_joules = (now - last_joules) / len(batch), now
-                lines = []
-                for record, caption in zip(batch, captions):
-                    caption = "" if caption is None else str(caption)
-                    generated[record.image_id] = _Line(record.image_id, caption, seconds, joules)
-                    row = {"image_id": record.image_id, "caption": caption, "seconds": seconds}
-                    if joules is not None:
-                        row["joules"] = joules
-                    row["references"] = list(record.references)
-                    lines.append(dumps_line(row) + "\n")
-                handle.write("".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
-                if progress is not None:
-                    progress(len(done) + len(generated), total)
+        try:
+            _caption_batches(captioner, ordered, batch_size, out_jsonl, skip_broken, predictions, generated,
+                             energy_meter, last_joules, progress, len(done), total)
+        finally:
+            release = getattr(captioner, "release", None)
+            if callable(release):  # the decoding buffers of the last batch shape (a 7B model's KV cache)
+                release()
 
     every = {**done, **generated}
     for record in selected:

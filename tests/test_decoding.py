@@ -1,0 +1,128 @@
+"""The greedy decoder (preallocated KV cache, graph-capturable steps) gives exactly generate()'s tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captionlab.models.decoding import GreedyDecoder, PreallocatedCache
+from captionlab.models.loading import load_model
+from captionlab.models.prompting import build_prompt
+from captionlab.models.registry import get_model_spec
+from captionlab.strategies import PAPER_STRATEGIES, get_strategy
+
+
+def prepared(model_dir, name, seed=0):
+    torch.manual_seed(seed)
+    spec = get_model_spec(model_dir)
+    loaded = load_model(spec, device="cpu")
+    strategy = get_strategy(name)
+    loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # away from identity inits (LoRA's B = 0), so the strategy changes the tokens
+        for _, p in strategy.trainable_parameters(loaded.model):
+            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+    loaded.model.eval()
+    return loaded, strategy
+
+
+def inputs_for(loaded, strategy, images, prompts=None):
+    prompt = build_prompt(loaded.spec, prefix_slots=strategy.prefix_slots, placeholder=loaded.tokenizer.unk_token)
+    texts = prompts or [prompt] * len(images)
+    return loaded.processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def generate_new_tokens(loaded, inputs, **kwargs):
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, do_sample=False, num_beams=1,
+                                    pad_token_id=loaded.tokenizer.pad_token_id, **kwargs)
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
+@pytest.mark.parametrize("name", PAPER_STRATEGIES)
+@pytest.mark.parametrize("arch", ["llava", "llava_next"])
+def test_same_tokens_as_generate_for_every_strategy(tiny_llava_dir, tiny_llava_next_dir, tiny_images, name, arch):
+    loaded, strategy = prepared(tiny_llava_dir if arch == "llava" else tiny_llava_next_dir, name)
+    images = [tiny_images[0], tiny_images[0].transpose(0)] if arch == "llava_next" else tiny_images
+    inputs = inputs_for(loaded, strategy, images)
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=7, min_new_tokens=7)
+    got = GreedyDecoder(loaded.model)(inputs, max_new_tokens=7, min_new_tokens=7,
+                                      eos_token_id=loaded.tokenizer.eos_token_id,
+                                      pad_token_id=loaded.tokenizer.pad_token_id)
+    assert got.tolist() == want.tolist()
+
+
+def test_left_padded_rows_and_early_eos_match_generate(tiny_llava_dir, tiny_images):
+    loaded, strategy = prepared(tiny_llava_dir, "lora")
+    loaded.processor.tokenizer.padding_side = "left"
+    spec = loaded.spec
+    prompts = [build_prompt(spec, "a photo"), build_prompt(spec, "describe the picture in a few short words please"),
+               build_prompt(spec)]
+    inputs = inputs_for(loaded, strategy, tiny_images, prompts)
+    assert not bool(inputs["attention_mask"].bool().all()), "the batch must be padded for this test"
+    eos = loaded.tokenizer.eos_token_id
+    decoder = GreedyDecoder(loaded.model)
+    for chosen_eos in (eos, None):
+        # an EOS the random model emits early: the most frequent first token of the batch
+        first = generate_new_tokens(loaded, inputs, max_new_tokens=1)[:, 0]
+        stop = int(first[0]) if chosen_eos is None else chosen_eos
+        want = generate_new_tokens(loaded, inputs, max_new_tokens=9, eos_token_id=stop)
+        got = decoder(inputs, max_new_tokens=9, eos_token_id=stop, pad_token_id=loaded.tokenizer.pad_token_id)
+        assert got.tolist() == want.tolist()
+    pad = loaded.tokenizer.pad_token_id
+    assert got[0, 1:].eq(pad).all(), "row 0 stopped at its first token and is padded after it"
+    # a batch whose every row stops at once ends at once
+    one = inputs_for(loaded, strategy, tiny_images[:1])
+    stop = int(generate_new_tokens(loaded, one, max_new_tokens=1)[0, 0])
+    got = decoder(one, max_new_tokens=9, eos_token_id=stop, pad_token_id=pad)
+    assert got.tolist() == [[stop]]
+
+
+def test_buffers_are_reused_for_one_shape_and_rebuilt_for_another(tiny_llava_dir, tiny_images):
+    loaded, strategy = prepared(tiny_llava_dir, "zero_shot")
+    decoder = GreedyDecoder(loaded.model)
+    kwargs = dict(max_new_tokens=5, eos_token_id=None, pad_token_id=loaded.tokenizer.pad_token_id)
+    first = decoder(inputs_for(loaded, strategy, tiny_images[:2]), **kwargs)
+    state = decoder._state
+    second = decoder(inputs_for(loaded, strategy, tiny_images[:2][::-1]), **kwargs)
+    assert decoder._state is state
+    assert second.tolist() == first.tolist()[::-1]
+    decoder(inputs_for(loaded, strategy, tiny_images), **kwargs)
+    assert decoder._state is not state
+    decoder.release()
+    assert decoder._state is None
+
+
+def test_preallocated_cache_writes_in_place():
+    cache = PreallocatedCache(6, torch.device("cpu"))
+    key = torch.arange(2 * 1 * 4 * 3, dtype=torch.float32).reshape(2, 1, 4, 3)
+    keys, values = cache.update(key, -key, 0)
+    assert keys.shape == (2, 1, 6, 3) and torch.equal(keys[:, :, :4], key) and keys[:, :, 4:].abs().sum() == 0
+    cache.advance(4)
+    step = torch.ones(2, 1, 1, 3)
+    keys, _ = cache.update(step, step, 0)
+    assert torch.equal(keys[:, :, 4], step[:, :, 0]) and cache.get_seq_length() == 5 - 1
+    cache.advance(1)
+    assert cache.get_seq_length() == 5 and int(cache.write_at) == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("name", ["zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora"])
+def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_images, name):
+    torch.manual_seed(0)
+    spec = get_model_spec(tiny_llava_dir)
+    loaded = load_model(spec, device="cuda", dtype=torch.float32)
+    strategy = get_strategy(name)
+    loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
+    loaded.model.eval()
+    inputs = {k: v.to("cuda") for k, v in inputs_for(loaded, strategy, tiny_images).items()}
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, eos_token_id=loaded.tokenizer.eos_token_id,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    graphed = GreedyDecoder(loaded.model, cuda_graph=True)
+    got = graphed(inputs, **kwargs)
+    assert graphed.last_graph_error is None and graphed._state.graph is not None
+    again = graphed(inputs, **kwargs)  # the captured graph replayed for a second batch of the same shape
+    eager = GreedyDecoder(loaded.model, cuda_graph=False)(inputs, **kwargs)
+    assert got.tolist() == eager.tolist() == again.tolist()
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=8, min_new_tokens=8)
+    assert got.tolist() == want.tolist()
