@@ -1,11 +1,18 @@
-"""Caption throughput: plain `model.generate` at batch 32 against captionlab's captioning path.
+"""Caption throughput: plain `model.generate` against captionlab's captioning path.
 
-Both generate exactly `--new-tokens` tokens per image (min = max new tokens: random weights would
-otherwise stop at random EOS tokens), greedy, with the KV cache, from the zero-shot prompt.
-captionlab's path is what `LlavaCaptioner.caption` does (one greedy `generate` per batch, the prompt
-shared by every image) fed by `generate_predictions`' shape bucketing (images of one shape and tile
-count together), at a large batch; here every image has the same shape, so bucketing changes no
-batch and the difference measured is the batch size.
+Every row generates exactly `--new-tokens` tokens per image (min = max new tokens: random weights would
+otherwise stop at random EOS tokens), greedy, from the zero-shot prompt. Rows (method):
+
+  plain              `generate` at the plain batch (32 on LLaVA-1.5: what the reference file measured)
+  plain-large-batch  `generate` at captionlab's batch: how much of the gain is the batch alone
+  captionlab-eager   captionlab's `GreedyDecoder` (preallocated KV cache, no per-step cache copies or
+                     generate() bookkeeping) with its decoding steps run op by op
+  captionlab         what `LlavaCaptioner.caption` runs: `GreedyDecoder`, decoding steps replayed as one CUDA
+                     graph on CUDA (op by op elsewhere), at the large batch, fed by `generate_predictions`'
+                     shape bucketing (here every image has one shape, so bucketing changes no batch)
+
+The speed-up printed is captionlab / plain; the other rows say where it comes from. Each captionlab row
+also checks that its tokens equal plain `generate`'s for the first batch (`tokens_equal_plain`).
 
     python -m bench.caption_throughput --device cuda --model llava-1.5-7b --out bench/out
 """
@@ -17,7 +24,7 @@ import sys
 
 import torch
 
-from bench.common import (Setup, environment, measure, preset_with_overrides, print_comparisons, start_bench,
+from bench.common import (Setup, environment, free_memory, measure, preset_with_overrides, print_comparisons, start_bench,
                           with_oom_fallback, write_report)
 
 PRESETS = {
@@ -47,8 +54,27 @@ def bucket(sizes: list[tuple[int, int]]) -> list[int]:
 
 @torch.inference_mode()
 def generate(setup: Setup, inputs: dict, new_tokens: int) -> torch.Tensor:
-    return setup.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                num_beams=1, pad_token_id=setup.pad_id, eos_token_id=setup.eos_id)
+    """Plain `generate`: the new tokens (batch, new_tokens)."""
+    out = setup.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               num_beams=1, pad_token_id=setup.pad_id, eos_token_id=setup.eos_id)
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
+def decoder_for(setup: Setup, cuda_graph: bool):
+    from captionlab.models.decoding import GreedyDecoder
+
+    decoder = GreedyDecoder(setup.model, cuda_graph=cuda_graph)
+
+    def decode(inputs: dict, new_tokens: int) -> torch.Tensor:
+        return decoder(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=setup.eos_id,
+                       pad_token_id=setup.pad_id)
+
+    return decoder, decode
+
+
+# method -> (which batch, which decoder: None = plain generate, else GreedyDecoder with/without the CUDA graph)
+METHODS = {"plain": ("plain", None), "plain-large-batch": ("large", None), "captionlab-eager": ("large", False),
+           "captionlab": ("large", True)}
 
 
 def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: int, new_tokens: int,
@@ -61,25 +87,50 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
     pixels = pixels[order]
     setup.model.eval()
     rows = []
-    for method, size in (("plain", plain_batch), ("captionlab", batch)):
+    reference = None  # plain generate's tokens for the first batch of each size
+    for method, (which, graph) in METHODS.items():
+        size = plain_batch if which == "plain" else batch
+        if method == "plain-large-batch" and batch == plain_batch:
+            continue
+        decoder, decode = (None, None) if graph is None else decoder_for(setup, graph and setup.device.type == "cuda")
+        checks = {}
+
         def run(size: int) -> dict:
             chunks = [caption_inputs(setup, pixels[s:s + size]) for s in range(0, images, size)]
+            if decode is not None:
+                want = generate(setup, chunks[0], new_tokens)
+                checks["tokens_equal_plain"] = bool(torch.equal(decode(chunks[0], new_tokens), want))
+                del want
 
             def step():
                 for chunk in chunks:
-                    out = generate(setup, chunk, new_tokens)
-                    assert out.shape[1] == chunk["input_ids"].shape[1] + new_tokens
+                    out = generate(setup, chunk, new_tokens) if decode is None else decode(chunk, new_tokens)
+                    assert out.shape == (chunk["input_ids"].shape[0], new_tokens), out.shape
 
             result = measure(step, images, setup.device, meter, warmup=warmup, iters=iters, min_seconds=min_seconds)
             del chunks
             return result
 
-        row = with_oom_fallback(run, size, setup.device)
-        setting = (f"generate, batch {row['batch']}, {new_tokens} new tokens" if method == "plain" else
-                   f"captionlab captioning path (LlavaCaptioner's generate, shape-bucketed), batch {row['batch']}, "
-                   f"{new_tokens} new tokens")
+        try:
+            row = with_oom_fallback(run, size, setup.device)
+        finally:
+            if decoder is not None:
+                graph_error = decoder.last_graph_error
+                decoder.release()
+        row.update(checks)
+        if decoder is not None and graph and setup.device.type == "cuda" and graph_error:
+            row["note"] = "; ".join(filter(None, [row.get("note"), f"CUDA graph capture failed, ran op by op: {graph_error}"]))
+        settings = {
+            "plain": f"generate, batch {row['batch']}",
+            "plain-large-batch": f"generate, batch {row['batch']} (captionlab's batch)",
+            "captionlab-eager": f"GreedyDecoder, preallocated KV cache, steps op by op, batch {row['batch']}",
+            "captionlab": (f"LlavaCaptioner's path: GreedyDecoder, preallocated KV cache, "
+                           f"{'decoding step as a CUDA graph' if setup.device.type == 'cuda' else 'steps op by op (no CUDA)'}, "
+                           f"shape-bucketed, batch {row['batch']}"),
+        }
         rows.append({"model": setup.name, "work": "caption", "strategy": "zero_shot", "method": method,
-                     "setting": setting, "unit": "images", **row})
+                     "setting": f"{settings[method]}, {new_tokens} new tokens", "unit": "images", **row})
+        free_memory(setup.device)
     return rows
 
 

@@ -356,13 +356,18 @@ def markdown(report: dict) -> str:
     lines += ["", "| model | work | strategy | method | setting | batch | throughput | J/unit | peak GiB | note |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
+        note = "; ".join(filter(None, [r.get("note", ""), {True: "tokens = plain generate's", False: "tokens differ from "
+                                  "plain generate's (float rounding on near-tied random logits)"}.get(r.get("tokens_equal_plain"), "")]))
         lines.append(f"| {r['model']} | {r['work']} | {r['strategy']} | {r['method']} | {r['setting']} | {r['batch']} | "
-                     f"{_fmt(r['per_s'])} {r['unit']}/s | {_fmt(r['j_per_unit'])} | {_fmt(r['peak_gib'])} | {r.get('note', '')} |")
+                     f"{_fmt(r['per_s'])} {r['unit']}/s | {_fmt(r['j_per_unit'])} | {_fmt(r['peak_gib'])} | {note} |")
     lines += ["", "| model | work | strategy | plain /s | captionlab /s | speed-up | energy per unit (ours/plain) | peak memory (ours/plain) |",
               "|---|---|---|---|---|---|---|---|"]
     for c in report["comparisons"]:
         lines.append(f"| {c['model']} | {c['work']} | {c['strategy']} | {_fmt(c['plain_per_s'])} | {_fmt(c['captionlab_per_s'])} | "
                      f"{_fmt(c['speedup'])}x | {_fmt(c['energy_ratio'])} | {_fmt(c['memory_ratio'])} |")
+    if report.get("errors"):
+        lines += ["", "Sections that failed (their rows are missing above):", ""]
+        lines += [f"- {e['model']} {e['work']}: {e['error']}" for e in report["errors"]]
     return "\n".join(lines) + "\n"
 
 

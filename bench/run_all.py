@@ -1,7 +1,7 @@
 """The whole comparison in one run on one device: caption throughput and training throughput for every strategy,
 captionlab against the plain transformers + peft way, written as JSON + markdown and printed as ratios.
 
-    python -m bench.run_all --device cuda --out bench/out      # GPU: LLaVA-1.5-7B (all), LLaVA-1.6-7B (LoRA training)
+    python -m bench.run_all --device cuda --out bench/out      # GPU: LLaVA-1.5-7B (all), LLaVA-1.6-7B (captioning, LoRA)
     python -m bench.run_all --device cpu --out /tmp/bench       # CPU smoke run on tiny models (seconds)
     python -m bench.run_all --device cpu --shrink --out /tmp/bench-shrunk   # the 7B code path, tiny widths, on the CPU
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 
 import torch
 
@@ -24,7 +25,7 @@ from bench.common import (TRAIN_STRATEGIES, comparisons, environment, free_memor
 # what each model runs by default: (works, training strategies)
 PLAN = {
     "llava-1.5-7b": (("caption", "train"), TRAIN_STRATEGIES),
-    "llava-1.6-7b": (("train",), ["lora"]),  # captioning: no larger batch fits than plain's 32 (69 GiB)
+    "llava-1.6-7b": (("caption", "train"), ["lora"]),  # captioning at plain's batch 32 (69 GiB): the decoder alone
     "tiny": (("caption", "train"), TRAIN_STRATEGIES),
     "tiny-next": (("caption", "train"), TRAIN_STRATEGIES),
     "tiny-576": (("train",), TRAIN_STRATEGIES),
@@ -45,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (1 gives steadier CPU timings on a machine shared with other jobs)")
     p.add_argument("--min-seconds", type=float, default=None, help="minimum timed seconds per row (default: 2 on CUDA, 0 on CPU)")
     p.add_argument("--stem", default="results")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after a section fails, record its error in the report and go on with the next one")
     p.add_argument("--shrink", action="store_true",
                    help="real models with tiny widths (same geometry, no tokenizer) and tiny sizes: checks the GPU path on the CPU")
     return p
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     models = [m for m in (args.models or DEFAULT_MODELS["cuda" if (cuda or args.shrink) else "cpu"]).split(",") if m]
     meter = EnergyMeter(str(device)).start()
     report = {"environment": environment(device, meter, ["bench.run_all", *argv]), "models": {}, "rows": [],
-              "comparisons": []}
+              "comparisons": [], "errors": []}
     started = time.perf_counter()
     for name in models:
         works, strategies = PLAN.get(name, (("caption", "train"), TRAIN_STRATEGIES))
@@ -76,17 +79,27 @@ def main(argv: list[str] | None = None) -> dict:
         sizes = "tiny" if args.shrink else name
         print(f"[{time.perf_counter() - started:6.1f}s] {name}: built in {time.perf_counter() - tick:.1f}s "
               f"({setup.info['parameters']:,} parameters, {setup.info['prefix_tokens']} prefix tokens)", flush=True)
+        sections = []
         if "caption" in works:
-            rows = caption_throughput.run_caption(setup, meter, **caption_throughput.PRESETS[sizes], warmup=args.warmup,
-                                                  iters=iters, min_seconds=min_seconds)
+            sections.append(("caption", lambda: caption_throughput.run_caption(
+                setup, meter, **caption_throughput.PRESETS[sizes], warmup=args.warmup, iters=iters,
+                min_seconds=min_seconds)))
+        if "train" in works:
+            sections.append(("train", lambda: train_throughput.run_train(
+                setup, meter, strategies, **train_throughput.PRESETS[sizes], warmup=args.warmup, iters=iters,
+                min_seconds=min_seconds)))
+        for work, section in sections:
+            try:
+                rows = section()
+            except Exception as error:  # noqa: BLE001 - one failed section must not lose the others' numbers
+                if not args.keep_going:
+                    raise
+                traceback.print_exc()
+                report["errors"].append({"model": name, "work": work, "error": f"{type(error).__name__}: {error}"})
+                rows = []
             report["rows"] += rows
             print_comparisons(rows)
             free_memory(device)
-        if "train" in works:
-            rows = train_throughput.run_train(setup, meter, strategies, **train_throughput.PRESETS[sizes],
-                                              warmup=args.warmup, iters=iters, min_seconds=min_seconds)
-            report["rows"] += rows
-            print_comparisons(rows)
         report["comparisons"] = comparisons(report["rows"])
         report["environment"]["seconds"] = time.perf_counter() - started
         paths = write_report(report, args.out, args.stem)

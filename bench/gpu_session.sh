@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Everything a lent GPU session checks, in one go (~6-8 min on an H200): the CUDA-only decoder tests, then
+# the whole captionlab-vs-plain comparison (bench.run_all) on LLaVA-1.5-7B and LLaVA-1.6-7B shapes.
+#
+#   bash bench/gpu_session.sh                 # writes into $OUT (or bench/out)
+#
+# The lent machines have no network and their own python (torch, accelerate, nvidia-ml-py, pytest); the
+# pinned transformers/peft travel as wheels in .whl/ when present (see bench/RESULTS.md for how they were made).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-bench/out}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || exit 1
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv
+  python3 -c "import sys, torch, transformers, peft, accelerate; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
+} 2>&1 | tee "$out/gpu.txt"
+timeout 120 python3 -m pytest -q tests/test_decoding.py 2>&1 | tail -15 | tee "$out/cuda_tests.txt"
+python3 -m bench.run_all --device cuda --keep-going --out "$out" "$@" 2>&1 | tee "$out/bench.log"
