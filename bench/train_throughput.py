@@ -28,7 +28,8 @@ from captionlab.training.prefix_sharing import pack_sequences, packed_loss_sum
 
 PRESETS = {
     # images in the pool, captions per image, caption tokens (incl. EOS), plain pairs per step, packed images per step
-    "llava-1.5-7b": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4),
+    "llava-1.5-7b": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4,
+                         larger_packed_images=8),
     "llava-1.6-7b": dict(images=2, captions_per_image=5, caption_tokens=16, plain_batch=2, packed_images=1),
     "tiny": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=2),
     "tiny-next": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=2),
@@ -106,7 +107,9 @@ def packed_batch(setup: Setup, prefix: torch.Tensor, pixels: torch.Tensor, capti
 
 def run_train(setup: Setup, meter, strategies: list[str], *, images: int, captions_per_image: int, caption_tokens: int,
               plain_batch: int, packed_images: int, warmup: int = 1, iters: int = 2, min_seconds: float = 0.0,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, larger_packed_images: int | None = None, larger_for: tuple = ("lora",)) -> list[dict]:
+    """Rows per strategy: plain, captionlab; and for `larger_for` strategies a `captionlab-larger` row with
+    `larger_packed_images` images per step (does a larger packed micro-batch pay?)."""
     generator = torch.Generator().manual_seed(seed)
     pixels = setup.random_pixels(images, generator)
     captions = setup.random_captions(images, captions_per_image, caption_tokens, generator)
@@ -158,6 +161,12 @@ def run_train(setup: Setup, meter, strategies: list[str], *, images: int, captio
         ours_setting = (f"prefix sharing: {ours['batch']} image(s) x {captions_per_image} captions packed per step "
                         f"({ours['units'] // max(1, ours['steps'])} captions)")
         rows.append({**common, "method": "captionlab", "setting": ours_setting, **ours})
+        if larger_packed_images and name in larger_for and larger_packed_images <= images:
+            larger = with_oom_fallback(run_packed, larger_packed_images, setup.device)
+            free_memory(setup.device)
+            rows.append({**common, "method": "captionlab-larger", **larger, "setting": (
+                f"prefix sharing: {larger['batch']} image(s) x {captions_per_image} captions packed per step "
+                f"({larger['units'] // max(1, larger['steps'])} captions)")})
         del optimizer, params
         detach(setup, model, strategy)
         del model
