@@ -7,6 +7,8 @@ plain       one sequence per (image, caption) pair, `plain_batch` pairs per step
 captionlab  `packed_images` images per step, each with all its captions packed after one copy of its
             image+prompt prefix (`captionlab.training.prefix_sharing`), summed caption-token loss / tokens,
             backward, SGD step: the same loss and gradients as the per-caption step on the same captions.
+            DoRA's plain row runs peft's own DoRA forward, captionlab's the short-way row norms
+            (`captionlab.strategies.dora_fast`: same outputs and gradients).
 
 Both use the same model, strategy and SGD (plain SGD, no momentum, as the paper); captions/s, J/caption
 (`EnergyMeter`) and peak memory (`torch.cuda.max_memory_allocated`, CUDA only) per method.
@@ -150,8 +152,12 @@ def run_train(setup: Setup, meter, strategies: list[str], *, images: int, captio
             finally:
                 optimizer.zero_grad(set_to_none=True)
 
+        from captionlab.strategies.dora_fast import use_fast_dora, use_peft_dora
+
+        use_peft_dora(model)  # plain: peft's own DoRA forward
         plain = with_oom_fallback(run_plain, plain_batch, setup.device)
         free_memory(setup.device)
+        use_fast_dora(model)  # captionlab: DoRA's row norms the short way (captionlab.strategies.dora_fast)
         ours = with_oom_fallback(run_packed, packed_images, setup.device)
         free_memory(setup.device)
         common = {"model": setup.name, "work": "train", "strategy": name, "unit": "captions",

@@ -84,6 +84,7 @@ def test_buffers_are_reused_for_one_shape_and_rebuilt_for_another(tiny_llava_dir
     kwargs = dict(max_new_tokens=5, eos_token_id=None, pad_token_id=loaded.tokenizer.pad_token_id)
     first = decoder(inputs_for(loaded, strategy, tiny_images[:2]), **kwargs)
     state = decoder._state
+    assert state.cache.prefill_view() is not None, "the prefill must write into the preallocated buffers"
     second = decoder(inputs_for(loaded, strategy, tiny_images[:2][::-1]), **kwargs)
     assert decoder._state is state
     assert second.tolist() == first.tolist()[::-1]

@@ -34,12 +34,18 @@ from captionlab.models.prompting import language_model, unwrap
 class PreallocatedCache:
     """A KV cache of fixed length written in place; the duck type of a transformers `Cache` that decoder
     layers use (`update(key, value, layer_idx)`), with the write position as a device tensor so a captured
-    graph can replay it."""
+    graph can replay it. Decoding steps see the whole buffer (unwritten slots masked by the caller)."""
 
-    def __init__(self, max_length: int, device: torch.device):
+    def __init__(self, max_length: int, device: torch.device, shape: tuple[int, int, int, int] | None = None,
+                 layers: int = 0, dtype: torch.dtype | None = None):
         self.max_length = max_length
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
+        if shape is not None:  # (batch, kv heads, head dim, value head dim): allocate every layer now
+            batch, heads, dim, value_dim = shape
+            for index in range(layers):
+                self.keys[index] = torch.zeros(batch, heads, max_length, dim, dtype=dtype, device=device)
+                self.values[index] = torch.zeros(batch, heads, max_length, value_dim, dtype=dtype, device=device)
         self.write_at = torch.zeros(1, dtype=torch.long, device=device)
         self.offsets = torch.arange(max_length, device=device)
         self.length = 0  # tokens written (host-side mirror of write_at)
@@ -54,6 +60,40 @@ class PreallocatedCache:
         self.values[layer_idx].index_copy_(2, positions, value)
         return self.keys[layer_idx], self.values[layer_idx]
 
+    def prefill_view(self):
+        """A transformers `Cache` over these buffers for the prefill: each layer writes its keys and values in
+        place and attends to exactly the tokens written so far, so the model's own forward (its mask building,
+        causal attention without a mask when nothing is padded) runs as with a `DynamicCache`, without a second
+        copy of the cache. None where this transformers version has no such layer API."""
+        try:
+            from transformers.cache_utils import Cache, DynamicLayer
+        except ImportError:
+            return None
+        if not self.keys:
+            return None
+
+        class BufferLayer(DynamicLayer):
+            def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+                super().__init__()
+                self.buffer_keys, self.buffer_values, self.written = keys, values, 0
+                self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                end = self.written + key_states.shape[-2]
+                self.buffer_keys[:, :, self.written:end].copy_(key_states)
+                self.buffer_values[:, :, self.written:end].copy_(value_states)
+                self.written = end
+                self.keys, self.values = self.buffer_keys[:, :, :end], self.buffer_values[:, :, :end]
+                return self.keys, self.values
+
+            def get_seq_length(self) -> int:
+                return self.written
+
+        try:
+            return Cache(layers=[BufferLayer(self.keys[i], self.values[i]) for i in range(len(self.keys))])
+        except TypeError:
+            return None
+
     def take(self, cache, length: int) -> None:
         """Move a filled transformers cache (`length` tokens per layer) in, freeing its layers as they are copied."""
         layers = getattr(cache, "layers", None)
@@ -65,7 +105,8 @@ class PreallocatedCache:
                 key, value = cache.key_cache[index], cache.value_cache[index]
             if key.shape[-2] != length:
                 raise ValueError(f"layer {index} of the prefill cache holds {key.shape[-2]} tokens, expected {length}")
-            self.update(key, value, index)
+            if key.data_ptr() != self.keys.get(index, key).data_ptr():  # (a prefill view's layers are our buffers)
+                self.update(key, value, index)
             if layers is not None:
                 layers[index].keys = layers[index].values = None
             del key, value
@@ -130,8 +171,9 @@ class GreedyDecoder:
         positions = (attention.cumsum(dim=1) - 1).clamp_(min=0)
         forward = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         padded = not bool(attention.bool().all())
+        view = cache.prefill_view()  # None: prefill into a DynamicCache and copy it in (twice the memory, briefly)
         out = self.model(input_ids=input_ids, attention_mask=attention if padded else None, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **forward)
+                         past_key_values=view, use_cache=True, logits_to_keep=1, **forward)
         logits = out.logits[:, -1, :]
         cache.take(out.past_key_values, length)
         del out
@@ -181,12 +223,25 @@ class GreedyDecoder:
             torch.cuda.empty_cache()
         max_length = length + new
         self._state = _State(
-            key=key, cache=PreallocatedCache(max_length, device),
+            key=key, cache=PreallocatedCache(max_length, device, self._kv_shape(batch), self._layers(), dtype),
             mask=torch.zeros(batch, 1, 1, max_length, dtype=dtype, device=device),
             token=torch.zeros(batch, 1, dtype=torch.long, device=device),
             position=torch.zeros(batch, 1, dtype=torch.long, device=device),
         )
         return self._state
+
+    def _text_config(self):
+        config = unwrap(self.model).config
+        return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config.text_config
+
+    def _layers(self) -> int:
+        return int(self._text_config().num_hidden_layers)
+
+    def _kv_shape(self, batch: int) -> tuple[int, int, int, int]:
+        text = self._text_config()
+        heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+        dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+        return batch, heads, dim, dim
 
     def _eager_step(self, state: _State) -> torch.Tensor:
         """One decoding step: embed the fed token, run the decoder against the cache, project the last position."""

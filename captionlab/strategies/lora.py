@@ -4,7 +4,8 @@ r=128, alpha=256 on every fully connected layer of the LLM (q, k, v, o, gate, up
 vision tower and the projector are untouched: 319,815,680 trainable parameters on LLaVA-1.5-7B,
 321,175,552 with DoRA's magnitudes. DoRA is LoRA with `use_dora=True`, as in peft. Artifacts are
 standard peft adapter folders (adapter_config.json + adapter_model.safetensors) that plain peft
-can load, plus captionlab's strategy.json.
+can load, plus captionlab's strategy.json. DoRA layers compute their row norms the short way
+(`dora_fast.py`: peft's outputs and gradients without materialising B·A and W + s·B·A every forward).
 """
 
 from __future__ import annotations
@@ -57,8 +58,15 @@ class LoRA(Strategy):
         if isinstance(model, PeftModel):  # a shared base that already holds other adapters
             model.add_adapter(self.adapter_name, config)
             model.set_adapter(self.adapter_name)
-            return model
-        return get_peft_model(model, config, adapter_name=self.adapter_name)
+            return self._fast(model)
+        return self._fast(get_peft_model(model, config, adapter_name=self.adapter_name))
+
+    def _fast(self, model):
+        if self.use_dora:
+            from captionlab.strategies.dora_fast import use_fast_dora
+
+            use_fast_dora(model)
+        return model
 
     def set_enabled(self, model, enabled):
         if enabled:
@@ -86,12 +94,12 @@ class LoRA(Strategy):
         if isinstance(model, PeftModel):
             model.load_adapter(str(directory), adapter_name=self.adapter_name)
             model.set_adapter(self.adapter_name)
-            return model
+            return self._fast(model)
         freeze(model)
         loaded = PeftModel.from_pretrained(model, str(directory), adapter_name=self.adapter_name)
         if bool(card.get("use_dora")) != self.use_dora:
             raise StrategyError(f"{directory}: use_dora={card.get('use_dora')} does not match {self.name}")
-        return loaded
+        return self._fast(loaded)
 
 
 class DoRA(LoRA):

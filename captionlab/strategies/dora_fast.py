@@ -1,0 +1,91 @@
+"""DoRA's forward the short way: peft's outputs and gradients, without materialising out x in matrices.
+
+For each DoRA linear layer and each forward, peft (0.21) builds the LoRA weight B·A by passing an
+identity matrix through the adapter (an in x in matrix, then an out x in one), adds it to W (another
+out x in matrix) and takes the row norms; on a 7B model that is three passes over ~6.5 billion
+numbers per forward, and during captioning per decoded token. The row norms need none of that:
+
+    ||W_j + s (BA)_j||^2 = ||W_j||^2 + 2 s <W_j, (BA)_j> + s^2 ||(BA)_j||^2
+    <W_j, (BA)_j>  = sum_k (W A^T)_jk B_jk          (W A^T: out x r)
+    ||(BA)_j||^2   = sum_k (B (A A^T))_jk B_jk       (A A^T: r x r)
+
+with ||W_j||^2 computed once (W is frozen; recomputed if W is ever changed in place). The norms are
+detached exactly as in peft (DoRA paper, Sec. 4.3), and the layer returns peft's increment
+(m/||.|| - 1) W x + (m/||.||) s B A x, so outputs and gradients agree with peft's to float rounding
+(tests/test_dora_fast.py). Parameters, state dicts and saved adapters are peft's own: the swap
+changes a module's class, nothing it stores.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # peft's DoRA layer class (peft >= 0.10)
+    from peft.tuners.lora.dora import DoraLinearLayer
+except ImportError:  # pragma: no cover - peft without DoRA
+    DoraLinearLayer = None
+
+
+def _row_norms(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float,
+               weight_sq: torch.Tensor) -> torch.Tensor:
+    """||W_j + scaling * (B A)_j|| for every output row j, in float32, without forming B A or W + s B A."""
+    a, b = lora_A.float(), lora_B.float()
+    cross = ((weight @ lora_A.to(weight.dtype).t()).float() * b).sum(dim=1)  # <W_j, (BA)_j>
+    gram = a @ a.t()  # r x r
+    lora_sq = ((b @ gram) * b).sum(dim=1)  # ||(BA)_j||^2
+    return (weight_sq + 2.0 * scaling * cross + scaling * scaling * lora_sq).clamp_(min=0.0).sqrt_()
+
+
+if DoraLinearLayer is not None:
+
+    class FastDoraLinearLayer(DoraLinearLayer):
+        """peft's DoraLinearLayer with the row norms computed from r-wide products (see the module docstring)."""
+
+        def _weight_sq(self, weight: torch.Tensor) -> torch.Tensor:
+            key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+            cached = self.__dict__.get("_captionlab_weight_sq")
+            if cached is None or cached[0] != key:
+                with torch.no_grad():
+                    cached = (key, weight.detach().float().pow(2).sum(dim=1))
+                self.__dict__["_captionlab_weight_sq"] = cached
+            return cached[1]
+
+        def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
+            from peft.utils.integrations import dequantize_module_weight
+            from peft.utils.other import transpose
+
+            weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out)
+            with torch.no_grad():
+                norms = _row_norms(weight.to(x.dtype), lora_A.weight, lora_B.weight, scaling,
+                                   self._weight_sq(weight.to(x.dtype)))
+            weight_norm = norms.to(x.dtype)  # peft takes the norm in the layer's dtype
+            mag_norm_scale = (self.weight / weight_norm).view(1, -1)
+            lora_result = lora_B(lora_A(x))
+            if base_result is not None:
+                if base_layer.bias is not None:
+                    base_result = base_result - base_layer.bias
+            else:
+                base_result = torch.nn.functional.linear(x, weight.to(x.dtype))
+            return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+
+def use_fast_dora(model: torch.nn.Module) -> int:
+    """Give every peft DoRA linear layer of `model` the short-way forward; returns how many were switched."""
+    if DoraLinearLayer is None:
+        return 0
+    switched = 0
+    for module in model.modules():
+        if type(module) is DoraLinearLayer and not getattr(module, "fan_in_fan_out", False):
+            module.__class__ = FastDoraLinearLayer
+            switched += 1
+    return switched
+
+
+def use_peft_dora(model: torch.nn.Module) -> int:
+    """Undo `use_fast_dora`: peft's own DoRA forward again (the benchmarks' plain rows); returns how many."""
+    switched = 0
+    for module in model.modules():
+        if DoraLinearLayer is not None and type(module) is FastDoraLinearLayer:
+            module.__class__ = DoraLinearLayer
+            switched += 1
+    return switched

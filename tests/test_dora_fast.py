@@ -1,0 +1,71 @@
+"""captionlab's DoRA forward (row norms from r-wide products) equals peft's: outputs and every gradient."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from captionlab.models.loading import load_model
+from captionlab.models.registry import get_model_spec
+from captionlab.strategies import get_strategy
+from captionlab.strategies.dora_fast import FastDoraLinearLayer, _row_norms, use_fast_dora, use_peft_dora
+from captionlab.training.batching import build_training_batch
+
+CAPTIONS = ["a red ball on the grass", "two blue cups", "a small tree next to a house"]
+
+
+def test_row_norms_equal_the_materialised_norms():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 40, generator=generator, dtype=torch.float64)
+    a = torch.randn(6, 40, generator=generator, dtype=torch.float64)
+    b = torch.randn(24, 6, generator=generator, dtype=torch.float64)
+    want = torch.linalg.norm(weight + 1.7 * (b @ a), dim=1)
+    got = _row_norms(weight, a, b, 1.7, weight.pow(2).sum(dim=1).float())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def dora_model(model_dir):
+    torch.manual_seed(0)
+    spec = get_model_spec(model_dir)
+    loaded = load_model(spec, device="cpu")
+    strategy = get_strategy("dora")
+    loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B = 0 at init would hide the cross terms
+        for _, p in strategy.trainable_parameters(loaded.model):
+            p.add_(torch.randn(p.shape, generator=generator) * 0.3)
+    return loaded, strategy
+
+
+def test_dora_strategy_uses_the_fast_layers_and_matches_peft(tiny_llava_dir, tiny_images):
+    loaded, strategy = dora_model(tiny_llava_dir)
+    fast_layers = [m for m in loaded.model.modules() if isinstance(m, FastDoraLinearLayer)]
+    assert len(fast_layers) == 7 * loaded.spec.text_num_layers
+    reference = copy.deepcopy(loaded.model)
+    assert use_peft_dora(reference) == len(fast_layers)  # peft's own forward
+    assert not any(isinstance(m, FastDoraLinearLayer) for m in reference.modules())
+
+    batch = build_training_batch(loaded.processor, loaded.spec, tiny_images, CAPTIONS, strategy.prefix_slots)
+    losses, grads = [], []
+    for model in (loaded.model, reference):
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and any("lora_magnitude_vector" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_weight_norm_cache_follows_in_place_changes_of_the_base_weight(tiny_llava_dir):
+    loaded, _ = dora_model(tiny_llava_dir)
+    layer = next(m for m in loaded.model.modules() if hasattr(m, "lora_magnitude_vector") and m.lora_magnitude_vector)
+    dora = next(iter(layer.lora_magnitude_vector.values()))
+    weight = layer.get_base_layer().weight
+    first = dora._weight_sq(weight).clone()
+    with torch.no_grad():
+        weight.mul_(2.0)
+    torch.testing.assert_close(dora._weight_sq(weight), first * 4.0)
