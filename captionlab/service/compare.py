@@ -233,14 +233,19 @@ class CaptionerPool:
         with self.lock:
             captioners = self.load()
             captions, latency, errors = {}, {}, dict(self.load_errors)
-            for key, captioner in captioners.items():
-                started = time.perf_counter()
-                try:
-                    captions[key] = list(captioner.caption(images))
-                except Exception as exc:
-                    errors[key] = f"captioning failed: {type(exc).__name__}: {exc}"
-                    continue
-                latency[key] = (time.perf_counter() - started) * 1000 / max(1, len(images))
+            from captionlab.models.vision_sharing import shared_vision_passes
+
+            # every LLaVA captioner's vision tower is frozen and equal: one tower pass per image for all of them
+            models = [c.model for c in captioners.values() if hasattr(c, "model")]
+            with shared_vision_passes(models):
+                for key, captioner in captioners.items():
+                    started = time.perf_counter()
+                    try:
+                        captions[key] = list(captioner.caption(images))
+                    except Exception as exc:
+                        errors[key] = f"captioning failed: {type(exc).__name__}: {exc}"
+                        continue
+                    latency[key] = (time.perf_counter() - started) * 1000 / max(1, len(images))
             return captions, latency, errors
 
 
