@@ -9,7 +9,8 @@ import torch
 from captionlab.models.loading import load_model
 from captionlab.models.registry import get_model_spec
 from captionlab.strategies import get_strategy
-from captionlab.strategies.dora_fast import FastDoraLinearLayer, _row_norms, use_fast_dora, use_peft_dora
+from captionlab.strategies.dora_fast import (FastDoraLinearLayer, FastDoraLinearVariant, _row_norms, use_fast_dora,
+                                             use_peft_dora)
 from captionlab.training.batching import build_training_batch
 
 CAPTIONS = ["a red ball on the grass", "two blue cups", "a small tree next to a house"]
@@ -42,6 +43,8 @@ def test_dora_strategy_uses_the_fast_layers_and_matches_peft(tiny_llava_dir, tin
     loaded, strategy = dora_model(tiny_llava_dir)
     fast_layers = [m for m in loaded.model.modules() if isinstance(m, FastDoraLinearLayer)]
     assert len(fast_layers) == 7 * loaded.spec.text_num_layers
+    variants = [v for m in loaded.model.modules() for v in (getattr(m, "lora_variant", None) or {}).values()]
+    assert len(variants) == len(fast_layers) and all(isinstance(v, FastDoraLinearVariant) for v in variants)
     reference = copy.deepcopy(loaded.model)
     assert use_peft_dora(reference) == len(fast_layers)  # peft's own forward
     assert not any(isinstance(m, FastDoraLinearLayer) for m in reference.modules())
@@ -58,6 +61,9 @@ def test_dora_strategy_uses_the_fast_layers_and_matches_peft(tiny_llava_dir, tin
     assert grads[0].keys() == grads[1].keys() and any("lora_magnitude_vector" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():  # and in eval mode (captioning)
+        logits = [model.eval()(**batch).logits for model in (loaded.model, reference)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
 
 
 def test_weight_norm_cache_follows_in_place_changes_of_the_base_weight(tiny_llava_dir):

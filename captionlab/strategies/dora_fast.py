@@ -10,9 +10,10 @@ numbers per forward, and during captioning per decoded token. The row norms need
     ||(BA)_j||^2   = sum_k (B (A A^T))_jk B_jk       (A A^T: r x r)
 
 with ||W_j||^2 computed once (W is frozen; recomputed if W is ever changed in place). The norms are
-detached exactly as in peft (DoRA paper, Sec. 4.3), and the layer returns peft's increment
-(m/||.|| - 1) W x + (m/||.||) s B A x, so outputs and gradients agree with peft's to float rounding
-(tests/test_dora_fast.py). Parameters, state dicts and saved adapters are peft's own: the swap
+detached exactly as in peft (DoRA paper, Sec. 4.3). peft then adds (m/||.|| - 1) W x + (m/||.||) s B A x
+to W x in five elementwise passes, saving several activations for backward; the layer's output is
+(m/||.||) (W x + s B A x), which one custom autograd step computes in two passes, saving one activation.
+Outputs and gradients agree with peft's to float rounding (tests/test_dora_fast.py). Parameters, state dicts and saved adapters are peft's own: the swap
 changes a module's class, nothing it stores.
 """
 
@@ -36,7 +37,33 @@ def _row_norms(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
     return (weight_sq + 2.0 * scaling * cross + scaling * scaling * lora_sq).clamp_(min=0.0).sqrt_()
 
 
+class _DoraCombine(torch.autograd.Function):
+    """y = scale * (base + scaling * lora): peft's base + (scale - 1) * base + scale * scaling * lora in two passes,
+    saving one activation (base + scaling * lora) for backward instead of peft's several."""
+
+    @staticmethod
+    def forward(ctx, base, lora, scale, scaling):
+        pre = torch.add(base, lora, alpha=scaling)
+        ctx.save_for_backward(pre, scale)
+        ctx.scaling = scaling
+        return pre * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, scale = ctx.saved_tensors
+        need_base, need_lora, need_scale = ctx.needs_input_grad[:3]
+        grad_base = grad_lora = grad_scale = None
+        if need_base or need_lora:
+            scaled = grad * scale
+            grad_lora = scaled * ctx.scaling if need_lora else None
+            grad_base = scaled if need_base else None
+        if need_scale:
+            grad_scale = (grad * pre).reshape(-1, pre.shape[-1]).sum(dim=0).view_as(scale)
+        return grad_base, grad_lora, grad_scale, None
+
+
 if DoraLinearLayer is not None:
+    from peft.tuners.lora.variants import DoraLinearVariant
 
     class FastDoraLinearLayer(DoraLinearLayer):
         """peft's DoraLinearLayer with the row norms computed from r-wide products (see the module docstring)."""
@@ -50,23 +77,50 @@ if DoraLinearLayer is not None:
                 self.__dict__["_captionlab_weight_sq"] = cached
             return cached[1]
 
-        def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
+        def weight_norm(self, base_layer, lora_A, lora_B, scaling, dtype) -> torch.Tensor:
+            """peft's detached ||W + s B A|| per output row, in `dtype` (peft takes it in the layer's dtype)."""
             from peft.utils.integrations import dequantize_module_weight
             from peft.utils.other import transpose
 
-            weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out)
+            weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out).to(dtype)
             with torch.no_grad():
-                norms = _row_norms(weight.to(x.dtype), lora_A.weight, lora_B.weight, scaling,
-                                   self._weight_sq(weight.to(x.dtype)))
-            weight_norm = norms.to(x.dtype)  # peft takes the norm in the layer's dtype
+                return _row_norms(weight, lora_A.weight, lora_B.weight, scaling, self._weight_sq(weight)).to(dtype)
+
+        def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
+            weight_norm = self.weight_norm(base_layer, lora_A, lora_B, scaling, x.dtype)
             mag_norm_scale = (self.weight / weight_norm).view(1, -1)
             lora_result = lora_B(lora_A(x))
             if base_result is not None:
                 if base_layer.bias is not None:
                     base_result = base_result - base_layer.bias
             else:
+                from peft.utils.integrations import dequantize_module_weight
+                from peft.utils.other import transpose
+
+                weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out)
                 base_result = torch.nn.functional.linear(x, weight.to(x.dtype))
             return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+    class FastDoraLinearVariant(DoraLinearVariant):
+        """peft's DoRA variant of a Linear layer, with the output combined in one autograd step (`_DoraCombine`)
+        whenever the base result can be reused (no dropout, or eval); otherwise peft's own path."""
+
+        @staticmethod
+        def forward(module, active_adapter, x, result, **kwargs):
+            dropout = module.lora_dropout[active_adapter]
+            dora = module.lora_magnitude_vector[active_adapter]
+            if not (isinstance(dropout, torch.nn.Identity) or not module.training) \
+                    or not isinstance(dora, FastDoraLinearLayer):
+                return DoraLinearVariant.forward(module, active_adapter, x, result, **kwargs)
+            lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+            scaling = module.scaling[active_adapter]
+            base_layer = module.get_base_layer()
+            scale = (dora.weight / dora.weight_norm(base_layer, lora_A, lora_B, scaling, x.dtype)).view(1, -1)
+            lora = lora_B(lora_A(x))
+            bias = base_layer.bias
+            base = result if bias is None else result - bias
+            out = _DoraCombine.apply(base, lora, scale, scaling)
+            return out if bias is None else out + bias
 
 
 def use_fast_dora(model: torch.nn.Module) -> int:
@@ -78,6 +132,11 @@ def use_fast_dora(model: torch.nn.Module) -> int:
         if type(module) is DoraLinearLayer and not getattr(module, "fan_in_fan_out", False):
             module.__class__ = FastDoraLinearLayer
             switched += 1
+        variants = getattr(module, "lora_variant", None)
+        if isinstance(variants, dict):
+            for name, variant in variants.items():
+                if type(variant) is DoraLinearVariant:
+                    variants[name] = FastDoraLinearVariant()
     return switched
 
 
@@ -88,4 +147,9 @@ def use_peft_dora(model: torch.nn.Module) -> int:
         if DoraLinearLayer is not None and type(module) is FastDoraLinearLayer:
             module.__class__ = DoraLinearLayer
             switched += 1
+        variants = getattr(module, "lora_variant", None)
+        if isinstance(variants, dict):
+            for name, variant in variants.items():
+                if DoraLinearLayer is not None and type(variant) is FastDoraLinearVariant:
+                    variants[name] = DoraLinearVariant()
     return switched
