@@ -54,7 +54,28 @@ def test_caption_script_alone(tmp_path):
     report = caption_throughput.main(["--device", "cpu", "--model", "tiny", "--out", str(tmp_path), "--images", "4",
                                       "--plain-batch", "2", "--batch", "4", "--new-tokens", "2", "--warmup", "0"])
     check_rows(report, "tiny", ("caption",), [])
-    assert (tmp_path / "caption_throughput.md").exists()
+    methods = [r["method"] for r in report["rows"]]
+    assert methods == ["plain", "plain-large-batch", "captionlab-eager", "captionlab"]
+    # the decoder's tokens are plain generate()'s (fp32 on the CPU: exactly)
+    assert all(r["tokens_equal_plain"] is True for r in report["rows"] if r["method"].startswith("captionlab"))
+    assert "tokens = plain generate's" in (tmp_path / "caption_throughput.md").read_text()
+
+
+def test_a_failing_section_is_recorded_and_the_others_kept(tmp_path, monkeypatch):
+    from bench import run_all, train_throughput
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(train_throughput, "run_train", broken)
+    out = tmp_path / "out"
+    report = run_all.main(["--device", "cpu", "--models", "tiny", "--out", str(out), "--warmup", "0", "--iters", "1",
+                           "--keep-going"])
+    check_rows(report, "tiny", ("caption",), [])
+    assert report["errors"] == [{"model": "tiny", "work": "train", "error": "RuntimeError: planted failure"}]
+    assert "planted failure" in (out / "results.md").read_text()
+    with pytest.raises(RuntimeError, match="planted"):  # without --keep-going the failure stops the run
+        run_all.main(["--device", "cpu", "--models", "tiny", "--out", str(out), "--warmup", "0", "--iters", "1"])
 
 
 @pytest.mark.parametrize("size", [(64, 64), (48, 32), (32, 64), (40, 90)])
