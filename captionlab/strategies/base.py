@@ -31,6 +31,7 @@ class Strategy(ABC):
     trains: ClassVar[bool] = True
     prefix_slots: ClassVar[int] = 0  # placeholder tokens the prompt must start with
     needs_cuda: ClassVar[bool] = False
+    supports_fsdp: ClassVar[bool] = False  # trains under `distributed: fsdp` (its save takes a gathered state_dict)
 
     @abstractmethod
     def apply(self, model: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> torch.nn.Module:

@@ -16,6 +16,7 @@ from captionlab.strategies.base import Strategy, StrategyError, freeze
 class FullFineTuning(Strategy):
     name = "full"
     label = "Full fine-tuning"
+    supports_fsdp = True
 
     def apply(self, model, spec, tokenizer=None):
         base = unwrap(model)
@@ -27,10 +28,11 @@ class FullFineTuning(Strategy):
             base.model.image_newline.requires_grad_(True)
         return model
 
-    def save(self, model, directory):
+    def save(self, model, directory, state_dict=None):
+        """`state_dict`: the whole model's tensors when the model itself is sharded (FSDP), gathered by the trainer."""
         directory = Path(directory)
         self.write_card(directory)
-        unwrap(model).save_pretrained(directory, safe_serialization=True)
+        unwrap(model).save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
 
     def load(self, model, spec, directory, tokenizer=None):
         self.check_card(directory)

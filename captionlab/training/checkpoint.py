@@ -36,14 +36,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
-    """SGD momentum buffers keyed by parameter name (the only tensor state plain SGD keeps)."""
+def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str], cpu: bool = True) -> dict[str, torch.Tensor]:
+    """SGD momentum buffers keyed by parameter name (the only tensor state plain SGD keeps).
+
+    `cpu=False` leaves them where they are (sharded ones are gathered by the caller, on every process)."""
     tensors = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             buffer = optimizer.state.get(p, {}).get("momentum_buffer")
             if buffer is not None:
-                tensors[f"momentum_buffer::{names[id(p)]}"] = buffer.detach().cpu().contiguous()
+                tensors[f"momentum_buffer::{names[id(p)]}"] = buffer.detach().cpu().contiguous() if cpu else buffer
     return tensors
 
 

@@ -18,6 +18,7 @@ from captionlab import paths
 from captionlab.models.registry import ZERO_SHOT_PROMPT
 
 EPOCH_UNITS = ("caption", "image", "image_captions")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """auto, cpu, cuda."""
+    distributed: str = "ddp"
+    """How several processes (`accelerate launch --multi_gpu --num_processes N`) share the work. ddp: every
+    process holds the whole model, gradients are all-reduced. fsdp: FSDP2, the model's parameters, gradients
+    and optimizer state sharded across the processes, each decoder / vision encoder layer gathered only for
+    its own forward and backward (bf16 compute, fp32 master weights on CUDA): what full fine-tuning at 7B
+    needs. fsdp requires a strategy that supports it (full) and a distributed launch (a process group)."""
     checkpoint_every_steps: int = 50
     """Also write last/ every N optimizer steps (and always at the end of an epoch)."""
     num_workers: int = 0
@@ -108,6 +115,7 @@ class TrainConfig:
             ("share_prefix", not self.share_prefix or self.strategy != "clip_captioner",
              "applies to LLaVA models only, not strategy clip_captioner"),
             ("device", self.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
+            ("distributed", self.distributed in DISTRIBUTED, f"must be one of {', '.join(DISTRIBUTED)}"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 1, "must be at least 1"),
             ("max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0, "must be positive"),
             ("max_train_images", self.max_train_images is None or self.max_train_images >= 1, "must be at least 1"),
@@ -120,7 +128,22 @@ class TrainConfig:
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"{name}: {why} (got {getattr(self, name)!r})")
+        if self.distributed == "fsdp":
+            self._validate_fsdp()
         return self
+
+    def _validate_fsdp(self) -> None:
+        from captionlab.strategies import STRATEGIES
+        from captionlab.training.fsdp import fsdp_unavailable_reason
+
+        supported = [name for name, cls in STRATEGIES.items() if cls.trains and cls.supports_fsdp]
+        strategy = STRATEGIES.get(self.strategy)
+        if strategy is None or not strategy.supports_fsdp:
+            raise ConfigError(f"distributed: fsdp is not supported by strategy {self.strategy!r} (supported: "
+                              f"{', '.join(supported)}); use distributed=ddp")
+        reason = fsdp_unavailable_reason()
+        if reason:
+            raise ConfigError(f"distributed: fsdp cannot run here: {reason}; use distributed=ddp")
 
 
 def sanitize_name(name: str) -> str:

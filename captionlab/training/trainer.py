@@ -1,9 +1,11 @@
 """The one trainer for every strategy: token-level cross-entropy on the caption, SGD, cosine schedule.
 
 `train_run(run_dir, resume)` reads the run's config.yaml and writes the run folder (see
-run_folder.py). It runs on the CPU, on one GPU, or under `accelerate launch` on several (DDP):
-each process takes an interleaved share of every global batch, and the loss is normalised by the
-caption tokens of the whole global batch, so N processes compute exactly what one does.
+run_folder.py). It runs on the CPU, on one GPU, or under `accelerate launch` on several (DDP, or FSDP2
+with `distributed: fsdp`, see fsdp.py): each process takes an interleaved share of every global batch,
+and the loss is normalised by the caption tokens of the whole global batch, so N processes compute
+exactly what one does. Under FSDP every forward and backward is collective, so every process runs as
+many micro-batches as the busiest one (zero-weighted repeats), and checkpoints are gathered to rank 0.
 Resume is exact: the epoch order depends only on (seed, epoch), and the trainable parameters,
 optimizer buffers and position in the epoch come back from the last verified checkpoint.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from captionlab.training import fsdp
 from captionlab.training.batching import IGNORE_INDEX, build_training_batch
 from captionlab.training.checkpoint import (copy_checkpoint, latest_good_checkpoint, optimizer_tensors,
                                             save_checkpoint)
@@ -104,18 +107,24 @@ class Trainer:
         self.run = RunFolder(Path(run_dir))
         self.config = load_run_config(self.run.config_path)
         cpu = self.config.device == "cpu" or (self.config.device == "auto" and not torch.cuda.is_available())
+        self.fsdp = self.config.distributed == "fsdp"
+        self._check_launch()
+        plugin = fsdp.make_plugin(cuda=not cpu) if self.fsdp else None
         # No buffer broadcast at every forward: the model's buffers (rotary frequencies...) are the same on
         # every process, and processes may run different numbers of micro-batches in a step or in validation
         # (groups of different sizes), so a per-forward collective would pair up wrongly between them.
-        self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        self.accelerator = Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                       fsdp_plugin=plugin, mixed_precision="bf16" if self.fsdp and not cpu else None)
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.loaded, self.strategy = load_for_training(self.config, self.accelerator.device)
-        self.params = dict(self.strategy.trainable_parameters(self.loaded.model))
+        if self.fsdp:
+            self._shard(plugin)
+        else:
+            self.params = dict(self.strategy.trainable_parameters(self.loaded.model))
+            self.optimizer = self._make_optimizer()
+            self.model = self.accelerator.prepare_model(self.loaded.model)
         self.names = {id(p): n for n, p in self.params.items()}
-        self.optimizer = torch.optim.SGD(list(self.params.values()), lr=self.config.lr_max,
-                                         momentum=self.config.momentum, weight_decay=self.config.weight_decay)
-        self.model = self.accelerator.prepare_model(self.loaded.model)
         self.train_records = load_split(self.config, self.config.train_split, self.config.max_train_images)
         self.val_records = load_split(self.config, self.config.val_split, self.config.max_val_images)
         # steps per epoch, from each epoch's own split (image_captions steps hold whole images, so the
@@ -138,6 +147,47 @@ class Trainer:
         self.started = time.monotonic()
         self.stop = _StopRequested()
 
+    def _check_launch(self) -> None:
+        """Reject, before anything is loaded, a distributed setting this launch cannot honour."""
+        from captionlab.training.config import ConfigError
+
+        if self.fsdp and not fsdp.launched_distributed():
+            raise ConfigError("distributed: fsdp needs a distributed launch (a process group): run it under "
+                              "`accelerate launch --multi_gpu --num_processes N -m train run ...` (N >= 2), or "
+                              "`accelerate launch --use_fsdp --fsdp_version 2 --num_processes 1 ...` for one GPU; "
+                              "or set distributed=ddp")
+        if not self.fsdp and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            raise ConfigError("distributed: the run says ddp but accelerate launch was given FSDP (--use_fsdp or an "
+                              "FSDP config file); set distributed=fsdp in the recipe, or launch with --multi_gpu")
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(list(self.params.values()), lr=self.config.lr_max,
+                               momentum=self.config.momentum, weight_decay=self.config.weight_decay)
+
+    def _shard(self, plugin) -> None:
+        """FSDP2: shard the model; the optimizer ends up holding the sharded parameters (fsdp.py says how)."""
+        from accelerate.utils import DistributedType
+
+        layers = fsdp.set_layer_classes(plugin, self.loaded.model)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            # accelerate's FSDP2 wants the optimizer with the model: it swaps in the sharded parameters
+            self.params = dict(self.strategy.trainable_parameters(self.loaded.model))
+            self.model, self.optimizer = self.accelerator.prepare(self.loaded.model, self._make_optimizer())
+            how = "accelerate"
+        else:  # gloo: accelerate keeps FSDP off for MULTI_CPU; same wrapping, called directly
+            self.model = fsdp.shard_on_cpu(self.accelerator, plugin, self.loaded.model)
+            self.params = dict(self.strategy.trainable_parameters(self.model))
+            self.optimizer = self._make_optimizer()
+            how = "accelerate's fsdp2_prepare_model on a CPU mesh"
+        self.loaded.model = self.model
+        # the bookkeeping must name the parameters the optimizer steps: the sharded ones, owned by the model
+        self.params = dict(self.strategy.trainable_parameters(self.model))
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        if held != {id(p) for p in self.params.values()} or not all(fsdp.is_sharded(p) for p in self.params.values()):
+            raise RuntimeError("FSDP: the optimizer does not hold the model's sharded parameters")
+        self.log(f"FSDP2 ({how}): {self.world} process(es), units {', '.join(layers)}, "
+                 f"mixed precision {self.accelerator.mixed_precision}")
+
     # --- state ---------------------------------------------------------------------------------
     def _restore(self) -> None:
         found = latest_good_checkpoint(self.run.path)
@@ -145,11 +195,11 @@ class Trainer:
             raise RuntimeError(f"{self.run.path}: no complete checkpoint to resume from")
         folder, (state, trainable, optimizer) = found
         with torch.no_grad():
-            for name, tensor in trainable.items():
-                self.params[name].copy_(tensor.to(self.params[name].device))
+            for name, tensor in trainable.items():  # full tensors; under FSDP each process keeps its shard
+                self.params[name].copy_(fsdp.load_full_into(self.params[name], tensor))
         for name, tensor in optimizer.items():
             param = self.params[name.split("::", 1)[1]]
-            self.optimizer.state[param]["momentum_buffer"] = tensor.to(param.device)
+            self.optimizer.state[param]["momentum_buffer"] = fsdp.load_full_into(param, tensor)
         self.state.update({k: v for k, v in state.items() if k in self.state})
         self.log(f"resumed from {folder.name}/ at step {self.state['step']} (epoch {self.state['epoch'] + 1})")
 
@@ -165,17 +215,23 @@ class Trainer:
 
     def checkpoint(self, name: str = "last") -> None:
         self.accelerator.wait_for_everyone()
+        model = self.accelerator.unwrap_model(self.model)
+        if self.fsdp:
+            # gathering is collective (every process takes part); rank 0 then writes the same format as ever
+            whole = fsdp.full_state_dict(self.model)
+            trainable = {n: whole[n] for n in self.params} if self.main else {}
+            optimizer = {k: fsdp.full_tensor(v) for k, v in optimizer_tensors(self.optimizer, self.names, cpu=False).items()}
+            save_artifact = lambda folder: self.strategy.save(model, folder, state_dict=whole)  # noqa: E731
+        else:
+            trainable = dict(self.params)
+            optimizer = optimizer_tensors(self.optimizer, self.names) if self.main else {}
+            save_artifact = lambda folder: self.strategy.save(model, folder)  # noqa: E731
         if not self.main:
             return
         state = {**self.state, "energy_j": self._energy_j(), "elapsed_s": self._elapsed_s(),
                  "total_steps": self.total_steps, "strategy": self.strategy.name}
-        save_checkpoint(
-            self.run.path / name,
-            save_artifact=lambda folder: self.strategy.save(self.accelerator.unwrap_model(self.model), folder),
-            trainable={n: p for n, p in self.params.items()},
-            optimizer=optimizer_tensors(self.optimizer, self.names),
-            state=state,
-        )
+        save_checkpoint(self.run.path / name, save_artifact=save_artifact, trainable=trainable,
+                        optimizer=optimizer, state=state)
 
     # --- steps ---------------------------------------------------------------------------------
     def _epoch_plan(self, epoch: int) -> list:
@@ -224,6 +280,24 @@ class Trainer:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(tensor, reduction="sum").item()) if self.world > 1 else value
 
+    def _global_max(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.accelerator.device)
+        return int(self.accelerator.gather(tensor).max().item())
+
+    def _passes(self, batches: list[dict], groups) -> list[tuple[dict, bool]]:
+        """(micro-batch, counts) pairs this process runs. Under FSDP every forward and backward gathers and
+        reduce-scatters with the other processes, so all run the busiest one's number of passes: the missing
+        ones repeat a micro-batch with zero weight. DDP runs its own batches (see train_step)."""
+        passes = [(batch, True) for batch in batches]
+        if self.fsdp and self.world > 1:
+            total = self._global_max(len(batches))
+            if len(passes) < total:
+                filler = batches[0] if batches else self._build_batches(groups[:1])[0]
+                passes += [(filler, False)] * (total - len(passes))
+        return passes
+
     def _forward_loss_sum(self, batch: dict) -> torch.Tensor:
         if "loss_targets" in batch:  # packed
             return packed_loss_sum(self.model, batch)[0]
@@ -238,14 +312,18 @@ class Trainer:
         local_tokens = sum(self._token_count(b) for b in batches)
         global_tokens = max(1.0, self._global_sum(local_tokens))
         loss_sum = 0.0
-        for index, batch in enumerate(batches):
-            sync = index == len(batches) - 1
+        passes = self._passes(batches, groups)
+        for index, (batch, counts) in enumerate(passes):
+            # DDP all-reduces at the last micro-batch only; FSDP reduce-scatters at every one (sharded
+            # gradients accumulate, and no process holds a whole model's gradients)
+            sync = index == len(passes) - 1 or self.fsdp
             context = self.accelerator.no_sync(self.model) if (self.world > 1 and not sync) else contextlib.nullcontext()
             with context:
                 micro = self._forward_loss_sum(batch)
-                (micro * self.world / global_tokens).backward()
-            loss_sum += float(micro.detach())
-        if not batches and self.world > 1:
+                (micro * (self.world / global_tokens if counts else 0.0)).backward()
+            if counts:
+                loss_sum += float(micro.detach())
+        if not passes and self.world > 1:
             # This process got no group (fewer groups than processes): it still runs one forward and a
             # zero-weighted backward through DDP, so that its gradient all-reduce pairs with the others'.
             dummy = self._build_batches(groups[:1])[0]
@@ -253,10 +331,11 @@ class Trainer:
         lr = cosine_lr(self.state["step"], self.total_steps, self.config.lr_max, self.config.lr_min)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.max_grad_norm or float("inf"))
+        # accelerate's clip is FSDP-aware: the norm of sharded gradients is reduced across the processes
+        grad_norm = self.accelerator.clip_grad_norm_(list(self.params.values()), self.config.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": self._global_sum(loss_sum) / global_tokens, "lr": lr, "grad_norm": float(grad_norm)}
+        return {"loss": self._global_sum(loss_sum) / global_tokens, "lr": lr, "grad_norm": float(fsdp.full_tensor(grad_norm))}
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -265,9 +344,12 @@ class Trainer:
         # packed: every caption of an image together (the same pairs, so the same loss)
         groups = image_groups(samples) if self.packed else [[s] for s in samples]
         loss_sum, tokens = 0.0, 0
-        for batch in self._batches(groups):
-            loss_sum += float(self._forward_loss_sum(batch))
-            tokens += self._token_count(batch)
+        batches = self._batches(groups)
+        for batch, counts in self._passes(batches, groups):
+            loss = float(self._forward_loss_sum(batch))
+            if counts:
+                loss_sum += loss
+                tokens += self._token_count(batch)
         self.model.train()
         return self._global_sum(loss_sum) / max(1.0, self._global_sum(tokens))
 
@@ -307,9 +389,11 @@ class Trainer:
                 if self.main:
                     self.run.append_metrics(row)
                     self.run.write_status(step=self.state["step"], epoch=row["epoch"])
-                if self.state["step"] % config.checkpoint_every_steps == 0 or self.stop.requested:
+                # every process must agree to stop at the same step: the checkpoint is collective
+                stop = self.stop.requested if self.world == 1 else self._global_max(int(self.stop.requested)) > 0
+                if self.state["step"] % config.checkpoint_every_steps == 0 or stop:
                     self.checkpoint()
-                if self.stop.requested:
+                if stop:
                     self.log(f"stop requested: checkpointed at step {self.state['step']}")
                     return "stopped"
             self._end_epoch(epoch)
