@@ -2,7 +2,8 @@
 
     python -m train run --recipe embedded/lora [key=value ...]   # new run folder under the workspace
     python -m train run --run-dir DIR [--resume]                 # what the launcher starts
-    accelerate launch --num_processes 4 -m train run --recipe llava-1.5-7b/lora
+    accelerate launch --multi_gpu --num_processes 4 -m train run --recipe llava-1.5-7b/lora   # DDP
+    accelerate launch --multi_gpu --num_processes 8 -m train run --recipe llava-1.5-7b/full   # FSDP2 (the recipe's distributed: fsdp)
 
 The run folder's layout is described in captionlab/training/run_folder.py.
 """

@@ -109,14 +109,19 @@ def preview_command(recipe: str | Path, overrides: list[str] = (), gpus: int = 1
 
 
 def trainer_command(run_dir: Path, gpus: int = 1, resume: bool = False,
-                    trainer_cmd: list[str] | None = None) -> list[str]:
-    """The argv that trains `run_dir`: python -m train run (under accelerate for several GPUs)."""
+                    trainer_cmd: list[str] | None = None, fsdp: bool = False) -> list[str]:
+    """The argv that trains `run_dir`: python -m train run (under accelerate for several GPUs, or for FSDP)."""
     if trainer_cmd:
         prefix = list(trainer_cmd)
     elif gpus > 1:
-        # --multi_gpu selects accelerate's torchrun launcher (without it, accelerate runs one process)
+        # --multi_gpu selects accelerate's torchrun launcher (without it, accelerate runs one process);
+        # FSDP or DDP is the run's `distributed` setting, read by the trainer
         prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
                   "-m", "train", "run"]
+    elif fsdp:
+        # FSDP needs a process group even for one GPU: --use_fsdp is the torchrun launcher for one process
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+                  "--num_processes", "1", "-m", "train", "run"]
     else:
         prefix = [sys.executable, "-m", "train", "run"]
     return [*prefix, "--run-dir", str(run_dir), *(["--resume"] if resume else [])]
@@ -156,7 +161,7 @@ def _start_local(run_id: str, resume: bool) -> RunInfo:
     row = runs_db.get_run(run_id)
     folder = RunFolder(Path(row["run_dir"]))
     spec = row["launch_spec"]
-    command = trainer_command(folder.path, spec.get("gpus", 1), resume, spec.get("trainer_cmd"))
+    command = trainer_command(folder.path, spec.get("gpus", 1), resume, spec.get("trainer_cmd"), _uses_fsdp(folder))
     try:
         process = _spawn(command, folder)
     except OSError as exc:
@@ -180,6 +185,13 @@ def _spawn(command: list[str], folder: RunFolder) -> subprocess.Popen:
                                    start_new_session=True)
     _children[process.pid] = process
     return process
+
+
+def _uses_fsdp(folder: RunFolder) -> bool:
+    try:
+        return (yaml.safe_load(folder.config_path.read_text()) or {}).get("distributed") == "fsdp"
+    except (OSError, yaml.YAMLError):
+        return False
 
 
 def _pgid_of(pid: int) -> int:
@@ -415,7 +427,7 @@ def _submit_slurm_job(run_id: str, resume: bool) -> RunInfo:
     folder = RunFolder(Path(row["run_dir"]))
     spec = row["launch_spec"]
     slurm = spec["slurm"]
-    command = trainer_command(folder.path, spec.get("gpus", 1), resume)
+    command = trainer_command(folder.path, spec.get("gpus", 1), resume, fsdp=_uses_fsdp(folder))
     parameters = {"slurm_partition": slurm["partition"], "timeout_min": slurm["time_min"], "nodes": 1,
                   "tasks_per_node": 1, "gpus_per_node": spec.get("gpus", 1), "name": run_id}
     parameters.update({k: slurm[k] for k in ("cpus_per_task", "mem_gb") if slurm.get(k)})
