@@ -150,7 +150,10 @@ def test_every_shipped_recipe_loads_and_validates():
     assert len(recipes) >= 10
     for recipe in recipes:
         first_line = recipe.read_text().splitlines()[0]
-        assert first_line.startswith("# python -m train run --recipe"), recipe
+        # the command that runs it: plain, or under accelerate for the multi-GPU (FSDP) ones
+        assert first_line.startswith(("# python -m train run --recipe",
+                                      "# accelerate launch --multi_gpu --num_processes")), recipe
+        assert f"-m train run --recipe {recipe.parent.name}/{recipe.stem}" in first_line, recipe
         config = resolve_config(recipe, [])
         # the strategy is named by the file (llava-1.5-7b/lora.yaml) or by its folder (clip-captioner/coco.yaml)
         assert config.strategy in recipe.stem or config.strategy.replace("_", "-") in recipe.parent.name, recipe

@@ -422,6 +422,13 @@ class Trainer:
             self.write_energy()
         self.log(f"epoch {epoch + 1}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
 
+    def close(self) -> None:
+        """Leave the process group together: a process that exits while gloo's threads still run with the
+        other one's aborts ("terminate called without an active exception", seen under FSDP on the CPU)."""
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
+
     def write_energy(self) -> None:
         from captionlab import atomic
         from captionlab.training.energy import summarize_energy
@@ -446,4 +453,5 @@ def train_run(run_dir: Path, resume: bool = False) -> int:
         run.write_status(state=outcome, message="" if outcome == "finished" else "stopped on request; resumable",
                          pid=os.getpid())
         trainer.log(f"run {outcome}")
+    trainer.close()
     return 0
