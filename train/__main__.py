@@ -80,5 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def _exit_distributed(code: int) -> None:
+    """Under a distributed launcher, leave without interpreter finalization: gloo's C++ threads torn down
+    there sometimes abort the process ("terminate called without an active exception", exit -6) after the
+    run has finished and written everything, even after destroy_process_group (1 launch in ~10 on 2 CPU
+    processes; pytorch/pytorch#179291 describes the finalization race). Nothing is left to write by then."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_code = main()
+    _exit_distributed(exit_code)
+    raise SystemExit(exit_code)
