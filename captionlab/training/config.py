@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """auto, cpu, cuda."""
-    distributed: str = "ddp"
+    distributed: str = field(default="ddp", metadata={"omit_when_default": True})
     """How several processes (`accelerate launch --multi_gpu --num_processes N`) share the work. ddp: every
     process holds the whole model, gradients are all-reduced. fsdp: FSDP2, the model's parameters, gradients
     and optimizer state sharded across the processes, each decoder / vision encoder layer gathered only for
@@ -92,7 +92,13 @@ class TrainConfig:
         return sanitize_name(self.name or f"{self.model}-{self.strategy}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings; one added after runs were shipped is left out at its default, so that an older
+        run's config (and the shipped study's recipe hashes) still reads as the same config."""
+        values = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("omit_when_default") and values[f.name] == f.default:
+                del values[f.name]
+        return values
 
     def validate(self) -> "TrainConfig":
         from captionlab.strategies import STRATEGIES
