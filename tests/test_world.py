@@ -63,7 +63,7 @@ def config(root: Path) -> dict:
 
 
 def load_json(root: Path, config: dict, name: str) -> object:
-    entry = config["pretrain"] if name == "pretrain" else config["datasets"][name]
+    entry = config[name] if name in ("pretrain", "pretrain_brief") else config["datasets"][name]
     return json.loads((root / entry["annotations"]).read_text())
 
 
@@ -110,7 +110,7 @@ def test_rewriting_replaces_a_world_but_never_other_files(tmp_path: Path) -> Non
 # ---------------------------------------------------------------- formats
 
 
-def test_datasets_yaml_lists_the_five_benchmarks_and_pretrain_apart(root: Path, config: dict) -> None:
+def test_datasets_yaml_lists_the_five_benchmarks_and_the_pretraining_sets_apart(root: Path, config: dict) -> None:
     assert list(config["datasets"]) == ["coco", "nocaps", "cc3m", "vizwiz", "textcaps"]
     formats = {name: entry["format"] for name, entry in config["datasets"].items()}
     assert formats == {"coco": "karpathy", "nocaps": "nocaps", "cc3m": "cc3m", "vizwiz": "vizwiz", "textcaps": "textcaps"}
@@ -119,7 +119,12 @@ def test_datasets_yaml_lists_the_five_benchmarks_and_pretrain_apart(root: Path, 
         "annotations": "annotations/pretrain_verbose.json",
         "images": "images/pretrain",
     }
-    for entry in [*config["datasets"].values(), config["pretrain"]]:
+    assert config["pretrain_brief"] == {
+        "format": "llava_conversations",
+        "annotations": "annotations/pretrain_brief.json",
+        "images": "images/pretrain_brief",
+    }
+    for entry in [*config["datasets"].values(), config["pretrain"], config["pretrain_brief"]]:
         assert (root / entry["annotations"]).is_file()
         assert (root / entry["images"]).is_dir()
 
@@ -183,6 +188,14 @@ def referenced_images(root: Path, config: dict) -> set[Path]:
         assert human["from"] == "human" and human["value"].startswith("<image>\n")
         assert gpt["from"] == "gpt" and gpt["value"]
         images.add(root / config["pretrain"]["images"] / record["image"])
+
+    brief = load_json(root, config, "pretrain_brief")
+    assert len(brief) == sizes["brief"]["train"]
+    for record in brief:
+        human, gpt = record["conversations"]
+        assert human["from"] == "human" and human["value"].startswith("<image>\n")
+        assert gpt["from"] == "gpt" and gpt["value"]
+        images.add(root / config["pretrain_brief"]["images"] / record["image"])
     return images
 
 
@@ -252,6 +265,20 @@ def test_verbose_answers_cover_every_kind_setting_text_and_degradation(root: Pat
     assert "out of focus" in text or "dark" in text
     prompts = {r["conversations"][0]["value"] for r in records}
     assert "<image>\nBriefly caption the image" in prompts and len(prompts) > 2
+
+
+def test_brief_pool_is_short_captions_of_every_kind_under_brief_instructions_not_the_study_prompt() -> None:
+    examples = [make_example("brief", "train", i, 0) for i in range(200)]
+    captions = [e.references[0] for e in examples]
+    assert statistics.mean(len(c.split()) for c in captions) < 12
+    assert all(c == c.lower() and not c.endswith(".") for c in captions)
+    named = {w for c in captions for w in words_of(c)}
+    assert {k for k in ALL_KINDS if not ({k, plural(k)} | set(KIND_SYNONYMS[k])) & named} == set()
+    prompts = {e.prompt for e in examples}
+    assert len(prompts) > 5 and "Briefly caption the image" not in prompts
+    # a pool of its own: no brief image is an evaluated one
+    coco_test = {make_example("coco", "test", i, 0).scene for i in range(250)}
+    assert not coco_test & {e.scene for e in examples}
 
 
 def test_vizwiz_has_rejected_and_precanned_captions(root: Path, config: dict) -> None:

@@ -6,6 +6,7 @@ The same scene can be described in five registers, mirroring the study's dataset
   - vizwiz: descriptions of imperfect photos that say what is wrong with them, plus the
     "precanned" and rejected captions the real annotation contains;
   - textcaps: sentences that quote the word written in the picture;
+  - brief: one short lowercase caption per image, as BLIP writes for LLaVA's stage-1 data;
   - verbose: the long, padded descriptions of an instruction-tuned multimodal LLM, used to
     pretrain the tiny model so that, like LLaVA, it answers "Briefly caption the image" at length.
 Every function takes an explicit `random.Random` so wording is reproducible.
@@ -127,6 +128,11 @@ def coco_references(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
     while len(references) < n:
         references.append(_short_caption(scene, rng))
     return references
+
+
+def brief_caption(scene: Scene, rng: random.Random) -> str:
+    """One BLIP-style caption (lowercase, no full stop), as in LLaVA's 558K stage-1 pretraining data."""
+    return _short_caption(scene, rng).rstrip(".").lower()
 
 
 # ---------------------------------------------------------------- cc3m

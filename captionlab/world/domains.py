@@ -24,7 +24,7 @@ from captionlab.world.vocabulary import (
 )
 
 BENCHMARKS: tuple[str, ...] = ("coco", "nocaps", "cc3m", "vizwiz", "textcaps")
-DOMAINS: tuple[str, ...] = BENCHMARKS + ("pretrain",)
+DOMAINS: tuple[str, ...] = BENCHMARKS + ("pretrain", "brief")
 
 # Images per (domain, split) at scale 1.0. The coco domain trains the personalised models;
 # the other benchmarks are evaluated on their validation split, as in the paper.
@@ -35,6 +35,7 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "vizwiz": {"val": 250},
     "textcaps": {"val": 250},
     "pretrain": {"train": 3000},
+    "brief": {"train": 3000},
 }
 MIN_IMAGES = 4  # even a tiny world has a few images per split
 
@@ -44,6 +45,21 @@ PRETRAIN_PROMPTS: tuple[str, ...] = (
     "Describe the image in detail.",
     "What is shown in this picture?",
     "Describe this image.",
+)
+# Stage-1 instructions of the brief-caption pool: LLaVA's own list for its 558K brief captions (LCS-558K).
+# None of them is the study's prompt ("Briefly caption the image"), which the verbose stage keeps for itself.
+BRIEF_PROMPTS: tuple[str, ...] = (
+    "Describe the image concisely.",
+    "Provide a brief description of the given image.",
+    "Offer a succinct explanation of the picture presented.",
+    "Summarize the visual content of the image.",
+    "Give a short and clear explanation of the subsequent image.",
+    "Share a concise interpretation of the image provided.",
+    "Present a compact description of the photo's key features.",
+    "Relay a brief, clear account of the picture shown.",
+    "Render a clear and concise summary of the photo.",
+    "Write a terse but informative summary of the picture.",
+    "Create a compact narrative representing the image presented.",
 )
 # Flavours cycle with the index, so even a tiny pretraining set mixes them all.
 PRETRAIN_FLAVOURS: tuple[str, ...] = (
@@ -58,9 +74,9 @@ VIZWIZ_REJECTED_EVERY = 7  # one vizwiz image in 7 has a caption rejected by qua
 class Example:
     """One generated image's content and annotations.
 
-    references: the captions (for pretrain: the one verbose answer).
+    references: the captions (for pretrain: the one verbose answer; for brief: the one short caption).
     vizwiz_flags: (is_rejected, is_precanned) per reference, for vizwiz only.
-    prompt: the human turn, for pretrain only. nocaps_domain: in-/near-/out-domain, for nocaps.
+    prompt: the human turn, for pretrain and brief only. nocaps_domain: in-/near-/out-domain, for nocaps.
     """
 
     domain: str
@@ -182,8 +198,18 @@ def _pretrain(rng: random.Random, split: str, index: int, seed: int) -> Example:
     return Example("pretrain", split, index, scene, (answer,), prompt=rng.choice(PRETRAIN_PROMPTS))
 
 
+def _brief(rng: random.Random, split: str, index: int, seed: int) -> Example:
+    # A separate pool of photos (never evaluated), every kind included (the novel ones too, as LLaVA's
+    # 558K web captions name far more than COCO's classes), each with one short BLIP-style caption.
+    kind = ALL_KINDS[index % len(ALL_KINDS)]
+    setting = SETTINGS[(index // len(ALL_KINDS) + index) % len(SETTINGS)]
+    scene = sample_scene(rng, ALL_KINDS, first=(kind, rng.choice(sorted(COLOURS)), setting))
+    return Example("brief", split, index, scene, (captions.brief_caption(scene, rng),), prompt=rng.choice(BRIEF_PROMPTS))
+
+
 _MAKERS = {
     "coco": _coco, "nocaps": _nocaps, "cc3m": _cc3m,
     "vizwiz": _vizwiz, "textcaps": _textcaps, "pretrain": _pretrain,
+    "brief": _brief,
 }
 

@@ -26,11 +26,13 @@ ANNOTATIONS = {
     "vizwiz": "annotations/vizwiz_val.json",
     "textcaps": "annotations/TextCaps_0.1_val.json",
     "pretrain": "annotations/pretrain_verbose.json",
+    "brief": "annotations/pretrain_brief.json",
 }
-IMAGES = {domain: f"images/{domain}" for domain in ANNOTATIONS}
+IMAGES = {domain: f"images/{domain}" for domain in ANNOTATIONS} | {"brief": "images/pretrain_brief"}
 FORMATS = {
     "coco": "karpathy", "nocaps": "nocaps", "cc3m": "cc3m", "vizwiz": "vizwiz",
     "textcaps": "textcaps", "pretrain": "llava_conversations",
+    "brief": "llava_conversations",
 }
 # Real VizWiz-Captions numbers its val images after the 23,431 train images; keeping that
 # offset catches readers that confuse ids with positions.
@@ -176,8 +178,8 @@ def write_textcaps(out_dir: Path, examples: list[Example], seed: int) -> list[Im
     return jobs
 
 
-def write_pretrain(out_dir: Path, examples: list[Example]) -> list[ImageJob]:
-    """LLaVA instruction-tuning conversations: one human prompt, one verbose answer each."""
+def write_pretrain(out_dir: Path, examples: list[Example], domain: str = "pretrain") -> list[ImageJob]:
+    """LLaVA conversations: one human prompt, one answer each (verbose for "pretrain", brief for "brief")."""
     records, jobs = [], []
     for example in examples:
         record_id = f"{example.index:09d}"
@@ -189,18 +191,19 @@ def write_pretrain(out_dir: Path, examples: list[Example]) -> list[ImageJob]:
                 {"from": "gpt", "value": example.references[0]},
             ],
         })
-        jobs.append(ImageJob(example.scene, out_dir / IMAGES["pretrain"] / f"{record_id}.png"))
-    _dump_json(out_dir / ANNOTATIONS["pretrain"], records)
+        jobs.append(ImageJob(example.scene, out_dir / IMAGES[domain] / f"{record_id}.png"))
+    _dump_json(out_dir / ANNOTATIONS[domain], records)
     return jobs
 
 
 def datasets_config(manifest_name: str, seed: int, scale: float) -> dict:
-    """The datasets.yaml content: the five benchmarks under `datasets`, the rest apart."""
+    """The datasets.yaml content: the five benchmarks under `datasets`, the two pretraining sets apart."""
     return {
         "datasets": {
             domain: {"format": FORMATS[domain], "annotations": ANNOTATIONS[domain], "images": IMAGES[domain]}
             for domain in ("coco", "nocaps", "cc3m", "vizwiz", "textcaps")
         },
         "pretrain": {"format": FORMATS["pretrain"], "annotations": ANNOTATIONS["pretrain"], "images": IMAGES["pretrain"]},
+        "pretrain_brief": {"format": FORMATS["brief"], "annotations": ANNOTATIONS["brief"], "images": IMAGES["brief"]},
         "world": {"seed": seed, "scale": scale, "manifest": manifest_name},
     }
