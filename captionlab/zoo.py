@@ -3,7 +3,7 @@
 Steps (each skipped when its output already exists; delete a folder to redo it):
   world          generate the embedded caption world (workspace/world)
   clip           train the tokenizer and the tiny CLIP             -> <out>/clip
-  base           pretrain the tiny LLaVA on verbose descriptions   -> <out>/base
+  base           pretrain the tiny LLaVA: brief captions, then verbose descriptions -> <out>/base
   personalize    train every strategy on the coco domain (the real trainer, paper recipe)
                                                                    -> <out>/strategies/<name>, <out>/runs/<name>
   clip_captioner train the CLIP-Captioner baseline                 -> <out>/clip_captioner
@@ -23,6 +23,7 @@ from pathlib import Path
 from captionlab import paths
 
 STEPS = ["world", "clip", "base", "personalize", "clip_captioner", "evaluate", "checks", "report"]
+CLIP_EPOCHS = 6  # over 9000 images (coco train and both pretraining pools): 426 steps
 PERSONALIZED = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
 
 
@@ -46,8 +47,8 @@ def step_world(out: Path) -> None:
 
 
 def _world_texts_and_pairs():
-    """Texts for the tokenizer (every domain's captions and the verbose set) and (image, captions) pairs for
-    the CLIP (coco train and the verbose set only: no evaluation image is seen in training)."""
+    """Texts for the tokenizer (every domain's captions and both pretraining sets) and (image, captions) pairs
+    for the CLIP (coco train and the two pretraining pools only: no evaluation image is seen in training)."""
     from captionlab.data.datasets import load_records
 
     config = world_config()
@@ -59,7 +60,7 @@ def _world_texts_and_pairs():
             if name == "coco":
                 pairs.append((record.image_path, list(record.references)))
     conversations = load_conversations()
-    for path, prompt, answer in conversations:
+    for path, prompt, answer in [*conversations, *load_conversations("pretrain_brief")]:
         texts.extend([prompt, answer])
         pairs.append((path, [answer]))
     from captionlab.models.registry import VICUNA_TEMPLATE
@@ -69,11 +70,12 @@ def _world_texts_and_pairs():
     return texts, pairs, conversations
 
 
-def load_conversations() -> list[tuple[Path, str, str]]:
-    """The world's verbose set (LLaVA conversation format) as (image, prompt, answer) triples."""
+def load_conversations(key: str = "pretrain") -> list[tuple[Path, str, str]]:
+    """One of the world's pretraining sets (LLaVA conversation format) as (image, prompt, answer) triples:
+    "pretrain" (verbose answers) or "pretrain_brief" (short captions under brief-description instructions)."""
     import yaml
 
-    spec = yaml.safe_load(world_config().read_text())["pretrain"]
+    spec = yaml.safe_load(world_config().read_text())[key]
     root = world_config().parent
     items = json.loads((root / spec["annotations"]).read_text())
     triples = []
@@ -95,7 +97,7 @@ def step_clip(out: Path) -> None:
     tokenizer = build_llava_tokenizer(texts, VOCAB_SIZE)
     tokenizer.save_pretrained(out / "tokenizer")
     _say(f"tokenizer: {len(tokenizer)} tokens; training the tiny CLIP on {len(pairs)} images")
-    train_clip(pairs, clip_tokenizer_from(tokenizer), out / "clip", progress=_say)
+    train_clip(pairs, clip_tokenizer_from(tokenizer), out / "clip", epochs=CLIP_EPOCHS, progress=_say)
 
 
 def step_base(out: Path) -> None:
@@ -107,9 +109,9 @@ def step_base(out: Path) -> None:
         _say("base: exists")
         return
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
-    conversations = load_conversations()
-    _say(f"base: pretraining the tiny LLaVA on {len(conversations)} verbose conversations")
-    pretrain_base(conversations, tokenizer, out / "clip", out / "base", progress=_say)
+    brief, verbose = load_conversations("pretrain_brief"), load_conversations("pretrain")
+    _say(f"base: pretraining the tiny LLaVA on {len(brief)} brief captions, then {len(verbose)} verbose conversations")
+    pretrain_base(brief, verbose, tokenizer, out / "clip", out / "base", progress=_say)
 
 
 def build_zoo(out: Path, steps: list[str] | None = None) -> int:
