@@ -95,7 +95,7 @@ def test_buffers_are_reused_for_one_shape_and_rebuilt_for_another(tiny_llava_dir
 
 
 def test_preallocated_cache_writes_in_place():
-    cache = PreallocatedCache(6, torch.device("cpu"))
+    cache = PreallocatedCache(6, torch.device("cpu"), (2, 1, 3, 3), layers=1, dtype=torch.float32)
     key = torch.arange(2 * 1 * 4 * 3, dtype=torch.float32).reshape(2, 1, 4, 3)
     keys, values = cache.update(key, -key, 0)
     assert keys.shape == (2, 1, 6, 3) and torch.equal(keys[:, :, :4], key) and keys[:, :, 4:].abs().sum() == 0

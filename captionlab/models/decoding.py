@@ -24,7 +24,7 @@ One decoder keeps the buffers (and graph) of its last batch shape, so batches of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,25 +36,18 @@ class PreallocatedCache:
     layers use (`update(key, value, layer_idx)`), with the write position as a device tensor so a captured
     graph can replay it. Decoding steps see the whole buffer (unwritten slots masked by the caller)."""
 
-    def __init__(self, max_length: int, device: torch.device, shape: tuple[int, int, int, int] | None = None,
-                 layers: int = 0, dtype: torch.dtype | None = None):
+    def __init__(self, max_length: int, device: torch.device, shape: tuple[int, int, int, int], layers: int,
+                 dtype: torch.dtype):
         self.max_length = max_length
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-        if shape is not None:  # (batch, kv heads, head dim, value head dim): allocate every layer now
-            batch, heads, dim, value_dim = shape
-            for index in range(layers):
-                self.keys[index] = torch.zeros(batch, heads, max_length, dim, dtype=dtype, device=device)
-                self.values[index] = torch.zeros(batch, heads, max_length, value_dim, dtype=dtype, device=device)
+        batch, heads, dim, value_dim = shape  # (batch, kv heads, head dim, value head dim): every layer allocated now
+        self.keys = {i: torch.zeros(batch, heads, max_length, dim, dtype=dtype, device=device) for i in range(layers)}
+        self.values = {i: torch.zeros(batch, heads, max_length, value_dim, dtype=dtype, device=device)
+                       for i in range(layers)}
         self.write_at = torch.zeros(1, dtype=torch.long, device=device)
         self.offsets = torch.arange(max_length, device=device)
         self.length = 0  # tokens written (host-side mirror of write_at)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        if layer_idx not in self.keys:
-            batch, heads, _, dim = key.shape
-            self.keys[layer_idx] = key.new_zeros(batch, heads, self.max_length, dim)
-            self.values[layer_idx] = value.new_zeros(batch, heads, self.max_length, value.shape[-1])
         positions = self.offsets[: key.shape[-2]] + self.write_at
         self.keys[layer_idx].index_copy_(2, positions, key)
         self.values[layer_idx].index_copy_(2, positions, value)
@@ -68,8 +61,6 @@ class PreallocatedCache:
         try:
             from transformers.cache_utils import Cache, DynamicLayer
         except ImportError:
-            return None
-        if not self.keys:
             return None
 
         class BufferLayer(DynamicLayer):
@@ -105,7 +96,7 @@ class PreallocatedCache:
                 key, value = cache.key_cache[index], cache.value_cache[index]
             if key.shape[-2] != length:
                 raise ValueError(f"layer {index} of the prefill cache holds {key.shape[-2]} tokens, expected {length}")
-            if key.data_ptr() != self.keys.get(index, key).data_ptr():  # (a prefill view's layers are our buffers)
+            if key.data_ptr() != self.keys[index].data_ptr():  # (a prefill view's layers are our buffers)
                 self.update(key, value, index)
             if layers is not None:
                 layers[index].keys = layers[index].values = None
@@ -136,7 +127,6 @@ class _State:
     logits: torch.Tensor | None = None  # (batch, vocab) the step's output (graph-owned when captured)
     graph: object | None = None
     graph_error: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class GreedyDecoder:
@@ -167,7 +157,7 @@ class GreedyDecoder:
 
         # prefill exactly as generate() does it: the model's own forward (vision tower, projector, strategy hooks,
         # its own mask building: causal attention without a mask when nothing is padded), positions from the
-        # attention mask, a DynamicCache that is then moved into the preallocated one
+        # attention mask, keys and values written straight into the preallocated buffers
         positions = (attention.cumsum(dim=1) - 1).clamp_(min=0)
         forward = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         padded = not bool(attention.bool().all())
