@@ -71,7 +71,7 @@ def test_weight_norm_cache_follows_in_place_changes_of_the_base_weight(tiny_llav
     layer = next(m for m in loaded.model.modules() if hasattr(m, "lora_magnitude_vector") and m.lora_magnitude_vector)
     dora = next(iter(layer.lora_magnitude_vector.values()))
     weight = layer.get_base_layer().weight
-    first = dora._weight_sq(weight).clone()
+    first = dora._weight_sq(weight, weight.dtype).clone()
     with torch.no_grad():
         weight.mul_(2.0)
-    torch.testing.assert_close(dora._weight_sq(weight), first * 4.0)
+    torch.testing.assert_close(dora._weight_sq(weight, weight.dtype), first * 4.0)

@@ -68,12 +68,13 @@ if DoraLinearLayer is not None:
     class FastDoraLinearLayer(DoraLinearLayer):
         """peft's DoraLinearLayer with the row norms computed from r-wide products (see the module docstring)."""
 
-        def _weight_sq(self, weight: torch.Tensor) -> torch.Tensor:
-            key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+        def _weight_sq(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            """||W_j||^2 of the stored weight as rounded to `dtype`, recomputed only when W changes in place."""
+            key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), dtype)
             cached = self.__dict__.get("_captionlab_weight_sq")
             if cached is None or cached[0] != key:
                 with torch.no_grad():
-                    cached = (key, weight.detach().float().pow(2).sum(dim=1))
+                    cached = (key, weight.detach().to(dtype).float().pow(2).sum(dim=1))
                 self.__dict__["_captionlab_weight_sq"] = cached
             return cached[1]
 
@@ -82,9 +83,10 @@ if DoraLinearLayer is not None:
             from peft.utils.integrations import dequantize_module_weight
             from peft.utils.other import transpose
 
-            weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out).to(dtype)
-            with torch.no_grad():
-                return _row_norms(weight, lora_A.weight, lora_B.weight, scaling, self._weight_sq(weight)).to(dtype)
+            weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out)
+            with torch.no_grad():  # ||W||^2 keyed on the stored weight, not on a per-call dtype copy of it
+                weight_sq = self._weight_sq(weight, dtype)
+                return _row_norms(weight.to(dtype), lora_A.weight, lora_B.weight, scaling, weight_sq).to(dtype)
 
         def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
             weight_norm = self.weight_norm(base_layer, lora_A, lora_B, scaling, x.dtype)
