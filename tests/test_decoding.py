@@ -10,18 +10,12 @@ from captionlab.models.loading import load_model
 from captionlab.models.prompting import build_prompt
 from captionlab.models.registry import get_model_spec
 from captionlab.strategies import PAPER_STRATEGIES, get_strategy
+from test_strategies import fresh, perturb
 
 
-def prepared(model_dir, name, seed=0):
-    torch.manual_seed(seed)
-    spec = get_model_spec(model_dir)
-    loaded = load_model(spec, device="cpu")
-    strategy = get_strategy(name)
-    loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # away from identity inits (LoRA's B = 0), so the strategy changes the tokens
-        for _, p in strategy.trainable_parameters(loaded.model):
-            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+def prepared(model_dir, name):
+    loaded, strategy = fresh(model_dir, name)
+    perturb(strategy, loaded.model)  # away from identity inits (LoRA's B = 0), so the strategy changes the tokens
     loaded.model.eval()
     return loaded, strategy
 

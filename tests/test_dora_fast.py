@@ -6,12 +6,9 @@ import copy
 
 import torch
 
-from captionlab.models.loading import load_model
-from captionlab.models.registry import get_model_spec
-from captionlab.strategies import get_strategy
-from captionlab.strategies.dora_fast import (FastDoraLinearLayer, FastDoraLinearVariant, _row_norms, use_fast_dora,
-                                             use_peft_dora)
+from captionlab.strategies.dora_fast import FastDoraLinearLayer, FastDoraLinearVariant, _row_norms, use_peft_dora
 from captionlab.training.batching import build_training_batch
+from test_strategies import fresh, perturb
 
 CAPTIONS = ["a red ball on the grass", "two blue cups", "a small tree next to a house"]
 
@@ -27,15 +24,8 @@ def test_row_norms_equal_the_materialised_norms():
 
 
 def dora_model(model_dir):
-    torch.manual_seed(0)
-    spec = get_model_spec(model_dir)
-    loaded = load_model(spec, device="cpu")
-    strategy = get_strategy("dora")
-    loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # B = 0 at init would hide the cross terms
-        for _, p in strategy.trainable_parameters(loaded.model):
-            p.add_(torch.randn(p.shape, generator=generator) * 0.3)
+    loaded, strategy = fresh(model_dir, "dora")
+    perturb(strategy, loaded.model, scale=0.3)  # B = 0 at init would hide the cross terms
     return loaded, strategy
 
 

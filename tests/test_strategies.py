@@ -25,12 +25,12 @@ def fresh(model_dir, strategy_name, seed=0):
     return loaded, strategy
 
 
-def perturb(strategy, model, seed=1):
+def perturb(strategy, model, seed=1, scale=0.5):
     """Move the trainable parameters away from their (possibly identity) initialisation."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in strategy.trainable_parameters(model):
-            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
 
 
 def loss_of(loaded, strategy, images):

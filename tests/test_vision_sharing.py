@@ -8,7 +8,7 @@ from captionlab.captioner import GenerationSettings, load_captioners
 from captionlab.models.loading import load_model
 from captionlab.models.registry import get_model_spec
 from captionlab.models.vision_sharing import shared_vision_passes, vision_tower
-from captionlab.strategies import get_strategy
+from test_strategies import fresh, perturb
 
 KEYS = ["prompt_learning", "lora", "full"]
 
@@ -16,16 +16,8 @@ KEYS = ["prompt_learning", "lora", "full"]
 def saved_artifacts(model_dir, tmp_path):
     artifacts = {"zero_shot": None}
     for name in KEYS:
-        torch.manual_seed(0)
-        spec = get_model_spec(model_dir)
-        loaded = load_model(spec, device="cpu")
-        strategy = get_strategy(name)
-        loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
-        generator = torch.Generator().manual_seed(2)
-        with torch.no_grad():
-            for _, p in strategy.trainable_parameters(loaded.model):
-                if "vision_tower" not in _:
-                    p.add_(torch.randn(p.shape, generator=generator) * 0.3)
+        loaded, strategy = fresh(model_dir, name)
+        perturb(strategy, loaded.model, seed=2, scale=0.3)  # (never the vision tower: no strategy trains it)
         strategy.save(loaded.model, tmp_path / name)
         artifacts[name] = tmp_path / name
     return artifacts
