@@ -87,7 +87,6 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
     pixels = pixels[order]
     setup.model.eval()
     rows = []
-    reference = None  # plain generate's tokens for the first batch of each size
     for method, (which, graph) in METHODS.items():
         size = plain_batch if which == "plain" else batch
         if method == "plain-large-batch" and batch == plain_batch:
