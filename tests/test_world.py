@@ -181,21 +181,14 @@ def referenced_images(root: Path, config: dict) -> set[Path]:
         assert entry["image_path"] == f"train/{entry['image_name']}.png" and entry["set_name"] == "val"
         images.add(root / config["datasets"]["textcaps"]["images"] / entry["image_path"])
 
-    pretrain = load_json(root, config, "pretrain")
-    assert len(pretrain) == sizes["pretrain"]["train"]
-    for record in pretrain:
-        human, gpt = record["conversations"]
-        assert human["from"] == "human" and human["value"].startswith("<image>\n")
-        assert gpt["from"] == "gpt" and gpt["value"]
-        images.add(root / config["pretrain"]["images"] / record["image"])
-
-    brief = load_json(root, config, "pretrain_brief")
-    assert len(brief) == sizes["brief"]["train"]
-    for record in brief:
-        human, gpt = record["conversations"]
-        assert human["from"] == "human" and human["value"].startswith("<image>\n")
-        assert gpt["from"] == "gpt" and gpt["value"]
-        images.add(root / config["pretrain_brief"]["images"] / record["image"])
+    for name, size_key in (("pretrain", "pretrain"), ("pretrain_brief", "brief")):  # LLaVA conversation files
+        conversations = load_json(root, config, name)
+        assert len(conversations) == sizes[size_key]["train"]
+        for record in conversations:
+            human, gpt = record["conversations"]
+            assert human["from"] == "human" and human["value"].startswith("<image>\n")
+            assert gpt["from"] == "gpt" and gpt["value"]
+            images.add(root / config[name]["images"] / record["image"])
     return images
 
 
