@@ -57,6 +57,14 @@ def attach(setup: Setup, name: str):
     return model, strategy
 
 
+def attach_with_sgd(setup: Setup, name: str):
+    """(model, strategy, trainable params, plain SGD over them, the image+prompt prefix ids) for strategy `name`."""
+    model, strategy = attach(setup, name)
+    params = [p for _, p in strategy.trainable_parameters(model)]
+    optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.0)
+    return model, strategy, params, optimizer, setup.prefix_ids(strategy.prefix_slots)
+
+
 def detach(setup: Setup, model, strategy) -> None:
     """Remove the strategy again, leaving the (frozen, eval-mode) base model in `setup.model`."""
     from captionlab.models.prompting import unwrap
@@ -117,10 +125,7 @@ def run_train(setup: Setup, meter, strategies: list[str], *, images: int, captio
     captions = setup.random_captions(images, captions_per_image, caption_tokens, generator)
     rows = []
     for name in strategies:
-        model, strategy = attach(setup, name)
-        params = [p for _, p in strategy.trainable_parameters(model)]
-        optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.0)
-        prefix = setup.prefix_ids(strategy.prefix_slots)
+        model, strategy, params, optimizer, prefix = attach_with_sgd(setup, name)
         trainable = sum(p.numel() for p in params)
 
         def run_plain(pairs: int) -> dict:
@@ -197,10 +202,7 @@ def interleaved_step_times(setup: Setup, strategies: list[str], *, repeats: int,
     pairs = packed_images * captions_per_image
     out = []
     for name in strategies:
-        model, strategy = attach(setup, name)
-        params = [p for _, p in strategy.trainable_parameters(model)]
-        optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.0)
-        prefix = setup.prefix_ids(strategy.prefix_slots)
+        model, strategy, params, optimizer, prefix = attach_with_sgd(setup, name)
         plain_batch = per_caption_batch(setup, prefix, pixels, captions, pairs)
         packed = packed_batch(setup, prefix, pixels, captions, packed_images)
 
