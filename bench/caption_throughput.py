@@ -10,6 +10,9 @@ otherwise stop at random EOS tokens), greedy, from the zero-shot prompt. Rows (m
   captionlab         what `LlavaCaptioner.caption` runs: `GreedyDecoder`, decoding steps replayed as one CUDA
                      graph on CUDA (op by op elsewhere), at the large batch, fed by `generate_predictions`'
                      shape bucketing (here every image has one shape, so bucketing changes no batch)
+  captionlab-compiled  the same with the prefill through torch.compile'd layers (`compile_prefill=True`,
+                     `captionlab/models/compiled_layers.py`); its first call (compiling) is timed apart
+                     (`first_call_s`) and not counted in the throughput
 
 The speed-up printed is captionlab / plain; the other rows say where it comes from. Each captionlab row
 also checks that its tokens equal plain `generate`'s for the first batch (`tokens_equal_plain`).
@@ -21,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
 from bench.common import (Setup, environment, free_memory, measure, preset_with_overrides, print_comparisons, start_bench,
-                          with_oom_fallback, write_report)
+                          synchronize, with_oom_fallback, write_report)
 
 PRESETS = {
     # images, plain batch, captionlab batch, new tokens
@@ -60,10 +64,10 @@ def generate(setup: Setup, inputs: dict, new_tokens: int) -> torch.Tensor:
     return out[:, inputs["input_ids"].shape[1]:]
 
 
-def decoder_for(setup: Setup, cuda_graph: bool):
+def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False):
     from captionlab.models.decoding import GreedyDecoder
 
-    decoder = GreedyDecoder(setup.model, cuda_graph=cuda_graph)
+    decoder = GreedyDecoder(setup.model, cuda_graph=cuda_graph, compile_prefill=compile_prefill)
 
     def decode(inputs: dict, new_tokens: int) -> torch.Tensor:
         return decoder(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=setup.eos_id,
@@ -72,9 +76,11 @@ def decoder_for(setup: Setup, cuda_graph: bool):
     return decoder, decode
 
 
-# method -> (which batch, which decoder: None = plain generate, else GreedyDecoder with/without the CUDA graph)
-METHODS = {"plain": ("plain", None), "plain-large-batch": ("large", None), "captionlab-eager": ("large", False),
-           "captionlab": ("large", True)}
+# method -> (which batch, which decoder: None = plain generate, else GreedyDecoder with/without the CUDA graph,
+#            compiled prefill)
+METHODS = {"plain": ("plain", None, False), "plain-large-batch": ("large", None, False),
+           "captionlab-eager": ("large", False, False), "captionlab": ("large", True, False),
+           "captionlab-compiled": ("large", True, True)}
 
 
 def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: int, new_tokens: int,
@@ -87,19 +93,25 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
     pixels = pixels[order]
     setup.model.eval()
     rows = []
-    for method, (which, graph) in METHODS.items():
+    for method, (which, graph, compiled) in METHODS.items():
         size = plain_batch if which == "plain" else batch
         if method == "plain-large-batch" and batch == plain_batch:
             continue
-        decoder, decode = (None, None) if graph is None else decoder_for(setup, graph and setup.device.type == "cuda")
+        decoder, decode = (None, None) if graph is None else decoder_for(setup, graph and setup.device.type == "cuda",
+                                                                         compiled)
         checks = {}
 
         def run(size: int) -> dict:
             chunks = [caption_inputs(setup, pixels[s:s + size]) for s in range(0, images, size)]
             if decode is not None:
                 want = generate(setup, chunks[0], new_tokens)
-                checks["tokens_equal_plain"] = bool(torch.equal(decode(chunks[0], new_tokens), want))
-                del want
+                synchronize(setup.device)
+                started = time.perf_counter()
+                got = decode(chunks[0], new_tokens)  # for the compiled row: compiles (timed apart, as first_call_s)
+                synchronize(setup.device)
+                checks["first_call_s"] = time.perf_counter() - started
+                checks["tokens_equal_plain"] = bool(torch.equal(got, want))
+                del want, got
 
             def step():
                 for chunk in chunks:
@@ -114,11 +126,13 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
             row = with_oom_fallback(run, size, setup.device)
         finally:
             if decoder is not None:
-                graph_error = decoder.last_graph_error
+                graph_error, compile_error = decoder.last_graph_error, decoder.last_compile_error
                 decoder.release()
         row.update(checks)
         if decoder is not None and graph and setup.device.type == "cuda" and graph_error:
             row["note"] = "; ".join(filter(None, [row.get("note"), f"CUDA graph capture failed, ran op by op: {graph_error}"]))
+        if decoder is not None and compiled and compile_error:
+            row["note"] = "; ".join(filter(None, [row.get("note"), f"compiling failed, prefill ran eagerly: {compile_error}"]))
         settings = {
             "plain": f"generate, batch {row['batch']}",
             "plain-large-batch": f"generate, batch {row['batch']} (captionlab's batch)",
@@ -126,6 +140,8 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
             "captionlab": (f"LlavaCaptioner's path: GreedyDecoder, preallocated KV cache, "
                            f"{'decoding step as a CUDA graph' if setup.device.type == 'cuda' else 'steps op by op (no CUDA)'}, "
                            f"shape-bucketed, batch {row['batch']}"),
+            "captionlab-compiled": (f"as captionlab, prefill through torch.compile'd layers (first call "
+                                    f"{checks.get('first_call_s', float('nan')):.0f} s, not timed), batch {row['batch']}"),
         }
         rows.append({"model": setup.name, "work": "caption", "strategy": "zero_shot", "method": method,
                      "setting": f"{settings[method]}, {new_tokens} new tokens", "unit": "images", **row})

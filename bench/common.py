@@ -371,12 +371,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
+def write_report(report: dict, out_dir: Path, stem: str, render: Callable[[dict], str] | None = None) -> tuple[Path, Path]:
+    """<stem>.json and <stem>.md (the markdown from `render`, by default the comparison tables)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(report, indent=2, allow_nan=True))
-    md_path.write_text(markdown(report))
+    md_path.write_text((render or markdown)(report))
     return json_path, md_path
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Everything a lent GPU session checks, in one go (~6-8 min on an H200): the CUDA-only decoder tests, then
-# the whole captionlab-vs-plain comparison (bench.run_all) on LLaVA-1.5-7B and LLaVA-1.6-7B shapes.
+# Everything a lent GPU session checks, in one go (~8-10 min on an H200): the CUDA-only decoder tests, the
+# whole captionlab-vs-plain comparison (bench.run_all) on LLaVA-1.5-7B and LLaVA-1.6-7B shapes, then where
+# LLaVA-1.5 captioning time goes (bench.prefill_profile).
 #
 #   bash bench/gpu_session.sh                 # writes into $OUT (or bench/out)
 #
@@ -21,3 +22,4 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 } 2>&1 | tee "$out/gpu.txt"
 timeout 120 python3 -m pytest -q tests/test_decoding.py 2>&1 | tail -15 | tee "$out/cuda_tests.txt"
 python3 -m bench.run_all --device cuda --keep-going --out "$out" "$@" 2>&1 | tee "$out/bench.log"
+python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out" 2>&1 | tee "$out/profile.log"

@@ -55,10 +55,34 @@ def test_caption_script_alone(tmp_path):
                                       "--plain-batch", "2", "--batch", "4", "--new-tokens", "2", "--warmup", "0"])
     check_rows(report, "tiny", ("caption",), [])
     methods = [r["method"] for r in report["rows"]]
-    assert methods == ["plain", "plain-large-batch", "captionlab-eager", "captionlab"]
+    assert methods == ["plain", "plain-large-batch", "captionlab-eager", "captionlab", "captionlab-compiled"]
+    compiled = report["rows"][-1]
+    assert compiled["first_call_s"] > 0 and "note" not in compiled  # compiled (no eager fallback) and timed apart
     # the decoder's tokens are plain generate()'s (fp32 on the CPU: exactly)
     assert all(r["tokens_equal_plain"] is True for r in report["rows"] if r["method"].startswith("captionlab"))
     assert "tokens = plain generate's" in (tmp_path / "caption_throughput.md").read_text()
+
+
+def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_path):
+    from bench import prefill_profile
+
+    report = prefill_profile.main(["--device", "cpu", "--model", "tiny", "--batch", "2", "--new-tokens", "3",
+                                   "--repeats", "1", "--out", str(tmp_path)])
+    timing, kernels = report["timing"], report["kernels"]
+    assert 0 < timing["prefill_s"] < timing["caption_s"] and 0 < timing["prefill_share"] < 1
+    assert kernels["ms_by_kind"]["matmul"] > 0 and kernels["ms_by_kind"]["attention"] > 0
+    assert abs(sum(kernels["share_by_kind"].values()) - 1) < 1e-9 and kernels["top"]
+    # FLOPs counted from the nn.Linear calls: at least the language model's layers over every prompt token
+    from bench.common import make_setup
+
+    setup = make_setup("tiny", "cpu")
+    config = setup.model.config.text_config
+    per_token_layer = 2 * config.hidden_size * (2 * config.hidden_size + 3 * config.intermediate_size)  # q, o, MLP
+    lower = 2 * report["tokens_per_image"] * config.num_hidden_layers * per_token_layer  # batch 2
+    assert report["matmul"]["linear_tflop_per_prefill"] * 1e12 >= lower
+    assert report["compiled"]["error"] is None and report["compiled"]["prefill_s"] > 0
+    text = (tmp_path / "prefill_profile-tiny.md").read_text()
+    assert "prefill kernels" in text and "compiled prefill" in text
 
 
 def test_a_failing_section_is_recorded_and_the_others_kept(tmp_path, monkeypatch):

@@ -121,3 +121,65 @@ def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_im
     assert got.tolist() == eager.tolist() == again.tolist()
     want = generate_new_tokens(loaded, inputs, max_new_tokens=8, min_new_tokens=8)
     assert got.tolist() == want.tolist()
+
+
+# ---------------------------------------------------------------------------------------- compiled prefill
+@pytest.mark.parametrize("name", PAPER_STRATEGIES)
+def test_compiled_prefill_gives_generates_tokens_for_every_strategy(tiny_llava_dir, tiny_images, name):
+    loaded, strategy = prepared(tiny_llava_dir, name)
+    inputs = inputs_for(loaded, strategy, tiny_images)
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=5, min_new_tokens=5)
+    decoder = GreedyDecoder(loaded.model, compile_prefill=True)
+    got = decoder(inputs, max_new_tokens=5, min_new_tokens=5, eos_token_id=loaded.tokenizer.eos_token_id,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    assert decoder.last_compile_error is None
+    assert got.tolist() == want.tolist()
+
+
+def test_compiled_layers_share_one_graph_per_stack_and_leave_the_model_eager(tiny_llava_dir, tiny_images):
+    from torch._dynamo.utils import counters
+
+    from captionlab.models.compiled_layers import CompiledLayers, compile_regions
+
+    loaded, strategy = prepared(tiny_llava_dir, "zero_shot")
+    model = loaded.model
+    regions = compile_regions(model)
+    text_layers = model.model.language_model.layers
+    vision_layers = [m for n, m in model.model.vision_tower.named_modules() if n.endswith("layers")][0]
+    # vision encoder layers whole; decoder layers: norms and MLP, never the attention (it writes the KV cache)
+    assert all(layer in regions for layer in vision_layers)
+    assert not any(layer in regions or layer.self_attn in regions for layer in text_layers)
+    assert all(layer.mlp in regions and layer.input_layernorm in regions for layer in text_layers)
+
+    inputs = inputs_for(loaded, strategy, tiny_images)
+    with torch.no_grad():
+        eager = model(**inputs).logits
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = CompiledLayers(model)
+    with torch.no_grad(), compiled.active() as used:
+        fused = model(**inputs).logits
+    assert used and compiled.error is None
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-5)
+    # one graph for each kind of region (vision layer, RMSNorm, MLP) however many layers share it
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+    assert all(layer.__dict__.get("_compiled_call_impl") is None for layer in regions)  # eager again outside
+
+
+def test_a_failing_compile_falls_back_to_the_eager_prefill_and_says_why(tiny_llava_dir, tiny_images, monkeypatch):
+    loaded, strategy = prepared(tiny_llava_dir, "lora")
+    inputs = inputs_for(loaded, strategy, tiny_images)
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=4, min_new_tokens=4)
+
+    def broken_compile(fn, **options):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    decoder = GreedyDecoder(loaded.model, compile_prefill=True)
+    got = decoder(inputs, max_new_tokens=4, min_new_tokens=4, eos_token_id=loaded.tokenizer.eos_token_id,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    assert got.tolist() == want.tolist()
+    assert "no C compiler here" in decoder.last_compile_error
+    assert not decoder._compiled.usable  # not retried on every batch

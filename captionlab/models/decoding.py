@@ -132,11 +132,14 @@ class _State:
 class GreedyDecoder:
     """Greedy decoding for a LLaVA / LLaVA-NeXT model (plain, peft-wrapped or with captionlab's strategies)."""
 
-    def __init__(self, model: torch.nn.Module, cuda_graph: bool | None = None):
+    def __init__(self, model: torch.nn.Module, cuda_graph: bool | None = None, compile_prefill: bool = False):
         self.model = model
         self.cuda_graph = cuda_graph  # None: on CUDA devices
+        self.compile_prefill = compile_prefill  # prefill through torch.compile'd layers (`compiled_layers.py`)
         self._state: _State | None = None
+        self._compiled = None
         self.last_graph_error: str | None = None  # why the last batch decoded without a graph, if it did
+        self.last_compile_error: str | None = None  # why the prefill ran eagerly although compiling was asked
 
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
@@ -161,9 +164,8 @@ class GreedyDecoder:
         positions = (attention.cumsum(dim=1) - 1).clamp_(min=0)
         forward = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         padded = not bool(attention.bool().all())
-        view = cache.prefill_view()  # None: prefill into a DynamicCache and copy it in (twice the memory, briefly)
-        out = self.model(input_ids=input_ids, attention_mask=attention if padded else None, position_ids=positions,
-                         past_key_values=view, use_cache=True, logits_to_keep=1, **forward)
+        out = self._prefill(cache, input_ids=input_ids, attention_mask=attention if padded else None,
+                            position_ids=positions, use_cache=True, logits_to_keep=1, **forward)
         logits = out.logits[:, -1, :]
         cache.take(out.past_key_values, length)
         del out
@@ -201,6 +203,25 @@ class GreedyDecoder:
         self._state = None
 
     # ------------------------------------------------------------------ internals
+    def _prefill(self, cache: PreallocatedCache, **kwargs):
+        """The model's own forward over the prompts, writing keys and values into `cache` (through a prefill view:
+        None where this transformers has none, then a DynamicCache is copied in, twice the memory briefly)."""
+        if self.compile_prefill:
+            from captionlab.models.compiled_layers import CompiledLayers
+
+            if self._compiled is None:
+                self._compiled = CompiledLayers(self.model)
+            if self._compiled.usable:
+                try:
+                    with self._compiled.active():
+                        return self.model(past_key_values=cache.prefill_view(), **kwargs)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception:  # noqa: BLE001 - compiling failed: said in last_compile_error, the prefill reruns eagerly
+                    self.last_compile_error = self._compiled.error
+                    cache.reset()
+        return self.model(past_key_values=cache.prefill_view(), **kwargs)
+
     def _dtype(self) -> torch.dtype:
         return unwrap(self.model).get_input_embeddings().weight.dtype
 
