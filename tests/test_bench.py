@@ -85,6 +85,19 @@ def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_p
     assert "prefill kernels" in text and "compiled prefill" in text
 
 
+def test_train_profile_compares_strategies_step_by_step(tmp_path):
+    from bench import train_profile
+
+    report = train_profile.main(["--device", "cpu", "--model", "tiny", "--strategies", "lora,dora", "--repeats", "1",
+                                 "--out", str(tmp_path)])
+    lora, dora = report["steps"]["lora"], report["steps"]["dora"]
+    assert lora["step_s"] > 0 and lora["captions_per_step"] == dora["captions_per_step"] > 0
+    against = dora["against_lora"]
+    assert against["step_ratio"] == dora["step_s"] / lora["step_s"]
+    assert set(against["extra_ms_by_kind"]) == {"matmul", "attention", "other"} and against["grown_kernels"]
+    assert "x the lora step" in (tmp_path / "train_profile-tiny.md").read_text()
+
+
 def test_a_failing_section_is_recorded_and_the_others_kept(tmp_path, monkeypatch):
     from bench import run_all, train_throughput
 

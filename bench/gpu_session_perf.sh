@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The performance follow-up on a lent GPU, in one go (~6-7 min on an H200), most wanted first, each step time-boxed
+# so one slow step cannot take the others' time:
+#   1. LLaVA-1.5-7B: LoRA and DoRA training rows + every captioning row (plain, decoder, compiled prefill)
+#   2. where LLaVA-1.5 captioning time goes (bench.prefill_profile) and where DoRA's extra step time goes
+#      against LoRA (bench.train_profile)
+#   3. LLaVA-1.6-7B captioning rows
+#
+#   bash bench/gpu_session_perf.sh            # writes into $OUT (or bench/out)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-bench/out}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || exit 1
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv
+  python3 -c "import sys, torch, transformers, peft, accelerate; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
+  python3 -c "import triton; print('triton', triton.__version__)" ; command -v gcc cc
+} 2>&1 | tee "$out/gpu.txt"
+step() {  # seconds, log name, command...
+  local limit=$1 name=$2; shift 2
+  echo "=== $name ($(date +%T), limit ${limit}s)"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1; echo "=== $name exit $? ($(date +%T))"
+  grep -v "Warning\|warn(" "$out/$name.log" | tail -25
+}
+step 230 llava15 python3 -m bench.run_all --device cuda --keep-going --models llava-1.5-7b --works train,caption \
+  --strategies lora,dora --out "$out" --stem llava15
+step 170 prefill_profile python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out"
+step 80 train_profile python3 -m bench.train_profile --device cuda --model llava-1.5-7b --strategies lora,dora --out "$out"
+step 150 llava16 python3 -m bench.run_all --device cuda --keep-going --models llava-1.6-7b --works caption --out "$out" \
+  --stem llava16
