@@ -27,9 +27,10 @@ step() {  # seconds, log name, command...
   timeout "$limit" "$@" > "$out/$name.log" 2>&1; echo "=== $name exit $? ($(date +%T))"
   grep -v "Warning\|warn(" "$out/$name.log" | tail -25
 }
+step 40 dora_cuda_test python3 -m pytest -q tests/test_dora_fast.py tests/test_decoding.py -k "half_precision or graph"
 step 230 llava15 python3 -m bench.run_all --device cuda --keep-going --models llava-1.5-7b --works train,caption \
   --strategies lora,dora --out "$out" --stem llava15
-step 170 prefill_profile python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out"
 step 80 train_profile python3 -m bench.train_profile --device cuda --model llava-1.5-7b --strategies lora,dora --out "$out"
+step 170 prefill_profile python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out"
 step 150 llava16 python3 -m bench.run_all --device cuda --keep-going --models llava-1.6-7b --works caption --out "$out" \
   --stem llava16

@@ -31,6 +31,7 @@ import torch
 from bench.common import environment, free_memory, make_setup, synchronize, write_report
 
 MATMUL = re.compile(r"gemm|cutlass|xmma|nvjet|cublas|matmul|aten::mm$|aten::addmm|aten::bmm|aten::linear|sm\d+_", re.I)
+NOT_KERNELS = {"Command Buffer Full"}  # CUPTI's marker for the host waiting on a full launch queue: no GPU work
 ATTENTION = re.compile(r"flash|fmha|attention|sdpa|efficient", re.I)
 
 
@@ -125,8 +126,8 @@ def kernel_profile(run, device: torch.device, top: int = 12) -> dict:
             micros = getattr(event, "self_device_time_total", None)
             if micros is None:
                 micros = getattr(event, "self_cuda_time_total", 0.0)
-            if not micros or event.key.startswith("aten::") or event.key.startswith("cuda"):
-                continue  # CPU-side ops and runtime calls: their kernels are counted as kernels
+            if not micros or event.key.startswith(("aten::", "cuda")) or event.key in NOT_KERNELS:
+                continue  # CPU-side ops, runtime calls and the profiler's own markers: only kernels count
         else:
             if not event.key.startswith("aten::") or event.key in ("aten::empty", "aten::view"):
                 continue

@@ -137,33 +137,40 @@ def test_compiled_prefill_gives_generates_tokens_for_every_strategy(tiny_llava_d
 
 
 def test_compiled_layers_share_one_graph_per_stack_and_leave_the_model_eager(tiny_llava_dir, tiny_images):
+    import sys
+
     from torch._dynamo.utils import counters
 
-    from captionlab.models.compiled_layers import CompiledLayers, compile_regions
+    from captionlab.models.compiled_layers import ROTARY_FUNCTION, CompiledLayers
 
     loaded, strategy = prepared(tiny_llava_dir, "zero_shot")
     model = loaded.model
-    regions = compile_regions(model)
-    text_layers = model.model.language_model.layers
-    vision_layers = [m for n, m in model.model.vision_tower.named_modules() if n.endswith("layers")][0]
-    # vision encoder layers whole; decoder layers: norms and MLP, never the attention (it writes the KV cache)
-    assert all(layer in regions for layer in vision_layers)
-    assert not any(layer in regions or layer.self_attn in regions for layer in text_layers)
-    assert all(layer.mlp in regions and layer.input_layernorm in regions for layer in text_layers)
+    compiled = CompiledLayers(model)
+    text_layers = list(model.model.language_model.layers)
+    vision_layers = list([m for n, m in model.model.vision_tower.named_modules() if n.endswith("layers")][0])
+    assert compiled.layers == vision_layers + text_layers or compiled.layers == text_layers + vision_layers
+    attention_class = type(text_layers[0].self_attn)
+    assert compiled.eager_classes == [attention_class]  # the decoder's attention (it writes the KV cache) stays eager
+    attention_forward = attention_class.__dict__["forward"]
+    modeling = sys.modules[attention_class.__module__]
+    rotary = getattr(modeling, ROTARY_FUNCTION)
 
     inputs = inputs_for(loaded, strategy, tiny_images)
     with torch.no_grad():
         eager = model(**inputs).logits
     torch._dynamo.reset()
     counters.clear()
-    compiled = CompiledLayers(model)
     with torch.no_grad(), compiled.active() as used:
+        assert attention_class.__dict__["forward"] is not attention_forward and getattr(modeling, ROTARY_FUNCTION) is not rotary
         fused = model(**inputs).logits
     assert used and compiled.error is None
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-5)
-    # one graph for each kind of region (vision layer, RMSNorm, MLP) however many layers share it
-    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
-    assert all(layer.__dict__.get("_compiled_call_impl") is None for layer in regions)  # eager again outside
+    # one graph per kind of region (vision layer; decoder layer before / after its attention; rotary), however
+    # many layers share it: per-layer recompiles would give 2+ per decoder layer
+    assert counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
+    # everything is eager again outside
+    assert all(layer.__dict__.get("_compiled_call_impl") is None for layer in compiled.layers)
+    assert attention_class.__dict__["forward"] is attention_forward and getattr(modeling, ROTARY_FUNCTION) is rotary
 
 
 def test_a_failing_compile_falls_back_to_the_eager_prefill_and_says_why(tiny_llava_dir, tiny_images, monkeypatch):

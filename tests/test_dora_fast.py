@@ -6,7 +6,10 @@ import copy
 
 import torch
 
-from captionlab.strategies.dora_fast import FastDoraLinearLayer, FastDoraLinearVariant, _row_norms, use_peft_dora
+import pytest
+
+from captionlab.strategies.dora_fast import (FastDoraLinearLayer, FastDoraLinearVariant, _row_norms, _weight_times_a,
+                                          use_peft_dora)
 from captionlab.training.batching import build_training_batch
 from test_strategies import fresh, perturb
 
@@ -21,6 +24,24 @@ def test_row_norms_equal_the_materialised_norms():
     want = torch.linalg.norm(weight + 1.7 * (b @ a), dim=1)
     got = _row_norms(weight, a, b, 1.7, weight.pow(2).sum(dim=1).float())
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_precision_weight_times_float32_adapter_is_exact_to_float32(device):
+    """A bf16 base with peft's float32 adapter: W A^T without a float32 copy of W (on CUDA from two bf16 products
+    of A's high and low parts) equals the float32 product to ~1e-5."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(512, 1024, generator=generator).to(torch.bfloat16).to(device)
+    lora_a = (torch.randn(16, 1024, generator=generator) / 32).to(device)
+    want = weight.double() @ lora_a.double().t()
+    got = _weight_times_a(weight, lora_a, torch.float32)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5 * want.abs().max().item())
+    rounded = (weight.double() @ lora_a.to(torch.bfloat16).double().t())  # what A in bf16 alone would give
+    assert (rounded - want).abs().max() > 20 * (got.double() - want).abs().max()  # the low part matters
 
 
 def dora_model(model_dir):

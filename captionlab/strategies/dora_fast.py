@@ -27,11 +27,47 @@ except ImportError:  # pragma: no cover - peft without DoRA
     DoraLinearLayer = None
 
 
+_FLOAT32_PRODUCTS = {}  # device type -> whether torch.mm(..., out_dtype=torch.float32) runs there
+
+
+def _mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """a @ b of half-precision inputs with float32 accumulation *and output*, or None where unsupported."""
+    device = a.device.type
+    if _FLOAT32_PRODUCTS.get(device) is False:
+        return None
+    try:
+        out = torch.mm(a, b, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        _FLOAT32_PRODUCTS[device] = False
+        return None
+    _FLOAT32_PRODUCTS[device] = True
+    return out
+
+
+def _weight_times_a(weight: torch.Tensor, lora_A: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """W A^T (out x r) in float32, as peft gets it with W and A in `dtype` (out x in times in x r).
+
+    On a GPU peft keeps the adapter in float32 and trains a bf16 base: then `dtype` is float32, and W in float32
+    is exact, but converting W (out x in) to float32 and multiplying in float32 costs a copy of W and a slow
+    float32 product in every forward. Instead A is split into bf16 high and low parts (A = A_hi + A_lo up to
+    ~2^-17 relative) and W A_hi^T + W A_lo^T are taken as bf16 products with float32 accumulation and output:
+    the same numbers to ~1e-5 relative, at half-precision speed. Elsewhere (W already in `dtype`, or W wider
+    than `dtype`) the product is taken in `dtype`, as before."""
+    if dtype == torch.float32 and weight.dtype in (torch.bfloat16, torch.float16) and lora_A.dtype == torch.float32:
+        high = lora_A.to(weight.dtype)
+        low = (lora_A - high.float()).to(weight.dtype)
+        first = _mm_float32(weight, high.t())
+        if first is not None:
+            return first + _mm_float32(weight, low.t())
+    return (weight.to(dtype) @ lora_A.to(dtype).t()).float()
+
+
 def _row_norms(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float,
-               weight_sq: torch.Tensor) -> torch.Tensor:
-    """||W_j + scaling * (B A)_j|| for every output row j, in float32, without forming B A or W + s B A."""
+               weight_sq: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """||W_j + scaling * (B A)_j|| for every output row j (W, A, B as if in `dtype`, default W's), in float32,
+    without forming B A or W + s B A."""
     a, b = lora_A.float(), lora_B.float()
-    cross = ((weight @ lora_A.to(weight.dtype).t()).float() * b).sum(dim=1)  # <W_j, (BA)_j>
+    cross = (_weight_times_a(weight, lora_A, dtype or weight.dtype) * b).sum(dim=1)  # <W_j, (BA)_j>
     gram = a @ a.t()  # r x r
     lora_sq = ((b @ gram) * b).sum(dim=1)  # ||(BA)_j||^2
     return (weight_sq + 2.0 * scaling * cross + scaling * scaling * lora_sq).clamp_(min=0.0).sqrt_()
@@ -86,7 +122,7 @@ if DoraLinearLayer is not None:
             weight = transpose(dequantize_module_weight(base_layer), self.fan_in_fan_out)
             with torch.no_grad():  # ||W||^2 keyed on the stored weight, not on a per-call dtype copy of it
                 weight_sq = self._weight_sq(weight, dtype)
-                return _row_norms(weight.to(dtype), lora_A.weight, lora_B.weight, scaling, weight_sq).to(dtype)
+                return _row_norms(weight, lora_A.weight, lora_B.weight, scaling, weight_sq, dtype).to(dtype)
 
         def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
             weight_norm = self.weight_norm(base_layer, lora_A, lora_B, scaling, x.dtype)
