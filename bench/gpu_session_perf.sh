@@ -9,7 +9,7 @@
 #   bash bench/gpu_session_perf.sh            # writes into $OUT (or bench/out)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-bench/out}
+out=${OUT:-bench/out}/r  # everything here, packed after each step into ../results.tgz (the lent machine returns few files)
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -26,6 +26,7 @@ step() {  # seconds, log name, command...
   echo "=== $name ($(date +%T), limit ${limit}s)"
   timeout "$limit" "$@" > "$out/$name.log" 2>&1; echo "=== $name exit $? ($(date +%T))"
   grep -v "Warning\|warn(" "$out/$name.log" | tail -25
+  tar czf "$out/../results.tgz" -C "$out" .
 }
 step 40 dora_cuda_test python3 -m pytest -q tests/test_dora_fast.py tests/test_decoding.py -k "half_precision or graph"
 step 230 llava15 python3 -m bench.run_all --device cuda --keep-going --models llava-1.5-7b --works train,caption \
