@@ -7,12 +7,13 @@ otherwise stop at random EOS tokens), greedy, from the zero-shot prompt. Rows (m
   plain-large-batch  `generate` at captionlab's batch: how much of the gain is the batch alone
   captionlab-eager   captionlab's `GreedyDecoder` (preallocated KV cache, no per-step cache copies or
                      generate() bookkeeping) with its decoding steps run op by op
-  captionlab         what `LlavaCaptioner.caption` runs: `GreedyDecoder`, decoding steps replayed as one CUDA
-                     graph on CUDA (op by op elsewhere), at the large batch, fed by `generate_predictions`'
-                     shape bucketing (here every image has one shape, so bucketing changes no batch)
-  captionlab-compiled  the same with the prefill through torch.compile'd layers (`compile_prefill=True`,
-                     `captionlab/models/compiled_layers.py`); its first call (compiling) is timed apart
-                     (`first_call_s`) and not counted in the throughput
+  captionlab-uncompiled  the decoder with its decoding step replayed as one CUDA graph (op by op elsewhere),
+                     the prefill through the model's eager layers
+  captionlab         what `LlavaCaptioner.caption` runs on CUDA: the same, with the prefill through
+                     torch.compile'd layers (`compile_prefill`, `captionlab/models/compiled_layers.py`; its first
+                     call, which compiles, is timed apart as `first_call_s` and not counted), at the large batch,
+                     fed by `generate_predictions`' shape bucketing (here every image has one shape, so
+                     bucketing changes no batch)
 
 The speed-up printed is captionlab / plain; the other rows say where it comes from. Each captionlab row
 also checks that its tokens equal plain `generate`'s for the first batch (`tokens_equal_plain`).
@@ -79,8 +80,8 @@ def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False):
 # method -> (which batch, which decoder: None = plain generate, else GreedyDecoder with/without the CUDA graph,
 #            compiled prefill)
 METHODS = {"plain": ("plain", None, False), "plain-large-batch": ("large", None, False),
-           "captionlab-eager": ("large", False, False), "captionlab": ("large", True, False),
-           "captionlab-compiled": ("large", True, True)}
+           "captionlab-eager": ("large", False, False), "captionlab-uncompiled": ("large", True, False),
+           "captionlab": ("large", True, True)}
 
 
 def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: int, new_tokens: int,
@@ -137,11 +138,13 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
             "plain": f"generate, batch {row['batch']}",
             "plain-large-batch": f"generate, batch {row['batch']} (captionlab's batch)",
             "captionlab-eager": f"GreedyDecoder, preallocated KV cache, steps op by op, batch {row['batch']}",
-            "captionlab": (f"LlavaCaptioner's path: GreedyDecoder, preallocated KV cache, "
+            "captionlab-uncompiled": (f"GreedyDecoder, preallocated KV cache, "
+                                      f"{'decoding step as a CUDA graph' if setup.device.type == 'cuda' else 'steps op by op (no CUDA)'}, "
+                                      f"eager prefill, batch {row['batch']}"),
+            "captionlab": (f"LlavaCaptioner's path on CUDA: GreedyDecoder, "
                            f"{'decoding step as a CUDA graph' if setup.device.type == 'cuda' else 'steps op by op (no CUDA)'}, "
-                           f"shape-bucketed, batch {row['batch']}"),
-            "captionlab-compiled": (f"as captionlab, prefill through torch.compile'd layers (first call "
-                                    f"{checks.get('first_call_s', float('nan')):.0f} s, not timed), batch {row['batch']}"),
+                           f"prefill through torch.compile'd layers (first call {checks.get('first_call_s', float('nan')):.0f} s, "
+                           f"not timed), shape-bucketed, batch {row['batch']}"),
         }
         rows.append({"model": setup.name, "work": "caption", "strategy": "zero_shot", "method": method,
                      "setting": f"{settings[method]}, {new_tokens} new tokens", "unit": "images", **row})

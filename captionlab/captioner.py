@@ -38,6 +38,10 @@ class GenerationSettings:
     prompt: str = ZERO_SHOT_PROMPT
     max_new_tokens: int = 40
     batch_size: int = 16
+    # prefill through torch.compile'd layers (`models/compiled_layers.py`): None = on CUDA. 1.23x the captions per
+    # second on LLaVA-1.5-7B / 1.6-7B (H200, bench/RESULTS.md) for ~10 s of compiling once per process and shape;
+    # the Compare tab, which captions one image at a time for a person waiting, turns it off
+    compile_prefill: bool | None = None
 
 
 def default_batch_size(device: str | None = None) -> int:
@@ -96,7 +100,10 @@ class LlavaCaptioner:
     @property
     def decoder(self) -> GreedyDecoder:
         if self._decoder is None or self._decoder.model is not self.model:
-            self._decoder = GreedyDecoder(self.model)
+            compile_prefill = self.settings.compile_prefill
+            if compile_prefill is None:
+                compile_prefill = self.loaded.device.type == "cuda"
+            self._decoder = GreedyDecoder(self.model, compile_prefill=compile_prefill)
         return self._decoder
 
     def release(self) -> None:

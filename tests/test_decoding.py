@@ -190,3 +190,16 @@ def test_a_failing_compile_falls_back_to_the_eager_prefill_and_says_why(tiny_lla
     assert got.tolist() == want.tolist()
     assert "no C compiler here" in decoder.last_compile_error
     assert not decoder._compiled.usable  # not retried on every batch
+
+
+def test_captioners_compile_the_prefill_on_cuda_only_unless_told(tiny_llava_dir, tiny_images):
+    from captionlab.captioner import GenerationSettings, LlavaCaptioner
+
+    loaded, strategy = prepared(tiny_llava_dir, "zero_shot")
+    auto = LlavaCaptioner(loaded, strategy)
+    assert auto.decoder.compile_prefill is False  # auto: this is the CPU
+    told = LlavaCaptioner(loaded, strategy, GenerationSettings(max_new_tokens=4, compile_prefill=True))
+    plain = LlavaCaptioner(loaded, strategy, GenerationSettings(max_new_tokens=4, compile_prefill=False))
+    assert told.decoder.compile_prefill is True
+    assert told.caption(tiny_images) == plain.caption(tiny_images)
+    assert told.decoder.last_compile_error is None

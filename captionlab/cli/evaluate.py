@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per generate() batch (default: 64 on a GPU, 16 on the CPU)")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="longest caption in tokens (default 40)")
+    parser.add_argument("--compile-prefill", choices=["auto", "on", "off"], default="auto",
+                        help="prefill through torch.compile'd layers: ~1.2x faster captioning on a GPU for ~10 s of "
+                             "compiling once (default auto: on CUDA only)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--out", type=Path, help="output folder (default: workspace/evaluations/...)")
     parser.add_argument("--skip-broken", "--skip-missing", dest="skip_broken", action="store_true",
@@ -76,7 +79,9 @@ def _settings(args: argparse.Namespace):
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
-    return GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    compile_prefill = {"auto": None, "on": True, "off": False}[getattr(args, "compile_prefill", "auto")]
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                              compile_prefill=compile_prefill)
 
 
 def _user_errors():

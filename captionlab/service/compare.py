@@ -211,7 +211,7 @@ class CaptionerPool:
         from captionlab.models.registry import get_model_spec
 
         spec = get_model_spec(self.settings.model)
-        generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens)
+        generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens, compile_prefill=False)
         try:
             return load_captioners(spec, artifacts, generation, device=self.settings.device)
         except Exception as exc:
