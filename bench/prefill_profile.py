@@ -121,15 +121,24 @@ def kernel_profile(run, device: torch.device, top: int = 12) -> dict:
         synchronize(device)
     by_kind = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
     kernels = []
-    for event in prof.key_averages():
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    typed = any(getattr(e, "device_type", None) == DeviceType.CUDA for e in events)  # else: tell kernels by name
+    for event in events:
         if device.type == "cuda":
+            # GPU-side events only: CPU-side records (aten ops, runtime calls, and Inductor's per-kernel host records,
+            # which carry their kernel's time a second time) and the profiler's own markers are not kernels
+            if event.key in NOT_KERNELS or (typed and event.device_type != DeviceType.CUDA) \
+                    or (not typed and event.key.startswith(("aten::", "cuda"))):
+                continue
             micros = getattr(event, "self_device_time_total", None)
             if micros is None:
                 micros = getattr(event, "self_cuda_time_total", 0.0)
-            if not micros or event.key.startswith(("aten::", "cuda")) or event.key in NOT_KERNELS:
-                continue  # CPU-side ops, runtime calls and the profiler's own markers: only kernels count
-        else:
-            if not event.key.startswith("aten::") or event.key in ("aten::empty", "aten::view"):
+            if not micros:
+                continue
+        else:  # aten ops' own time, and the C++ kernels Inductor generates for the CPU
+            if not event.key.startswith(("aten::", "cpp_fused")) or event.key in ("aten::empty", "aten::view"):
                 continue
             micros = event.self_cpu_time_total
         kind = kind_of(event.key)
