@@ -92,6 +92,8 @@ def train(model, tokenizer, images: torch.Tensor, captions: list[list[str]], a, 
         for start in range(0, len(order), a.batch):
             index = order[start:start + a.batch]
             texts = [rng.choice(captions[i]) for i in index]
+            if a.kind_views:  # some texts say only which kinds the caption names: kind is then what matches
+                texts = [kind_view(t) if rng.random() < a.kind_views else t for t in texts]
             tokens = tokenizer(texts, padding=True, truncation=True, max_length=CLIP_TEXT["max_position_embeddings"],
                                return_tensors="pt")
             pixels = shift(normalise(images[index]), a.shift, gen)
@@ -108,6 +110,26 @@ def train(model, tokenizer, images: torch.Tensor, captions: list[list[str]], a, 
             schedule.step()
             losses.append(float(loss.detach()))
         say(f"epoch {epoch + 1}/{a.epochs}: loss {np.mean(losses):.3f} ({time.monotonic() - started:.0f}s)")
+
+
+def kind_view(caption: str) -> str:
+    """The kinds a caption names, in its order, as a short text ("a bird and a cup"); the caption when it names
+    none. Text-side only: read from the caption's words, not from the scene."""
+    from captionlab.world.vocabulary import KIND_SYNONYMS, PLURALS, with_article
+
+    nouns = {}
+    for kind, synonyms in KIND_SYNONYMS.items():
+        for noun in set(synonyms) | {PLURALS.get(kind, kind + "s")}:
+            nouns[noun] = kind
+    words = caption.lower().replace(".", " ").replace(",", " ").split()
+    found = []
+    for i in range(len(words)):
+        for span in (2, 1):
+            noun = " ".join(words[i:i + span])
+            if noun in nouns and nouns[noun] not in found:
+                found.append(nouns[noun])
+                break
+    return " and ".join(with_article(k) for k in found) if found else caption
 
 
 SETTING_WORDS = {"beach": ("beach", "sand", "sea"), "park": ("park", "grass"), "street": ("street", "road"),
@@ -214,6 +236,8 @@ def main() -> None:
     p.add_argument("--shift", type=int, default=0)
     p.add_argument("--dedup", action="store_true")
     p.add_argument("--hard", action="store_true")
+    p.add_argument("--kind-views", type=float, default=0.0,
+                   help="share of training texts replaced by the kinds their caption names (use with --dedup)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layer", type=int, default=-2, help="hidden state probed (LLaVA's projector reads -2)")
     p.add_argument("--untrained", action="store_true", help="probe a randomly initialised tower (no training)")
@@ -222,7 +246,8 @@ def main() -> None:
     p.add_argument("--save", help="save the trained CLIP here")
     a = p.parse_args()
     name = a.name or f"{a.image_size}px-p{a.patch}-w{a.width}-l{a.layers}-e{a.epochs}-lr{a.lr}-s{a.shift}" \
-                     f"{'-dedup' if a.dedup else ''}{'-hard' if a.hard else ''}"
+                     f"{'-dedup' if a.dedup else ''}{'-hard' if a.hard else ''}" \
+                     f"{f'-kindviews{a.kind_views}' if a.kind_views else ''}"
     say = lambda m: print(f"[{name} {time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     from captionlab import paths
     from captionlab.embedded.tokenizers import clip_tokenizer_from
