@@ -181,3 +181,13 @@ def test_the_7b_code_path_on_shrunk_configs(name):
     assert tokens == 8 and abs(float(packed - plain)) < 1e-4 * abs(float(plain))
     detach(setup, model, strategy)
     assert not any(p.requires_grad for p in setup.model.parameters())
+
+
+def test_clip_probe_kind_views_name_only_the_kinds_a_caption_names():
+    from bench.clip_probe import kind_view
+
+    assert kind_view("An orange bird on the street.") == "a bird"
+    assert kind_view("Two red boxes and a mug in a kitchen") == "a box and a cup"  # plural and synonym
+    assert kind_view("A calm lake with a big orange crown and two white trees.") == "a crown and a tree"
+    assert kind_view("a sailboat on the sea") == "a boat"
+    assert kind_view("a quiet evening") == "a quiet evening"  # no kind named: the caption itself
