@@ -11,15 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/out}
 mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv
-  python3 -c "import sys, torch, transformers, peft, accelerate; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
-} 2>&1 | tee "$out/gpu.txt"
+source bench/gpu_env.sh
 timeout 120 python3 -m pytest -q tests/test_decoding.py 2>&1 | tail -15 | tee "$out/cuda_tests.txt"
 python3 -m bench.run_all --device cuda --keep-going --out "$out" "$@" 2>&1 | tee "$out/bench.log"
 python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out" 2>&1 | tee "$out/profile.log"

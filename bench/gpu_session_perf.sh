@@ -11,16 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/out}/r  # everything here, packed after each step into ../results.tgz (the lent machine returns few files)
 mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit --format=csv
-  python3 -c "import sys, torch, transformers, peft, accelerate; print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
-  python3 -c "import triton; print('triton', triton.__version__)" ; command -v gcc cc
-} 2>&1 | tee "$out/gpu.txt"
+source bench/gpu_env.sh
 step() {  # seconds, log name, command...
   local limit=$1 name=$2; shift 2
   echo "=== $name ($(date +%T), limit ${limit}s)"
