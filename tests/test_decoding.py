@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from captionlab.models.decoding import GreedyDecoder, PreallocatedCache
+from captionlab.models.kv_cache import ExactLengthView
 from captionlab.models.loading import load_model
 from captionlab.models.prompting import build_prompt
 from captionlab.models.registry import get_model_spec
@@ -99,6 +100,24 @@ def test_preallocated_cache_writes_in_place():
     assert torch.equal(keys[:, :, 4], step[:, :, 0]) and cache.get_seq_length() == 5 - 1
     cache.advance(1)
     assert cache.get_seq_length() == 5 and int(cache.write_at) == 5
+
+
+def test_exact_length_view_returns_views_of_exactly_the_written_tokens():
+    cache = PreallocatedCache(6, torch.device("cpu"), (2, 1, 3, 3), layers=2, dtype=torch.float32)
+    prompt = torch.randn(2, 1, 4, 3)
+    cache.write(prompt, -prompt, 1)
+    cache.advance(4)
+    view = ExactLengthView(cache)
+    assert view.get_seq_length() == view.get_query_offset() == 4 and view.get_mask_sizes(1) == (5, 0)
+    step = torch.randn(2, 1, 1, 3)
+    keys, values = view.update(step, -step, 1)
+    assert keys.shape == values.shape == (2, 1, 5, 3)
+    # views of the buffers, not copies: the step's token written in place, nothing beyond it visible
+    assert keys.data_ptr() == cache.keys[1].data_ptr() and values.data_ptr() == cache.values[1].data_ptr()
+    assert torch.equal(keys[:, :, :4], prompt) and torch.equal(keys[:, :, 4:], step) and torch.equal(values, -keys)
+    assert torch.equal(cache.keys[1][:, :, 4:5], step) and cache.keys[0].abs().sum() == 0
+    cache.advance(1)
+    assert view.update(step, step, 1)[0].shape[-2] == 6 and view.get_mask_sizes(1) == (6, 0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
