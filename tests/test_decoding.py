@@ -120,6 +120,66 @@ def test_exact_length_view_returns_views_of_exactly_the_written_tokens():
     assert view.update(step, step, 1)[0].shape[-2] == 6 and view.get_mask_sizes(1) == (6, 0)
 
 
+class FakeGraphs:
+    """Stands in for CUDA graph capture on the CPU: a "captured" step's output holds NaN until its replay, and a
+    replay reruns the step, so what the graph bookkeeping does (which key is captured when, in which pool, what
+    is replayed) is checked without a GPU. `check_replay(key)` may assert that a replay happens where its
+    capture did."""
+
+    def __init__(self, fail_at: int | None = None, check_replay=None):
+        self.captures, self.pools, self.replays = [], [], 0
+        self.fail_at, self.check_replay = fail_at, check_replay
+
+    def capture(self, step, pool):
+        if self.fail_at is not None and len(self.captures) == self.fail_at:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        key = self.check_replay() if self.check_replay else None
+        output = torch.full_like(step(), float("nan"))
+        self.captures.append(key)
+        self.pools.append(pool)
+
+        def replay():
+            if self.check_replay:
+                assert self.check_replay() == key, "a graph replayed at a shape other than its capture's"
+            self.replays += 1
+            output.copy_(step())
+
+        return replay, output
+
+    def install(self, monkeypatch):
+        from captionlab.models import step_graphs
+
+        monkeypatch.setattr(step_graphs, "capture_cuda_graph", self.capture)
+        monkeypatch.setattr(step_graphs, "new_graph_pool", object)
+        monkeypatch.setattr(GreedyDecoder, "_use_graph", lambda decoder, device: True)
+        return self
+
+
+def test_step_graphs_capture_each_key_once_in_one_pool_and_fall_back_eagerly(monkeypatch):
+    from captionlab.models.step_graphs import StepGraphs
+
+    fake = FakeGraphs(fail_at=2).install(monkeypatch)
+    graphs, calls = StepGraphs(), []
+
+    def step(value):
+        def run():
+            calls.append(value)
+            return torch.full((2,), float(value))
+        return run
+
+    cpu = torch.device("cpu")
+    assert graphs.run("a", step(1), cpu).tolist() == [1.0, 1.0]  # captured, then replayed: not the capture's NaN
+    assert graphs.run("b", step(2), cpu).tolist() == [2.0, 2.0]
+    out = graphs.run("a", step(1), cpu)
+    out.add_(5)  # a copy: the graph's own output is not handed out
+    assert graphs.run("a", step(1), cpu).tolist() == [1.0, 1.0]
+    assert graphs.keys == ["a", "b"] and fake.replays == 4 and fake.pools[0] is fake.pools[1]
+    assert graphs.run("c", step(3), cpu).tolist() == [3.0, 3.0]  # the third capture fails: run eagerly
+    assert "not permitted" in graphs.error and graphs.keys == []
+    calls.clear()
+    assert graphs.run("a", step(1), cpu).tolist() == [1.0, 1.0] and calls == [1] and fake.replays == 4
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 @pytest.mark.parametrize("name", ["zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora"])
 def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_images, name):
@@ -134,7 +194,7 @@ def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_im
                   pad_token_id=loaded.tokenizer.pad_token_id)
     graphed = GreedyDecoder(loaded.model, cuda_graph=True)
     got = graphed(inputs, **kwargs)
-    assert graphed.last_graph_error is None and graphed._state.graph is not None
+    assert graphed.last_graph_error is None and graphed._state.graphs.keys == ["masked"]
     again = graphed(inputs, **kwargs)  # the captured graph replayed for a second batch of the same shape
     eager = GreedyDecoder(loaded.model, cuda_graph=False)(inputs, **kwargs)
     assert got.tolist() == eager.tolist() == again.tolist()

@@ -28,28 +28,27 @@ One decoder keeps the buffers (and graph) of its last batch shape, so batches of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from captionlab.models.kv_cache import PreallocatedCache
 from captionlab.models.prompting import language_model, unwrap
+from captionlab.models.step_graphs import StepGraphs
 
 __all__ = ["GreedyDecoder", "PreallocatedCache"]
 
 
 @dataclass
 class _State:
-    """Buffers for one batch shape: the cache, the step's inputs and output, and the captured graph."""
+    """Buffers for one batch shape: the cache, the step's inputs, and the step's captured graphs."""
 
     key: tuple
     cache: PreallocatedCache
     mask: torch.Tensor  # (batch, 1, 1, max_length) additive: 0 where a key may be attended
     token: torch.Tensor  # (batch, 1) the token the step feeds
     position: torch.Tensor  # (batch, 1) its position id
-    logits: torch.Tensor | None = None  # (batch, vocab) the step's output (graph-owned when captured)
-    graph: object | None = None
-    graph_error: str | None = None
+    graphs: StepGraphs = field(default_factory=StepGraphs)  # on CUDA
 
 
 class GreedyDecoder:
@@ -191,30 +190,14 @@ class GreedyDecoder:
         return wanted and device.type == "cuda"
 
     def _step(self, state: _State) -> torch.Tensor:
+        """One decoding step's logits: replayed as a CUDA graph (captured on first use) where graphs are on, else
+        op by op. The masked step has one shape for every step, so one graph serves them all. Capturing runs the
+        step eagerly first (warm-up); each run rewrites the same cache slot with the same values (the write
+        position moves only in `advance`), so that leaves the decoding state unchanged."""
         device = state.token.device
-        if not self._use_graph(device) or state.graph_error is not None:
+        if not self._use_graph(device):
             return self._eager_step(state)
-        if state.graph is None:
-            try:
-                state.graph, state.logits = self._capture(state)
-            except Exception as error:  # noqa: BLE001 - any capture failure falls back to eager steps, said once
-                state.graph, state.logits = None, None
-                state.graph_error = self.last_graph_error = f"{type(error).__name__}: {error}"
-                torch.cuda.synchronize(device)
-                return self._eager_step(state)
-        state.graph.replay()
-        return state.logits.clone()
-
-    def _capture(self, state: _State):
-        """Capture `_eager_step` on the current buffers. Warm-up steps rewrite the same cache slot with the same
-        values (the write position only moves in `advance`), so they leave the decoding state unchanged."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._eager_step(state)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self._eager_step(state)
-        return graph, logits
+        logits = state.graphs.run("masked", lambda: self._eager_step(state), device)
+        if state.graphs.error is not None:
+            self.last_graph_error = state.graphs.error
+        return logits
