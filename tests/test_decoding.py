@@ -34,17 +34,52 @@ def generate_new_tokens(loaded, inputs, **kwargs):
     return out[:, inputs["input_ids"].shape[1]:]
 
 
+# exact_length_steps: None (the default: exact-length steps where nothing is padded) and False (masked steps)
+STEP_KINDS = {"exact-length": None, "masked": False}
+
+
+@pytest.mark.parametrize("kind", list(STEP_KINDS))
 @pytest.mark.parametrize("name", PAPER_STRATEGIES)
 @pytest.mark.parametrize("arch", ["llava", "llava_next"])
-def test_same_tokens_as_generate_for_every_strategy(tiny_llava_dir, tiny_llava_next_dir, tiny_images, name, arch):
+def test_same_tokens_as_generate_for_every_strategy(tiny_llava_dir, tiny_llava_next_dir, tiny_images, name, arch,
+                                                    kind):
     loaded, strategy = prepared(tiny_llava_dir if arch == "llava" else tiny_llava_next_dir, name)
     images = [tiny_images[0], tiny_images[0].transpose(0)] if arch == "llava_next" else tiny_images
     inputs = inputs_for(loaded, strategy, images)
+    assert bool(inputs["attention_mask"].bool().all()), "one prompt for every image: nothing padded"
     want = generate_new_tokens(loaded, inputs, max_new_tokens=7, min_new_tokens=7)
-    got = GreedyDecoder(loaded.model)(inputs, max_new_tokens=7, min_new_tokens=7,
-                                      eos_token_id=loaded.tokenizer.eos_token_id,
-                                      pad_token_id=loaded.tokenizer.pad_token_id)
+    decoder = GreedyDecoder(loaded.model, exact_length_steps=STEP_KINDS[kind])
+    got = decoder(inputs, max_new_tokens=7, min_new_tokens=7, eos_token_id=loaded.tokenizer.eos_token_id,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    assert decoder.last_step_kind == kind
     assert got.tolist() == want.tolist()
+
+
+def padded_inputs(loaded, strategy, images):
+    """A left-padded batch of one prompt: LLaVA-NeXT gives images of other shapes other numbers of image tokens."""
+    loaded.processor.tokenizer.padding_side = "left"
+    inputs = inputs_for(loaded, strategy, images)
+    assert not bool(inputs["attention_mask"].bool().all()), "the batch must be padded for this test"
+    return inputs
+
+
+@pytest.mark.parametrize("name", PAPER_STRATEGIES)
+def test_padded_batches_take_the_masked_steps_and_match_generate(tiny_llava_next_dir, tiny_images, name):
+    loaded, strategy = prepared(tiny_llava_next_dir, name)
+    inputs = padded_inputs(loaded, strategy, tiny_images)
+    if name == "prefix_tuning":
+        # generate() cannot decode a padded batch with prefix tuning (its slot-finding hook gets generate's
+        # one-token input_ids with the whole attention mask and fails), so each row alone, unpadded, is the reference
+        rows = [inputs_for(loaded, strategy, [image]) for image in tiny_images]
+        want = torch.cat([generate_new_tokens(loaded, row, max_new_tokens=6, min_new_tokens=6) for row in rows])
+    else:
+        want = generate_new_tokens(loaded, inputs, max_new_tokens=6, min_new_tokens=6)
+    for choice in (None, True):  # asked for or not, exact-length steps do not apply to a padded batch
+        decoder = GreedyDecoder(loaded.model, exact_length_steps=choice)
+        got = decoder(inputs, max_new_tokens=6, min_new_tokens=6, eos_token_id=loaded.tokenizer.eos_token_id,
+                      pad_token_id=loaded.tokenizer.pad_token_id)
+        assert decoder.last_step_kind == "masked"
+        assert got.tolist() == want.tolist()
 
 
 def test_left_padded_rows_and_early_eos_match_generate(tiny_llava_dir, tiny_images):
@@ -63,7 +98,7 @@ def test_left_padded_rows_and_early_eos_match_generate(tiny_llava_dir, tiny_imag
         stop = int(first[0]) if chosen_eos is None else chosen_eos
         want = generate_new_tokens(loaded, inputs, max_new_tokens=9, eos_token_id=stop)
         got = decoder(inputs, max_new_tokens=9, eos_token_id=stop, pad_token_id=loaded.tokenizer.pad_token_id)
-        assert got.tolist() == want.tolist()
+        assert got.tolist() == want.tolist() and decoder.last_step_kind == "masked"
     pad = loaded.tokenizer.pad_token_id
     assert got[0, 1:].eq(pad).all(), "row 0 stopped at its first token and is padded after it"
     # a batch whose every row stops at once ends at once
@@ -71,6 +106,11 @@ def test_left_padded_rows_and_early_eos_match_generate(tiny_llava_dir, tiny_imag
     stop = int(generate_new_tokens(loaded, one, max_new_tokens=1)[0, 0])
     got = decoder(one, max_new_tokens=9, eos_token_id=stop, pad_token_id=pad)
     assert got.tolist() == [[stop]]
+    # one row, nothing padded: exact-length steps, stopping early as well
+    stop = int(generate_new_tokens(loaded, one, max_new_tokens=3)[0, 2])
+    want = generate_new_tokens(loaded, one, max_new_tokens=9, eos_token_id=stop)
+    got = decoder(one, max_new_tokens=9, eos_token_id=stop, pad_token_id=pad)
+    assert decoder.last_step_kind == "exact-length" and got.tolist() == want.tolist()
 
 
 def test_buffers_are_reused_for_one_shape_and_rebuilt_for_another(tiny_llava_dir, tiny_images):
@@ -123,24 +163,24 @@ def test_exact_length_view_returns_views_of_exactly_the_written_tokens():
 class FakeGraphs:
     """Stands in for CUDA graph capture on the CPU: a "captured" step's output holds NaN until its replay, and a
     replay reruns the step, so what the graph bookkeeping does (which key is captured when, in which pool, what
-    is replayed) is checked without a GPU. `check_replay(key)` may assert that a replay happens where its
-    capture did."""
+    is replayed) is checked without a GPU. `current_key()`, if given, names the graph the decoder needs now: a
+    replay asserts it is the one captured (a real graph would replay its capture's shapes, silently)."""
 
-    def __init__(self, fail_at: int | None = None, check_replay=None):
+    def __init__(self, fail_at: int | None = None, current_key=None):
         self.captures, self.pools, self.replays = [], [], 0
-        self.fail_at, self.check_replay = fail_at, check_replay
+        self.fail_at, self.current_key = fail_at, current_key
 
     def capture(self, step, pool):
         if self.fail_at is not None and len(self.captures) == self.fail_at:
             raise RuntimeError("operation not permitted when stream is capturing")
-        key = self.check_replay() if self.check_replay else None
+        key = self.current_key() if self.current_key else None
         output = torch.full_like(step(), float("nan"))
         self.captures.append(key)
         self.pools.append(pool)
 
         def replay():
-            if self.check_replay:
-                assert self.check_replay() == key, "a graph replayed at a shape other than its capture's"
+            if self.current_key:
+                assert self.current_key() == key, "a graph replayed at a shape other than its capture's"
             self.replays += 1
             output.copy_(step())
 
@@ -180,9 +220,116 @@ def test_step_graphs_capture_each_key_once_in_one_pool_and_fall_back_eagerly(mon
     assert graphs.run("a", step(1), cpu).tolist() == [1.0, 1.0] and calls == [1] and fake.replays == 4
 
 
+class AttentionSpy:
+    """What the decoding steps hand to attention: every SDPA call with one query token (query and key lengths,
+    whether a mask was passed, is_causal) and the attention_mask the language model got for one-token inputs."""
+
+    def __init__(self, model, monkeypatch):
+        import torch.nn.functional as F
+
+        self.sdpa, self.language_model_masks = [], []
+        original = F.scaled_dot_product_attention
+
+        def sdpa(query, key, value, attn_mask=None, *args, is_causal=False, **kwargs):
+            if query.shape[-2] == 1:
+                self.sdpa.append((key.shape[-2], attn_mask is None, is_causal))
+            return original(query, key, value, attn_mask, *args, is_causal=is_causal, **kwargs)
+
+        def language_model_call(module, args, kwargs):
+            embeds = kwargs.get("inputs_embeds")
+            if embeds is not None and embeds.shape[1] == 1:
+                self.language_model_masks.append(kwargs.get("attention_mask"))
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+        from captionlab.models.prompting import language_model
+
+        handle = language_model(model).register_forward_pre_hook(language_model_call, with_kwargs=True)
+        monkeypatch.setattr(self, "handle", handle, raising=False)
+
+    def clear(self):
+        self.sdpa.clear()
+        self.language_model_masks.clear()
+
+
+def test_unpadded_steps_attend_to_exactly_the_written_tokens_without_a_mask(tiny_llava_dir, tiny_llava_next_dir,
+                                                                             tiny_images, monkeypatch):
+    """Fails if an unpadded batch's steps silently fall back to the masked path (or a mask creeps back in)."""
+    loaded, strategy = prepared(tiny_llava_dir, "prefix_tuning")
+    spy = AttentionSpy(loaded.model, monkeypatch)
+    layers = loaded.model.config.text_config.num_hidden_layers
+    kwargs = dict(max_new_tokens=5, eos_token_id=None, pad_token_id=loaded.tokenizer.pad_token_id)
+    try:
+        inputs = inputs_for(loaded, strategy, tiny_images)
+        length = inputs["input_ids"].shape[1]
+        GreedyDecoder(loaded.model)(inputs, **kwargs)
+        assert spy.language_model_masks == [None] * 4  # 4 steps after the prefill's token, no mask given
+        # each step: every layer attends to the prompt and the new tokens so far, its own included; no mask, not
+        # causal (transformers builds no mask for one query token over an unpadded cache)
+        assert spy.sdpa == [(length + step + 1, True, False) for step in range(4) for _ in range(layers)]
+
+        spy.clear()  # asked for masked steps: the whole buffer (prompt + 5 slots) under the mask
+        GreedyDecoder(loaded.model, exact_length_steps=False)(inputs, **kwargs)
+        assert spy.sdpa == [(length + 5, False, False)] * (4 * layers)
+        assert all(m is not None and m.shape[-1] == length + 5 for m in spy.language_model_masks)
+
+    finally:
+        spy.handle.remove()
+    # a padded batch: masked steps even by default
+    loaded, strategy = prepared(tiny_llava_next_dir, "prefix_tuning")
+    spy = AttentionSpy(loaded.model, monkeypatch)
+    try:
+        padded = padded_inputs(loaded, strategy, tiny_images)
+        GreedyDecoder(loaded.model)(padded, **kwargs)
+        assert spy.sdpa == [(padded["input_ids"].shape[1] + 5, False, False)] * (4 * layers)
+    finally:
+        spy.handle.remove()
+
+
+def test_exact_length_graphs_one_per_step_length_in_one_pool(tiny_llava_dir, tiny_llava_next_dir, tiny_images,
+                                                            monkeypatch):
+    """The graph bookkeeping, with CUDA graph capture faked on the CPU (FakeGraphs): one graph per step length,
+    each replayed only at its own length, captured once per batch shape, all in one pool; a padded batch's
+    masked steps share one graph; a failing capture falls back to eager steps and says why."""
+    loaded, strategy = prepared(tiny_llava_dir, "lora")
+    decoder = GreedyDecoder(loaded.model)
+
+    def graph_key():
+        state = decoder._state
+        return ("exact-length", state.cache.length) if decoder.last_step_kind == "exact-length" else "masked"
+
+    fake = FakeGraphs(current_key=graph_key).install(monkeypatch)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, eos_token_id=loaded.tokenizer.eos_token_id,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    inputs = inputs_for(loaded, strategy, tiny_images)
+    length = inputs["input_ids"].shape[1]
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=6, min_new_tokens=6)
+    assert decoder(inputs, **kwargs).tolist() == want.tolist()
+    lengths = [("exact-length", length + step) for step in range(5)]
+    assert fake.captures == decoder._state.graphs.keys == lengths and fake.replays == 5
+    assert all(pool is fake.pools[0] for pool in fake.pools) and decoder.last_graph_error is None
+    assert decoder(inputs, **kwargs).tolist() == want.tolist()  # the same shape again: replayed, not recaptured
+    assert len(fake.captures) == 5 and fake.replays == 10
+
+    failing = FakeGraphs(fail_at=2).install(monkeypatch)
+    failed = GreedyDecoder(loaded.model)
+    assert failed(inputs, **kwargs).tolist() == want.tolist()
+    assert "not permitted" in failed.last_graph_error and failed._state.graphs.keys == []
+    assert len(failing.captures) == 2 and failing.replays == 2  # the other steps ran eagerly
+
+    fake = FakeGraphs(current_key=graph_key).install(monkeypatch)
+    loaded, strategy = prepared(tiny_llava_next_dir, "lora")
+    padded = padded_inputs(loaded, strategy, tiny_images)
+    masked = GreedyDecoder(loaded.model)
+    decoder = masked  # (graph_key reads this decoder now)
+    assert masked(padded, **kwargs).tolist() == generate_new_tokens(loaded, padded, max_new_tokens=6,
+                                                                    min_new_tokens=6).tolist()
+    assert fake.captures == masked._state.graphs.keys == ["masked"] and fake.replays == 5
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("kind", list(STEP_KINDS))
 @pytest.mark.parametrize("name", ["zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora"])
-def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_images, name):
+def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_images, name, kind):
     torch.manual_seed(0)
     spec = get_model_spec(tiny_llava_dir)
     loaded = load_model(spec, device="cuda", dtype=torch.float32)
@@ -192,11 +339,15 @@ def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_im
     inputs = {k: v.to("cuda") for k, v in inputs_for(loaded, strategy, tiny_images).items()}
     kwargs = dict(max_new_tokens=8, min_new_tokens=8, eos_token_id=loaded.tokenizer.eos_token_id,
                   pad_token_id=loaded.tokenizer.pad_token_id)
-    graphed = GreedyDecoder(loaded.model, cuda_graph=True)
+    graphed = GreedyDecoder(loaded.model, cuda_graph=True, exact_length_steps=STEP_KINDS[kind])
     got = graphed(inputs, **kwargs)
-    assert graphed.last_graph_error is None and graphed._state.graphs.keys == ["masked"]
-    again = graphed(inputs, **kwargs)  # the captured graph replayed for a second batch of the same shape
-    eager = GreedyDecoder(loaded.model, cuda_graph=False)(inputs, **kwargs)
+    length = inputs["input_ids"].shape[1]
+    # masked: one graph for every step; exact-length: one per step length (7 steps after the prefill's token)
+    graphs = ["masked"] if kind == "masked" else [("exact-length", length + step) for step in range(7)]
+    assert graphed.last_graph_error is None and graphed.last_step_kind == kind and graphed._state.graphs.keys == graphs
+    again = graphed(inputs, **kwargs)  # the captured graphs replayed for a second batch of the same shape
+    assert graphed._state.graphs.keys == graphs
+    eager = GreedyDecoder(loaded.model, cuda_graph=False, exact_length_steps=STEP_KINDS[kind])(inputs, **kwargs)
     assert got.tolist() == eager.tolist() == again.tolist()
     want = generate_new_tokens(loaded, inputs, max_new_tokens=8, min_new_tokens=8)
     assert got.tolist() == want.tolist()

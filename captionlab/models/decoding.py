@@ -1,38 +1,57 @@
 """Greedy captioning without `generate()`'s per-step costs: a preallocated KV cache and, on CUDA, the
-decoding step replayed as one CUDA graph.
+decoding steps replayed as CUDA graphs.
 
 Why. Captioning a batch is one long prefill (BOS + prompt + 576 image tokens on LLaVA-1.5) and ~20
 one-token decoding steps. Plain `generate()` spends each decoding step mostly on the CPU (32 decoder
 layers launched op by op, logits processors, stopping criteria, mask building) and grows its
 `DynamicCache` with `torch.cat`, copying the whole cache every step: at batch 128 that is ~85 GB of
-copies per step. Here the cache is allocated once for prompt + new tokens, filled in place, and the
-whole decoding step (embedding, every layer, final norm, LM head of the last position) is captured once
-as a CUDA graph and replayed, so a step costs one launch.
+copies per step. Here the cache is allocated once for prompt + new tokens, filled in place
+(`kv_cache.py`), and the whole decoding step (embedding, every layer, final norm, LM head of the last
+position) is captured as a CUDA graph and replayed (`step_graphs.py`), so a step costs one launch.
+
+Two kinds of decoding step (`last_step_kind` says which the last batch took):
+
+  masked        any batch (left-padded ones included): the step attends over the WHOLE preallocated buffer
+                under an explicit additive 4D mask (batch, 1, 1, prompt + new) that hides padding and unwritten
+                slots. One shape for every step, so one CUDA graph. Measured on an H200 (LLaVA-1.5-7B, bf16,
+                batch 64, ~625-token prompts): 16 ms per step, about twice what reading the KV cache and the
+                weights at HBM bandwidth allows. Suspected: an additive float mask rules out SDPA's flash
+                kernel, and every step also reads the unwritten slots (not yet profiled step by step).
+  exact-length  batches with no padding (every attention_mask 1: LLaVA-1.5 captioning, any batch of one
+                prompt and one image shape): the step sees views of exactly the tokens written so far (no copy,
+                `ExactLengthView`) and gets no mask at all, so transformers' SDPA path calls SDPA with
+                `attn_mask=None, is_causal=False` and SDPA may pick its flash kernel. The shape grows by one
+                token per step, so on CUDA there is one graph per step length (captured lazily, one shared
+                memory pool, kept per batch shape). The default wherever it applies (`exact_length_steps=None`;
+                False forces masked steps). NOT yet measured on a GPU: exact on the CPU (tests), its speed is
+                for the next GPU run of `bench/caption_throughput.py` (`captionlab` against
+                `captionlab-masked-steps`) and `bench/prefill_profile.py` (step kernels by kind) to show.
 
 Exactness. The same tokens as `model.generate(do_sample=False, num_beams=1)` with the same
-`max_new_tokens` / `min_new_tokens` / EOS / pad (tests: tiny LLaVA and LLaVA-NeXT, every strategy,
-left-padded batches). The prefill goes through the model's own forward (strategy hooks see the prompt,
-as under `generate()`); decoding steps call the language model directly with an explicit 4D additive
-mask and positions, the form in which the steps are graph-capturable.
+`max_new_tokens` / `min_new_tokens` / EOS / pad (tests: tiny LLaVA and LLaVA-NeXT, every strategy, both
+step kinds, left-padded batches). The prefill goes through the model's own forward (strategy hooks see the
+prompt, as under `generate()`); decoding steps call the language model directly with explicit positions (and,
+masked, the explicit mask), the form in which the steps are graph-capturable. With no padding, `generate()`
+itself runs its steps without a mask over exactly the cached tokens: the exact-length step's computation.
 
     decoder = GreedyDecoder(model)
     new_tokens = decoder(inputs, max_new_tokens=40, eos_token_id=2, pad_token_id=0)   # (batch, <=40)
 
 `GreedyDecoder(model, compile_prefill=True)` runs the prefill through `torch.compile`d layers
 (`compiled_layers.py`; 1.27x faster prefill on LLaVA-1.5-7B on an H200), falling back to the eager prefill, and
-saying why in `last_compile_error`, if compiling fails.
+saying why in `last_compile_error`, if compiling fails. A failing graph capture falls back to eager steps, and
+says why in `last_graph_error`.
 
-One decoder keeps the buffers (and graph) of its last batch shape, so batches of one shape reuse them;
+One decoder keeps the buffers (and graphs) of its last batch shape, so batches of one shape reuse them;
 `release()` frees them (the cache is the big part: 0.5 MB per token per image on a 7B model).
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
 
-from captionlab.models.kv_cache import PreallocatedCache
+from captionlab.models.kv_cache import ExactLengthView, PreallocatedCache
 from captionlab.models.prompting import language_model, unwrap
 from captionlab.models.step_graphs import StepGraphs
 
@@ -45,23 +64,39 @@ class _State:
 
     key: tuple
     cache: PreallocatedCache
-    mask: torch.Tensor  # (batch, 1, 1, max_length) additive: 0 where a key may be attended
+    mask: torch.Tensor  # (batch, 1, 1, max_length) additive: 0 where a key may be attended (masked steps)
     token: torch.Tensor  # (batch, 1) the token the step feeds
     position: torch.Tensor  # (batch, 1) its position id
-    graphs: StepGraphs = field(default_factory=StepGraphs)  # on CUDA
+    graphs: StepGraphs = field(default_factory=StepGraphs)  # on CUDA: "masked", ("exact-length", written length)
+
+    @property
+    def exact_view(self) -> ExactLengthView:
+        """The cache as an exact-length step sees it (a light view object over the same buffers)."""
+        return ExactLengthView(self.cache)
 
 
 class GreedyDecoder:
-    """Greedy decoding for a LLaVA / LLaVA-NeXT model (plain, peft-wrapped or with captionlab's strategies)."""
+    """Greedy decoding for a LLaVA / LLaVA-NeXT model (plain, peft-wrapped or with captionlab's strategies).
 
-    def __init__(self, model: torch.nn.Module, cuda_graph: bool | None = None, compile_prefill: bool = False):
+    `cuda_graph`: replay the decoding steps as CUDA graphs (None: on CUDA devices). `compile_prefill`: the prefill
+    through torch.compile'd layers. `exact_length_steps`: decode a batch with no padding through exact-length
+    steps (the written cache, no mask; see the module docstring); None (the default) or True: wherever it
+    applies (unpadded batches); False: masked steps always. Padded batches always take masked steps.
+    The exact-length steps give generate()'s tokens (CPU tests, fp32) but are NOT yet measured on a GPU: whether
+    they are faster there (flash attention, one graph per step length) is for the next GPU benchmark to say
+    (`bench/caption_throughput.py`'s `captionlab` row against `captionlab-masked-steps`)."""
+
+    def __init__(self, model: torch.nn.Module, cuda_graph: bool | None = None, compile_prefill: bool = False,
+                 exact_length_steps: bool | None = None):
         self.model = model
         self.cuda_graph = cuda_graph  # None: on CUDA devices
         self.compile_prefill = compile_prefill  # prefill through torch.compile'd layers (`compiled_layers.py`)
+        self.exact_length_steps = exact_length_steps  # None: on for unpadded batches
         self._state: _State | None = None
         self._compiled = None
         self.last_graph_error: str | None = None  # why the last batch decoded without a graph, if it did
         self.last_compile_error: str | None = None  # why the prefill ran eagerly although compiling was asked
+        self.last_step_kind: str | None = None  # "exact-length" or "masked": how the last batch's steps attended
 
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
@@ -91,8 +126,11 @@ class GreedyDecoder:
         logits = out.logits[:, -1, :]
         cache.take(out.past_key_values, length)
         del out
-        mask.fill_(torch.finfo(dtype).min)
-        mask[:, 0, 0, :length].masked_fill_(attention.bool(), 0.0)
+        exact = self._exact_steps(padded)
+        self.last_step_kind = "exact-length" if exact else "masked"
+        if not exact:
+            mask.fill_(torch.finfo(dtype).min)
+            mask[:, 0, 0, :length].masked_fill_(attention.bool(), 0.0)
 
         tokens = input_ids.new_full((batch, max_new_tokens), pad_token_id)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -111,17 +149,19 @@ class GreedyDecoder:
                     break
             if step == max_new_tokens - 1:
                 break
-            # the next step feeds `chosen` at slot length+step, which it may attend to
+            # the next step feeds `chosen` at slot length+step, which it may attend to (an exact-length step sees
+            # the slots up to it and no further; a masked step sees them all, the mask opens this one)
             state.token.copy_(chosen.unsqueeze(1))
             state.position.copy_(next_position)
-            mask[:, 0, 0, length + step] = 0.0
-            logits = self._step(state)
+            if not exact:
+                mask[:, 0, 0, length + step] = 0.0
+            logits = self._step(state, exact)
             cache.advance(1)
             next_position += 1
         return tokens[:, :produced]
 
     def release(self) -> None:
-        """Free the cache, buffers and graph of the last batch shape."""
+        """Free the cache, buffers and graphs of the last batch shape."""
         self._state = None
 
     # ------------------------------------------------------------------ internals
@@ -176,12 +216,20 @@ class GreedyDecoder:
         dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
         return batch, heads, dim, dim
 
-    def _eager_step(self, state: _State) -> torch.Tensor:
-        """One decoding step: embed the fed token, run the decoder against the cache, project the last position."""
+    def _exact_steps(self, padded: bool) -> bool:
+        wanted = True if self.exact_length_steps is None else self.exact_length_steps
+        return wanted and not padded
+
+    def _eager_step(self, state: _State, exact: bool) -> torch.Tensor:
+        """One decoding step: embed the fed token, run the decoder against the cache, project the last position.
+
+        Masked: the whole buffer with the additive mask. Exact-length: the written tokens and no mask at all (the
+        language model builds none: see `ExactLengthView`)."""
         base = unwrap(self.model)
         embeddings = base.get_input_embeddings()(state.token)
-        hidden = language_model(self.model)(inputs_embeds=embeddings, attention_mask=state.mask,
-                                            position_ids=state.position, past_key_values=state.cache,
+        cache, mask = (state.exact_view, None) if exact else (state.cache, state.mask)
+        hidden = language_model(self.model)(inputs_embeds=embeddings, attention_mask=mask,
+                                            position_ids=state.position, past_key_values=cache,
                                             use_cache=True).last_hidden_state
         return base.lm_head(hidden[:, -1, :])
 
@@ -189,15 +237,17 @@ class GreedyDecoder:
         wanted = device.type == "cuda" if self.cuda_graph is None else self.cuda_graph
         return wanted and device.type == "cuda"
 
-    def _step(self, state: _State) -> torch.Tensor:
+    def _step(self, state: _State, exact: bool) -> torch.Tensor:
         """One decoding step's logits: replayed as a CUDA graph (captured on first use) where graphs are on, else
-        op by op. The masked step has one shape for every step, so one graph serves them all. Capturing runs the
+        op by op. The masked step has one shape for every step, so one graph serves them all; the exact-length
+        step attends to one more token each step, so it has one graph per written length. Capturing runs the
         step eagerly first (warm-up); each run rewrites the same cache slot with the same values (the write
         position moves only in `advance`), so that leaves the decoding state unchanged."""
         device = state.token.device
         if not self._use_graph(device):
-            return self._eager_step(state)
-        logits = state.graphs.run("masked", lambda: self._eager_step(state), device)
+            return self._eager_step(state, exact)
+        key = ("exact-length", state.cache.length) if exact else "masked"
+        logits = state.graphs.run(key, lambda: self._eager_step(state, exact), device)
         if state.graphs.error is not None:
             self.last_graph_error = state.graphs.error
         return logits
