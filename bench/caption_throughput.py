@@ -7,13 +7,21 @@ otherwise stop at random EOS tokens), greedy, from the zero-shot prompt. Rows (m
   plain-large-batch  `generate` at captionlab's batch: how much of the gain is the batch alone
   captionlab-eager   captionlab's `GreedyDecoder` (preallocated KV cache, no per-step cache copies or
                      generate() bookkeeping) with its decoding steps run op by op
-  captionlab-uncompiled  the decoder with its decoding step replayed as one CUDA graph (op by op elsewhere),
+  captionlab-uncompiled  the decoder with its decoding steps replayed as CUDA graphs (op by op elsewhere),
                      the prefill through the model's eager layers
-  captionlab         what `LlavaCaptioner.caption` runs on CUDA: the same, with the prefill through
+  captionlab-masked-steps  the decoder as measured in runs 3-4 (`bench/RESULTS.md`): compiled prefill, every
+                     decoding step masked over the whole preallocated cache, one CUDA graph for all steps
+  captionlab         what `LlavaCaptioner.caption` runs on CUDA: the same with exact-length decoding steps
+                     (these batches have no padding: each step attends to exactly the written cache, no mask,
+                     one CUDA graph per step length; `captionlab/models/decoding.py`), the prefill through
                      torch.compile'd layers (`compile_prefill`, `captionlab/models/compiled_layers.py`; its first
-                     call, which compiles, is timed apart as `first_call_s` and not counted), at the large batch,
-                     fed by `generate_predictions`' shape bucketing (here every image has one shape, so
-                     bucketing changes no batch)
+                     call, which compiles and captures, is timed apart as `first_call_s` and not counted), at the
+                     large batch, fed by `generate_predictions`' shape bucketing (here every image has one
+                     shape, so bucketing changes no batch)
+
+The decoder rows but `captionlab-masked-steps` take the decoder's default steps (exact-length, as these batches
+are unpadded); each says which ran in `decoding_steps`. `captionlab` against `captionlab-masked-steps` is the
+exact-length steps' gain (not yet measured on a GPU when they were added).
 
 The speed-up printed is captionlab / plain; the other rows say where it comes from. Each captionlab row
 also checks that its tokens equal plain `generate`'s for the first batch (`tokens_equal_plain`).
@@ -65,10 +73,11 @@ def generate(setup: Setup, inputs: dict, new_tokens: int) -> torch.Tensor:
     return out[:, inputs["input_ids"].shape[1]:]
 
 
-def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False):
+def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False, exact_length_steps: bool | None = None):
     from captionlab.models.decoding import GreedyDecoder
 
-    decoder = GreedyDecoder(setup.model, cuda_graph=cuda_graph, compile_prefill=compile_prefill)
+    decoder = GreedyDecoder(setup.model, cuda_graph=cuda_graph, compile_prefill=compile_prefill,
+                            exact_length_steps=exact_length_steps)
 
     def decode(inputs: dict, new_tokens: int) -> torch.Tensor:
         return decoder(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=setup.eos_id,
@@ -77,11 +86,20 @@ def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False):
     return decoder, decode
 
 
-# method -> (which batch, which decoder: None = plain generate, else GreedyDecoder with/without the CUDA graph,
-#            compiled prefill)
-METHODS = {"plain": ("plain", None, False), "plain-large-batch": ("large", None, False),
-           "captionlab-eager": ("large", False, False), "captionlab-uncompiled": ("large", True, False),
-           "captionlab": ("large", True, True)}
+# method -> (which batch, which decoder: None = plain generate, else GreedyDecoder with/without CUDA graphs,
+#            compiled prefill, exact_length_steps: None = the decoder's default, exact-length for these batches)
+METHODS = {"plain": ("plain", None, False, None), "plain-large-batch": ("large", None, False, None),
+           "captionlab-eager": ("large", False, False, None), "captionlab-uncompiled": ("large", True, False, None),
+           "captionlab-masked-steps": ("large", True, True, False), "captionlab": ("large", True, True, None)}
+
+
+def steps_setting(kind: str | None, graphs: bool) -> str:
+    """How a decoder row's decoding steps ran, for its setting."""
+    what = {"exact-length": "exact-length steps (written cache, no mask)",
+            "masked": "masked steps (whole cache, additive mask)"}.get(kind, "decoding steps")
+    if not graphs:
+        return f"{what}, op by op"
+    return f"{what}, {'one CUDA graph per step length' if kind == 'exact-length' else 'one CUDA graph'}"
 
 
 def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: int, new_tokens: int,
@@ -94,12 +112,12 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
     pixels = pixels[order]
     setup.model.eval()
     rows = []
-    for method, (which, graph, compiled) in METHODS.items():
+    for method, (which, graph, compiled, exact_steps) in METHODS.items():
         size = plain_batch if which == "plain" else batch
         if method == "plain-large-batch" and batch == plain_batch:
             continue
         decoder, decode = (None, None) if graph is None else decoder_for(setup, graph and setup.device.type == "cuda",
-                                                                         compiled)
+                                                                         compiled, exact_steps)
         checks = {}
 
         def run(size: int) -> dict:
@@ -128,23 +146,24 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
         finally:
             if decoder is not None:
                 graph_error, compile_error = decoder.last_graph_error, decoder.last_compile_error
+                checks["decoding_steps"] = decoder.last_step_kind  # "exact-length" or "masked"
                 decoder.release()
         row.update(checks)
         if decoder is not None and graph and setup.device.type == "cuda" and graph_error:
             row["note"] = "; ".join(filter(None, [row.get("note"), f"CUDA graph capture failed, ran op by op: {graph_error}"]))
         if decoder is not None and compiled and compile_error:
             row["note"] = "; ".join(filter(None, [row.get("note"), f"compiling failed, prefill ran eagerly: {compile_error}"]))
+        steps = steps_setting(checks.get("decoding_steps"), bool(graph) and setup.device.type == "cuda")
+        compiled_prefill = (f"prefill through torch.compile'd layers (first call {checks.get('first_call_s', float('nan')):.0f} s, "
+                            f"not timed)")
         settings = {
             "plain": f"generate, batch {row['batch']}",
             "plain-large-batch": f"generate, batch {row['batch']} (captionlab's batch)",
-            "captionlab-eager": f"GreedyDecoder, preallocated KV cache, steps op by op, batch {row['batch']}",
-            "captionlab-uncompiled": (f"GreedyDecoder, preallocated KV cache, "
-                                      f"{'decoding step as a CUDA graph' if setup.device.type == 'cuda' else 'steps op by op (no CUDA)'}, "
-                                      f"eager prefill, batch {row['batch']}"),
-            "captionlab": (f"LlavaCaptioner's path on CUDA: GreedyDecoder, "
-                           f"{'decoding step as a CUDA graph' if setup.device.type == 'cuda' else 'steps op by op (no CUDA)'}, "
-                           f"prefill through torch.compile'd layers (first call {checks.get('first_call_s', float('nan')):.0f} s, "
-                           f"not timed), shape-bucketed, batch {row['batch']}"),
+            "captionlab-eager": f"GreedyDecoder, preallocated KV cache, {steps}, batch {row['batch']}",
+            "captionlab-uncompiled": f"GreedyDecoder, preallocated KV cache, {steps}, eager prefill, batch {row['batch']}",
+            "captionlab-masked-steps": f"GreedyDecoder as in runs 3-4: {steps}, {compiled_prefill}, shape-bucketed, batch {row['batch']}",
+            "captionlab": (f"LlavaCaptioner's path on CUDA: GreedyDecoder, {steps}, {compiled_prefill}, shape-bucketed, "
+                           f"batch {row['batch']}"),
         }
         rows.append({"model": setup.name, "work": "caption", "strategy": "zero_shot", "method": method,
                      "setting": f"{settings[method]}, {new_tokens} new tokens", "unit": "images", **row})

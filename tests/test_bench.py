@@ -55,10 +55,20 @@ def test_caption_script_alone(tmp_path):
                                       "--plain-batch", "2", "--batch", "4", "--new-tokens", "2", "--warmup", "0"])
     check_rows(report, "tiny", ("caption",), [])
     methods = [r["method"] for r in report["rows"]]
-    assert methods == ["plain", "plain-large-batch", "captionlab-eager", "captionlab-uncompiled", "captionlab"]
-    compiled = report["rows"][-1]
-    assert compiled["first_call_s"] > 0 and "note" not in compiled  # compiled (no eager fallback) and timed apart
-    # the decoder's tokens are plain generate()'s (fp32 on the CPU: exactly)
+    assert methods == ["plain", "plain-large-batch", "captionlab-eager", "captionlab-uncompiled",
+                       "captionlab-masked-steps", "captionlab"]
+    rows = {r["method"]: r for r in report["rows"]}
+    for method in ("captionlab-masked-steps", "captionlab"):
+        compiled = rows[method]
+        assert compiled["first_call_s"] > 0 and "note" not in compiled  # compiled (no eager fallback) and timed apart
+        assert compiled["per_s"] > 0 and math.isfinite(compiled["per_s"])
+    # the decoder's steps: exact-length by default on these unpadded batches, masked where the row asks for it
+    assert {m: r["decoding_steps"] for m, r in rows.items() if m.startswith("captionlab")} == {
+        "captionlab-eager": "exact-length", "captionlab-uncompiled": "exact-length",
+        "captionlab-masked-steps": "masked", "captionlab": "exact-length"}
+    assert "masked steps" in rows["captionlab-masked-steps"]["setting"]
+    assert "exact-length steps" in rows["captionlab"]["setting"]
+    # the decoder's tokens are plain generate()'s (fp32 on the CPU: exactly), both step kinds
     assert all(r["tokens_equal_plain"] is True for r in report["rows"] if r["method"].startswith("captionlab"))
     assert "tokens = plain generate's" in (tmp_path / "caption_throughput.md").read_text()
 
