@@ -5,7 +5,8 @@ Captioning a batch (`GreedyDecoder`, as `LlavaCaptioner` runs it) is one prefill
 tokens and ~20 one-token decoding steps. This script measures, on one device, for one batch shape:
 
   timing      images/s of the prefill alone (1 new token) and of the whole caption (`--new-tokens`), eager and
-              with the prefill through torch.compile'd layers (`compile_prefill`; compiling timed apart)
+              with the prefill through torch.compile'd layers (`compile_prefill`; compiling timed apart), with
+              the decoder's default steps (exact-length on these unpadded batches; masked in runs 3-4)
   kernels     one prefill under torch.profiler: kernel time (CUDA; CPU op self time elsewhere) split into matrix
               products, attention and everything else, and the longest kernels
   matmul      the prefill's matrix-product FLOPs (counted from every nn.Linear call: 2 x rows x in x out) over
@@ -13,6 +14,10 @@ tokens and ~20 one-token decoding steps. This script measures, on one device, fo
               run for a few seconds; and the ceiling: images/s if everything but the products (and the
               measured decoding steps) took no time
   power       on CUDA, mean board power and SM clock while the prefill runs (NVML samples every 20 ms)
+  steps       one decoding step of each kind the decoder has (`captionlab/models/decoding.py`): masked (the whole
+              preallocated cache under an additive mask, one CUDA graph) and exact-length (the written cache, no
+              mask, one CUDA graph per step length): ms per step ((caption - prefill) / steps) and its kernel time
+              by kind, the caption's kernels less the prefill's, per step, with the kernels the steps launch
 
     python -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out bench/out
     python -m bench.prefill_profile --device cpu --model tiny --batch 4       # the same on the CPU (tiny model)
@@ -111,8 +116,8 @@ def linear_flops(model: torch.nn.Module, run) -> float:
     return total[0]
 
 
-def kernel_profile(run, device: torch.device, top: int = 12) -> dict:
-    """Kernel time of one run() by kind (matmul / attention / other) and the `top` longest kernels (ms)."""
+def kernel_profile(run, device: torch.device, top: int | None = 12) -> dict:
+    """Kernel time of one run() by kind (matmul / attention / other) and the `top` longest kernels (ms; None: all)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -150,6 +155,50 @@ def kernel_profile(run, device: torch.device, top: int = 12) -> dict:
             "share_by_kind": {k: (v / total if total else 0.0) for k, v in by_kind.items()}, "top": kernels[:top]}
 
 
+def added_kernels(more: dict, less: dict, times: int) -> dict:
+    """What `more`'s run spent beyond `less`'s (two `kernel_profile(top=None)` results), divided by `times`: kernel
+    time by kind, and every kernel it launched more often (ms and calls per time, longest first). For the
+    decoding steps: a whole caption less its prefill, per step."""
+    by_kind = {kind: (more["ms_by_kind"][kind] - less["ms_by_kind"][kind]) / times for kind in more["ms_by_kind"]}
+    base = {k["name"]: k for k in less["top"]}
+    kernels = []
+    for kernel in more["top"]:
+        before = base.get(kernel["name"], {"ms": 0.0, "calls": 0})
+        if kernel["calls"] > before["calls"]:
+            kernels.append({"name": kernel["name"], "kind": kernel["kind"], "ms": (kernel["ms"] - before["ms"]) / times,
+                            "calls": (kernel["calls"] - before["calls"]) / times})
+    kernels.sort(key=lambda k: -k["ms"])
+    return {"total_ms": sum(by_kind.values()), "ms_by_kind": by_kind, "top": kernels}
+
+
+def step_kinds_profile(setup, inputs: dict, ids: dict, *, new_tokens: int, repeats: int) -> dict:
+    """Per decoding step of each kind (masked, exact-length), with the eager prefill: ms per step, the kind that
+    actually ran (exact-length needs an unpadded batch), any graph capture failure, and its kernels by kind."""
+    from captionlab.models.decoding import GreedyDecoder
+
+    device, steps = setup.device, new_tokens - 1
+    kinds = {}
+    for kind, exact_length_steps in (("masked", False), ("exact-length", True)):
+        decoder = GreedyDecoder(setup.model, exact_length_steps=exact_length_steps)
+
+        def prefill():
+            decoder(inputs, max_new_tokens=1, min_new_tokens=1, **ids)  # no decoding step
+
+        def caption():
+            decoder(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **ids)
+
+        caption()  # warm-up: captures the step graphs
+        prefill_s, caption_s = timed(prefill, device, repeats), timed(caption, device, repeats)
+        kinds[kind] = {"ran": decoder.last_step_kind, "graph_error": decoder.last_graph_error, "steps": steps,
+                       "step_ms": (caption_s - prefill_s) / steps * 1000.0,
+                       "kernels": added_kernels(kernel_profile(caption, device, top=None),
+                                                kernel_profile(prefill, device, top=None), steps)}
+        decoder.release()
+        free_memory(device)
+    masked, exact = kinds["masked"]["step_ms"], kinds["exact-length"]["step_ms"]
+    return {**kinds, "exact_over_masked": exact / masked if masked > 0 else None}
+
+
 def square_matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float) -> float:
     """TFLOP/s of size^3 products in `dtype`, run back to back for about `seconds`."""
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -167,7 +216,7 @@ def square_matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seco
 
 
 def profile_captioning(setup, *, batch: int, new_tokens: int, repeats: int, compiled: bool, square: int,
-                       square_seconds: float) -> dict:
+                       square_seconds: float, steps: bool = True) -> dict:
     from bench.caption_throughput import caption_inputs
     from captionlab.models.decoding import GreedyDecoder
 
@@ -193,7 +242,7 @@ def profile_captioning(setup, *, batch: int, new_tokens: int, repeats: int, comp
     caption_s = timed(caption, device, repeats)
     report["timing"] = {"prefill_s": prefill_s, "caption_s": caption_s, "prefill_images_per_s": batch / prefill_s,
                         "caption_images_per_s": batch / caption_s, "prefill_share": prefill_s / caption_s,
-                        "decoding_s": caption_s - prefill_s}
+                        "decoding_s": caption_s - prefill_s, "decoding_steps": decoder.last_step_kind}
     report["power_during_prefill"] = sampler.summary()
 
     with torch.inference_mode():
@@ -211,6 +260,9 @@ def profile_captioning(setup, *, batch: int, new_tokens: int, repeats: int, comp
                                       "tflop_per_s": square_matmul_rate(device, setup.dtype, square, square_seconds)}
     decoder.release()
     free_memory(device)
+
+    if steps and new_tokens > 1:
+        report["decoding_steps"] = step_kinds_profile(setup, inputs, ids, new_tokens=new_tokens, repeats=repeats)
 
     if compiled:
         fast = GreedyDecoder(setup.model, compile_prefill=True)
@@ -244,7 +296,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Where captioning time goes: {report['model']} on {report['environment'].get('device_name', report['environment'].get('device'))}",
              "", f"Batch {report['batch']}, {report['tokens_per_image']} tokens per image, {report['new_tokens']} new tokens.", "",
              f"- prefill {t['prefill_s'] * 1000:.1f} ms ({t['prefill_images_per_s']:.1f} images/s), whole caption "
-             f"{t['caption_s'] * 1000:.1f} ms ({t['caption_images_per_s']:.1f} images/s): prefill {t['prefill_share']:.0%} of the time",
+             f"{t['caption_s'] * 1000:.1f} ms ({t['caption_images_per_s']:.1f} images/s, {t.get('decoding_steps')} steps): "
+             f"prefill {t['prefill_share']:.0%} of the time",
              f"- prefill kernels {k['total_ms']:.1f} ms: " + ", ".join(f"{kind} {ms:.1f} ms ({k['share_by_kind'][kind]:.0%})"
                                                                      for kind, ms in k["ms_by_kind"].items()),
              f"- matrix products: {m['linear_tflop_per_prefill']:.3g} TFLOP per prefill at "
@@ -254,6 +307,16 @@ def markdown(report: dict) -> str:
     power = report.get("power_during_prefill")
     if power:
         lines.append(f"- during the prefill: {power['mean_w']:.0f} W mean ({power['max_w']:.0f} max), SM clock {power['mean_sm_mhz']:.0f} MHz")
+    steps = report.get("decoding_steps")
+    if steps:
+        for kind in ("masked", "exact-length"):
+            one = steps[kind]
+            lines.append(f"- decoding step, {kind}: {one['step_ms']:.2f} ms per step (of {one['steps']}); kernels per step "
+                         + ", ".join(f"{name} {ms:.2f} ms" for name, ms in one["kernels"]["ms_by_kind"].items())
+                         + (f"; RAN {one['ran']} instead" if one["ran"] != kind else "")
+                         + (f"; CUDA graph capture FAILED, op by op: {one['graph_error']}" if one["graph_error"] else ""))
+        if steps["exact_over_masked"]:
+            lines.append(f"- exact-length step / masked step: x{steps['exact_over_masked']:.3f}")
     c = report.get("compiled")
     if c:
         lines.append(f"- compiled prefill (first call {c['first_call_s']:.1f} s): prefill {c['prefill_s'] * 1000:.1f} ms "
@@ -262,6 +325,11 @@ def markdown(report: dict) -> str:
                      + "; kernels " + ", ".join(f"{kind} {ms:.1f} ms" for kind, ms in c["kernels"]["ms_by_kind"].items()))
     lines += ["", "| kernel | kind | ms | calls |", "|---|---|---|---|"]
     lines += [f"| `{x['name']}` | {x['kind']} | {x['ms']:.2f} | {x['calls']} |" for x in k["top"]]
+    if steps:
+        lines += ["", "Kernels the decoding steps launch, per step:", "",
+                  "| step | kernel | kind | ms | calls |", "|---|---|---|---|---|"]
+        lines += [f"| {kind} | `{x['name']}` | {x['kind']} | {x['ms']:.3f} | {x['calls']:g} |"
+                  for kind in ("masked", "exact-length") for x in steps[kind]["kernels"]["top"][:8]]
     return "\n".join(lines) + "\n"
 
 
@@ -274,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--new-tokens", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-compile", action="store_true", help="skip the compiled-prefill measurement")
+    p.add_argument("--no-steps", action="store_true", help="skip the per-step measurement of both decoding step kinds")
     p.add_argument("--square", type=int, default=None, help="size of the square product (8192 on CUDA, 0 = skip)")
     p.add_argument("--square-seconds", type=float, default=3.0)
     p.add_argument("--shrink", action="store_true", help="the real model's code path with tiny widths (CPU check)")
@@ -284,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = args.model or ("llava-1.5-7b" if cuda else "tiny")
     setup = make_setup(model, device, shrink=args.shrink)
     report = profile_captioning(setup, batch=args.batch or (64 if cuda else 4), new_tokens=args.new_tokens,
-                                repeats=args.repeats, compiled=not args.no_compile,
+                                repeats=args.repeats, compiled=not args.no_compile, steps=not args.no_steps,
                                 square=args.square if args.square is not None else (8192 if cuda else 0),
                                 square_seconds=args.square_seconds)
     report = {"model": setup.name, "environment": environment(device, None, ["bench.prefill_profile", *argv]), **report}

@@ -91,8 +91,21 @@ def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_p
     lower = 2 * report["tokens_per_image"] * config.num_hidden_layers * per_token_layer  # batch 2
     assert report["matmul"]["linear_tflop_per_prefill"] * 1e12 >= lower
     assert report["compiled"]["error"] is None and report["compiled"]["prefill_s"] > 0
+    # one decoding step of each kind, timed and split by kernel kind (the caption's kernels less the prefill's)
+    steps = report["decoding_steps"]
+    assert timing["decoding_steps"] == "exact-length"  # the decoder's default on this unpadded batch
+    for kind in ("masked", "exact-length"):
+        one = steps[kind]
+        assert one["ran"] == kind and one["graph_error"] is None and one["steps"] == 2
+        assert math.isfinite(one["step_ms"]) and set(one["kernels"]["ms_by_kind"]) == {"matmul", "attention", "other"}
+        # every step runs each layer's attention once, and its products (calls counted, unlike times, are exact)
+        attention = [k for k in one["kernels"]["top"] if k["kind"] == "attention"]
+        assert attention and attention[0]["calls"] == config.num_hidden_layers
+        assert any(k["kind"] == "matmul" for k in one["kernels"]["top"])
+    assert steps["exact_over_masked"] == steps["exact-length"]["step_ms"] / steps["masked"]["step_ms"]
     text = (tmp_path / "prefill_profile-tiny.md").read_text()
     assert "prefill kernels" in text and "compiled prefill" in text
+    assert "decoding step, masked" in text and "decoding step, exact-length" in text
 
 
 def test_train_profile_compares_strategies_step_by_step(tmp_path):
