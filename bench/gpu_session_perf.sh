@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The performance follow-up on a lent GPU, in one go (~6-7 min on an H200), most wanted first, each step time-boxed
 # so one slow step cannot take the others' time:
-#   1. LLaVA-1.5-7B: LoRA and DoRA training rows + every captioning row (plain, decoder, compiled prefill)
-#   2. where LLaVA-1.5 captioning time goes (bench.prefill_profile) and where DoRA's extra step time goes
-#      against LoRA (bench.train_profile)
+#   1. LLaVA-1.5-7B: LoRA and DoRA training rows + every captioning row (plain, decoder, compiled prefill,
+#      masked against exact-length decoding steps)
+#   2. where LLaVA-1.5 captioning time goes (bench.prefill_profile, with one decoding step of each kind) and where
+#      DoRA's extra step time goes against LoRA (bench.train_profile)
 #   3. LLaVA-1.6-7B captioning rows
 #
 #   bash bench/gpu_session_perf.sh            # writes into $OUT (or bench/out)
@@ -19,10 +20,10 @@ step() {  # seconds, log name, command...
   grep -v "Warning\|warn(" "$out/$name.log" | tail -25
   tar czf "$out/../results.tgz" -C "$out" .
 }
-step 40 dora_cuda_test python3 -m pytest -q tests/test_dora_fast.py tests/test_decoding.py -k "half_precision or graph"
+step 60 dora_cuda_test python3 -m pytest -q tests/test_dora_fast.py tests/test_decoding.py -k "half_precision or graph"
 step 230 llava15 python3 -m bench.run_all --device cuda --keep-going --models llava-1.5-7b --works train,caption \
   --strategies lora,dora --out "$out" --stem llava15
 step 80 train_profile python3 -m bench.train_profile --device cuda --model llava-1.5-7b --strategies lora,dora --out "$out"
-step 170 prefill_profile python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out"
+step 200 prefill_profile python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out"
 step 150 llava16 python3 -m bench.run_all --device cuda --keep-going --models llava-1.6-7b --works caption --out "$out" \
   --stem llava16
