@@ -47,6 +47,10 @@ class LayerPrefixes(torch.nn.Module):
         is_slot = input_ids == self.placeholder_id
         attended = kwargs.get("attention_mask")
         if attended is not None:
+            if attended.dim() == 2:
+                # generate()'s decoding steps pass one new token per row with the mask of the whole sequence:
+                # the mask's last columns are the ones that belong to these input ids
+                attended = attended[:, -input_ids.shape[1]:]
             is_slot &= attended.bool()
         first = is_slot & (is_slot.long().cumsum(dim=1) == 1)  # the first placeholder of each row
         if first.any():
