@@ -58,9 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
+    from captionlab import paths
     from captionlab.zoo import build_zoo
 
-    return build_zoo(Path(args.out), steps=args.only)
+    # Always the shipped folder: the personalisations load the base through the model registry, which reads
+    # checkpoints/embedded, so a study built elsewhere would mix a new CLIP with the shipped base.
+    return build_zoo(paths.CHECKPOINTS_DIR / "embedded", steps=args.only)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", help="key=value settings that override the recipe")
     run.set_defaults(func=cmd_run)
     zoo = sub.add_parser("zoo", help="rebuild the whole embedded study from nothing")
-    zoo.add_argument("--out", default="checkpoints/embedded", help="where the trained models and results go")
     zoo.add_argument("--only", nargs="*", help="run only these steps (default: all)")
     zoo.set_defaults(func=cmd_zoo)
     args = parser.parse_args(argv)
