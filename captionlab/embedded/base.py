@@ -10,7 +10,6 @@ like LLaVA, it has a short-caption register that other instructions (or a learne
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
