@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import transformers
 from PIL import Image
 
-from captionlab.embedded.shapes import CLIP_PROJECTION_DIM, CLIP_TEXT
+from captionlab.embedded.clip import build_clip, contrastive_step
 
 
 
@@ -61,16 +61,10 @@ def shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
-def build(tokenizer, a) -> transformers.CLIPModel:
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id, **CLIP_TEXT),
-        vision_config=dict(hidden_size=a.width, intermediate_size=4 * a.width, num_hidden_layers=a.layers,
-                           num_attention_heads=a.heads, image_size=a.image_size, patch_size=a.patch,
-                           hidden_act="quick_gelu"),
-        projection_dim=CLIP_PROJECTION_DIM,
-    )
-    return transformers.CLIPModel(config)
+def probe_clip(tokenizer, a) -> transformers.CLIPModel:
+    """The tiny CLIP with the tower the options ask for."""
+    return build_clip(tokenizer, image_size=a.image_size, patch_size=a.patch, width=a.width, layers=a.layers,
+                      heads=a.heads)
 
 
 def train(model, tokenizer, images: torch.Tensor, captions: list[list[str]], a, say) -> None:
@@ -94,21 +88,12 @@ def train(model, tokenizer, images: torch.Tensor, captions: list[list[str]], a, 
             texts = [rng.choice(captions[i]) for i in index]
             if a.kind_views:  # some texts say only which kinds the caption names: kind is then what matches
                 texts = [kind_view(t) if rng.random() < a.kind_views else t for t in texts]
-            tokens = tokenizer(texts, padding=True, truncation=True, max_length=CLIP_TEXT["max_position_embeddings"],
-                               return_tensors="pt")
             pixels = shift(normalise(images[index]), a.shift, gen)
-            out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+            targets = None
             if a.dedup:  # identical captions in a batch are positives of each other, not negatives
                 same = torch.tensor([[s == t for t in texts] for s in texts], dtype=torch.float32)
                 targets = same / same.sum(1, keepdim=True)
-            else:
-                targets = torch.arange(len(index))
-            loss = (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
+            losses.append(contrastive_step(model, tokenizer, texts, pixels, optimizer, schedule, targets))
         say(f"epoch {epoch + 1}/{a.epochs}: loss {np.mean(losses):.3f} ({time.monotonic() - started:.0f}s)")
 
 
@@ -263,12 +248,12 @@ def main() -> None:
             vision.num_hidden_layers
     elif a.pixels or a.untrained:
         torch.manual_seed(a.seed)
-        model = None if a.pixels else build(tokenizer, a)
+        model = None if a.pixels else probe_clip(tokenizer, a)
     else:
         _, pairs, _ = _world_texts_and_pairs()
         images = load_u8([p for p, _ in pairs], a.image_size)
         say(f"{len(pairs)} training images loaded ({time.monotonic() - started:.0f}s)")
-        model = build(tokenizer, a)
+        model = probe_clip(tokenizer, a)
         train(model, tokenizer, images, [c for _, c in pairs], a, say)
         del images
         if a.save:
