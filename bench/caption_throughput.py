@@ -11,6 +11,10 @@ otherwise stop at random EOS tokens), greedy, from the zero-shot prompt. Rows (m
                      the prefill through the model's eager layers
   captionlab-masked-steps  the decoder as measured in runs 3-4 (`bench/RESULTS.md`): compiled prefill, every
                      decoding step masked over the whole preallocated cache, one CUDA graph for all steps
+  captionlab-compiled-steps  `captionlab` with the decoding steps' layers through the same compiled layers as the
+                     prefill (`GreedyDecoder(compile_steps=True)`: norms, rotary, SiLU x up and residual adds fused
+                     inside each step's CUDA graph; not yet measured on a GPU when added: off by default until a
+                     GPU run shows it pays)
   captionlab         what `LlavaCaptioner.caption` runs on CUDA: the same with exact-length decoding steps
                      (these batches have no padding: each step attends to exactly the written cache, no mask,
                      one CUDA graph per step length; `captionlab/models/decoding.py`), the prefill through
@@ -21,7 +25,8 @@ otherwise stop at random EOS tokens), greedy, from the zero-shot prompt. Rows (m
 
 The decoder rows but `captionlab-masked-steps` take the decoder's default steps (exact-length, as these batches
 are unpadded); each says which ran in `decoding_steps`. `captionlab` against `captionlab-masked-steps` is the
-exact-length steps' gain (not yet measured on a GPU when they were added).
+exact-length steps' gain, `captionlab-compiled-steps` against `captionlab` the compiled steps' (neither measured on
+a GPU yet when added).
 
 The speed-up printed is captionlab / plain; the other rows say where it comes from. Each captionlab row
 also checks that its tokens equal plain `generate`'s for the first batch (`tokens_equal_plain`).
@@ -73,11 +78,12 @@ def generate(setup: Setup, inputs: dict, new_tokens: int) -> torch.Tensor:
     return out[:, inputs["input_ids"].shape[1]:]
 
 
-def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False, exact_length_steps: bool | None = None):
+def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False, exact_length_steps: bool | None = None,
+                compile_steps: bool = False):
     from captionlab.models.decoding import GreedyDecoder
 
     decoder = GreedyDecoder(setup.model, cuda_graph=cuda_graph, compile_prefill=compile_prefill,
-                            exact_length_steps=exact_length_steps)
+                            exact_length_steps=exact_length_steps, compile_steps=compile_steps)
 
     def decode(inputs: dict, new_tokens: int) -> torch.Tensor:
         return decoder(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=setup.eos_id,
@@ -87,10 +93,14 @@ def decoder_for(setup: Setup, cuda_graph: bool, compile_prefill: bool = False, e
 
 
 # method -> (which batch, which decoder: None = plain generate, else GreedyDecoder with/without CUDA graphs,
-#            compiled prefill, exact_length_steps: None = the decoder's default, exact-length for these batches)
-METHODS = {"plain": ("plain", None, False, None), "plain-large-batch": ("large", None, False, None),
-           "captionlab-eager": ("large", False, False, None), "captionlab-uncompiled": ("large", True, False, None),
-           "captionlab-masked-steps": ("large", True, True, False), "captionlab": ("large", True, True, None)}
+#            compiled prefill, exact_length_steps: None = the decoder's default, exact-length for these batches,
+#            compiled steps)
+METHODS = {"plain": ("plain", None, False, None, False), "plain-large-batch": ("large", None, False, None, False),
+           "captionlab-eager": ("large", False, False, None, False),
+           "captionlab-uncompiled": ("large", True, False, None, False),
+           "captionlab-masked-steps": ("large", True, True, False, False),
+           "captionlab-compiled-steps": ("large", True, True, None, True),
+           "captionlab": ("large", True, True, None, False)}
 
 
 def steps_setting(kind: str | None, graphs: bool) -> str:
@@ -112,12 +122,12 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
     pixels = pixels[order]
     setup.model.eval()
     rows = []
-    for method, (which, graph, compiled, exact_steps) in METHODS.items():
+    for method, (which, graph, compiled, exact_steps, compiled_steps) in METHODS.items():
         size = plain_batch if which == "plain" else batch
         if method == "plain-large-batch" and batch == plain_batch:
             continue
         decoder, decode = (None, None) if graph is None else decoder_for(setup, graph and setup.device.type == "cuda",
-                                                                         compiled, exact_steps)
+                                                                         compiled, exact_steps, compiled_steps)
         checks = {}
 
         def run(size: int) -> dict:
@@ -151,8 +161,8 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
         row.update(checks)
         if decoder is not None and graph and setup.device.type == "cuda" and graph_error:
             row["note"] = "; ".join(filter(None, [row.get("note"), f"CUDA graph capture failed, ran op by op: {graph_error}"]))
-        if decoder is not None and compiled and compile_error:
-            row["note"] = "; ".join(filter(None, [row.get("note"), f"compiling failed, prefill ran eagerly: {compile_error}"]))
+        if decoder is not None and (compiled or compiled_steps) and compile_error:
+            row["note"] = "; ".join(filter(None, [row.get("note"), f"compiling failed, ran eagerly: {compile_error}"]))
         steps = steps_setting(checks.get("decoding_steps"), bool(graph) and setup.device.type == "cuda")
         compiled_prefill = (f"prefill through torch.compile'd layers (first call {checks.get('first_call_s', float('nan')):.0f} s, "
                             f"not timed)")
@@ -162,6 +172,8 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
             "captionlab-eager": f"GreedyDecoder, preallocated KV cache, {steps}, batch {row['batch']}",
             "captionlab-uncompiled": f"GreedyDecoder, preallocated KV cache, {steps}, eager prefill, batch {row['batch']}",
             "captionlab-masked-steps": f"GreedyDecoder as in runs 3-4: {steps}, {compiled_prefill}, shape-bucketed, batch {row['batch']}",
+            "captionlab-compiled-steps": (f"GreedyDecoder, {steps} through the compiled layers, {compiled_prefill}, "
+                                          f"shape-bucketed, batch {row['batch']}"),
             "captionlab": (f"LlavaCaptioner's path on CUDA: GreedyDecoder, {steps}, {compiled_prefill}, shape-bucketed, "
                            f"batch {row['batch']}"),
         }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The performance follow-up on a lent GPU, in one go (~6-7 min on an H200), most wanted first, each step time-boxed
 # so one slow step cannot take the others' time:
+#   0. the CUDA-only tests: DoRA's half-precision products, the decoder's CUDA-graph steps (eager and compiled layers)
 #   1. LLaVA-1.5-7B: LoRA and DoRA training rows + every captioning row (plain, decoder, compiled prefill,
-#      masked against exact-length decoding steps)
-#   2. where LLaVA-1.5 captioning time goes (bench.prefill_profile, with one decoding step of each kind)
+#      masked against exact-length decoding steps, steps through compiled layers)
+#   2. where LLaVA-1.5 captioning time goes (bench.prefill_profile, with one decoding step of each kind: masked,
+#      exact-length, exact-length through compiled layers)
 #   3. LLaVA-1.6-7B captioning rows
 #   4. where DoRA's extra step time goes against LoRA (bench.train_profile; DoRA's target is met, so it goes last)
-# The time boxes add up to 720 s, more than a lent machine's 600 s per command: the last step is the one a slow run
+# The time boxes add up to 750 s, more than a lent machine's 600 s per command: the last step is the one a slow run
 # loses (results are packed after every step, so what ran comes back).
 #
 #   bash bench/gpu_session_perf.sh            # writes into $OUT (or bench/out)
@@ -22,7 +24,7 @@ step() {  # seconds, log name, command...
   grep -v "Warning\|warn(" "$out/$name.log" | tail -25
   tar czf "$out/../results.tgz" -C "$out" .
 }
-step 60 dora_cuda_test python3 -m pytest -q tests/test_dora_fast.py tests/test_decoding.py -k "half_precision or graph"
+step 90 dora_cuda_test python3 -m pytest -q tests/test_dora_fast.py tests/test_decoding.py -k "half_precision or graph"
 step 230 llava15 python3 -m bench.run_all --device cuda --keep-going --models llava-1.5-7b --works train,caption \
   --strategies lora,dora --out "$out" --stem llava15
 step 200 prefill_profile python3 -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out "$out"

@@ -15,9 +15,10 @@ tokens and ~20 one-token decoding steps. This script measures, on one device, fo
               measured decoding steps) took no time
   power       on CUDA, mean board power and SM clock while the prefill runs (NVML samples every 20 ms)
   steps       one decoding step of each kind the decoder has (`captionlab/models/decoding.py`): masked (the whole
-              preallocated cache under an additive mask, one CUDA graph) and exact-length (the written cache, no
-              mask, one CUDA graph per step length): ms per step ((caption - prefill) / steps) and its kernel time
-              by kind, the caption's kernels less the prefill's, per step, with the kernels the steps launch
+              preallocated cache under an additive mask, one CUDA graph), exact-length (the written cache, no
+              mask, one CUDA graph per step length) and exact-length with its layers compiled (`compile_steps`):
+              ms per step ((caption - prefill) / steps) and its kernel time by kind, the caption's kernels less the
+              prefill's, per step, with the kernels the steps launch
 
     python -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out bench/out
     python -m bench.prefill_profile --device cpu --model tiny --batch 4       # the same on the CPU (tiny model)
@@ -171,15 +172,20 @@ def added_kernels(more: dict, less: dict, times: int) -> dict:
     return {"total_ms": sum(by_kind.values()), "ms_by_kind": by_kind, "top": kernels}
 
 
+# how a decoding step is profiled: label -> (the step kind it asks for, its layers compiled)
+STEP_KINDS = {"masked": ("masked", False), "exact-length": ("exact-length", False),
+              "exact-length, compiled": ("exact-length", True)}
+
+
 def step_kinds_profile(setup, inputs: dict, ids: dict, *, new_tokens: int, repeats: int) -> dict:
-    """Per decoding step of each kind (masked, exact-length), with the eager prefill: ms per step, the kind that
-    actually ran (exact-length needs an unpadded batch), any graph capture failure, and its kernels by kind."""
+    """Per decoding step of each kind (`STEP_KINDS`), with the eager prefill: ms per step, the kind that actually ran
+    (exact-length needs an unpadded batch), any graph capture or compile failure, and its kernels by kind."""
     from captionlab.models.decoding import GreedyDecoder
 
     device, steps = setup.device, new_tokens - 1
     kinds = {}
-    for kind, exact_length_steps in (("masked", False), ("exact-length", True)):
-        decoder = GreedyDecoder(setup.model, exact_length_steps=exact_length_steps)
+    for kind, (step_kind, compile_steps) in STEP_KINDS.items():
+        decoder = GreedyDecoder(setup.model, exact_length_steps=step_kind == "exact-length", compile_steps=compile_steps)
 
         def prefill():
             decoder(inputs, max_new_tokens=1, min_new_tokens=1, **ids)  # no decoding step
@@ -189,14 +195,17 @@ def step_kinds_profile(setup, inputs: dict, ids: dict, *, new_tokens: int, repea
 
         caption()  # warm-up: captures the step graphs
         prefill_s, caption_s = timed(prefill, device, repeats), timed(caption, device, repeats)
-        kinds[kind] = {"ran": decoder.last_step_kind, "graph_error": decoder.last_graph_error, "steps": steps,
+        kinds[kind] = {"asked": step_kind, "ran": decoder.last_step_kind, "graph_error": decoder.last_graph_error,
+                       "compile_error": decoder.last_compile_error, "steps": steps,
                        "step_ms": (caption_s - prefill_s) / steps * 1000.0,
                        "kernels": added_kernels(kernel_profile(caption, device, top=None),
                                                 kernel_profile(prefill, device, top=None), steps)}
         decoder.release()
         free_memory(device)
     masked, exact = kinds["masked"]["step_ms"], kinds["exact-length"]["step_ms"]
-    return {**kinds, "exact_over_masked": exact / masked if masked > 0 else None}
+    compiled = kinds["exact-length, compiled"]["step_ms"]
+    return {**kinds, "exact_over_masked": exact / masked if masked > 0 else None,
+            "compiled_over_exact": compiled / exact if exact > 0 else None}
 
 
 def square_matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float) -> float:
@@ -309,14 +318,19 @@ def markdown(report: dict) -> str:
         lines.append(f"- during the prefill: {power['mean_w']:.0f} W mean ({power['max_w']:.0f} max), SM clock {power['mean_sm_mhz']:.0f} MHz")
     steps = report.get("decoding_steps")
     if steps:
-        for kind in ("masked", "exact-length"):
+        for kind in STEP_KINDS:
             one = steps[kind]
+            launched = sum(k["calls"] for k in one["kernels"]["top"])
             lines.append(f"- decoding step, {kind}: {one['step_ms']:.2f} ms per step (of {one['steps']}); kernels per step "
                          + ", ".join(f"{name} {ms:.2f} ms" for name, ms in one["kernels"]["ms_by_kind"].items())
-                         + (f"; RAN {one['ran']} instead" if one["ran"] != kind else "")
-                         + (f"; CUDA graph capture FAILED, op by op: {one['graph_error']}" if one["graph_error"] else ""))
+                         + f" ({launched:g} launched)"
+                         + (f"; RAN {one['ran']} instead" if one["ran"] != one["asked"] else "")
+                         + (f"; CUDA graph capture FAILED, op by op: {one['graph_error']}" if one["graph_error"] else "")
+                         + (f"; compiling FAILED, layers ran eagerly: {one['compile_error']}" if one["compile_error"] else ""))
         if steps["exact_over_masked"]:
             lines.append(f"- exact-length step / masked step: x{steps['exact_over_masked']:.3f}")
+        if steps["compiled_over_exact"]:
+            lines.append(f"- exact-length step, compiled / eager layers: x{steps['compiled_over_exact']:.3f}")
     c = report.get("compiled")
     if c:
         lines.append(f"- compiled prefill (first call {c['first_call_s']:.1f} s): prefill {c['prefill_s'] * 1000:.1f} ms "
@@ -329,7 +343,7 @@ def markdown(report: dict) -> str:
         lines += ["", "Kernels the decoding steps launch, per step:", "",
                   "| step | kernel | kind | ms | calls |", "|---|---|---|---|---|"]
         lines += [f"| {kind} | `{x['name']}` | {x['kind']} | {x['ms']:.3f} | {x['calls']:g} |"
-                  for kind in ("masked", "exact-length") for x in steps[kind]["kernels"]["top"][:8]]
+                  for kind in STEP_KINDS for x in steps[kind]["kernels"]["top"][:8]]
     return "\n".join(lines) + "\n"
 
 

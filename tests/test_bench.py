@@ -56,17 +56,18 @@ def test_caption_script_alone(tmp_path):
     check_rows(report, "tiny", ("caption",), [])
     methods = [r["method"] for r in report["rows"]]
     assert methods == ["plain", "plain-large-batch", "captionlab-eager", "captionlab-uncompiled",
-                       "captionlab-masked-steps", "captionlab"]
+                       "captionlab-masked-steps", "captionlab-compiled-steps", "captionlab"]
     rows = {r["method"]: r for r in report["rows"]}
-    for method in ("captionlab-masked-steps", "captionlab"):
+    for method in ("captionlab-masked-steps", "captionlab-compiled-steps", "captionlab"):
         compiled = rows[method]
         assert compiled["first_call_s"] > 0 and "note" not in compiled  # compiled (no eager fallback) and timed apart
         assert compiled["per_s"] > 0 and math.isfinite(compiled["per_s"])
     # the decoder's steps: exact-length by default on these unpadded batches, masked where the row asks for it
     assert {m: r["decoding_steps"] for m, r in rows.items() if m.startswith("captionlab")} == {
         "captionlab-eager": "exact-length", "captionlab-uncompiled": "exact-length",
-        "captionlab-masked-steps": "masked", "captionlab": "exact-length"}
+        "captionlab-masked-steps": "masked", "captionlab-compiled-steps": "exact-length", "captionlab": "exact-length"}
     assert "masked steps" in rows["captionlab-masked-steps"]["setting"]
+    assert "through the compiled layers" in rows["captionlab-compiled-steps"]["setting"]
     assert "exact-length steps" in rows["captionlab"]["setting"]
     # the decoder's tokens are plain generate()'s (fp32 on the CPU: exactly), both step kinds
     assert all(r["tokens_equal_plain"] is True for r in report["rows"] if r["method"].startswith("captionlab"))
@@ -94,18 +95,21 @@ def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_p
     # one decoding step of each kind, timed and split by kernel kind (the caption's kernels less the prefill's)
     steps = report["decoding_steps"]
     assert timing["decoding_steps"] == "exact-length"  # the decoder's default on this unpadded batch
-    for kind in ("masked", "exact-length"):
+    for kind in ("masked", "exact-length", "exact-length, compiled"):
         one = steps[kind]
-        assert one["ran"] == kind and one["graph_error"] is None and one["steps"] == 2
+        assert one["ran"] == one["asked"] == kind.split(",")[0] and one["steps"] == 2
+        assert one["graph_error"] is None and one["compile_error"] is None
         assert math.isfinite(one["step_ms"]) and set(one["kernels"]["ms_by_kind"]) == {"matmul", "attention", "other"}
         # every step runs each layer's attention once, and its products (calls counted, unlike times, are exact)
         attention = [k for k in one["kernels"]["top"] if k["kind"] == "attention"]
         assert attention and attention[0]["calls"] == config.num_hidden_layers
         assert any(k["kind"] == "matmul" for k in one["kernels"]["top"])
     assert steps["exact_over_masked"] == steps["exact-length"]["step_ms"] / steps["masked"]["step_ms"]
+    assert steps["compiled_over_exact"] == steps["exact-length, compiled"]["step_ms"] / steps["exact-length"]["step_ms"]
     text = (tmp_path / "prefill_profile-tiny.md").read_text()
     assert "prefill kernels" in text and "compiled prefill" in text
     assert "decoding step, masked" in text and "decoding step, exact-length" in text
+    assert "decoding step, exact-length, compiled" in text
 
 
 def test_train_profile_compares_strategies_step_by_step(tmp_path):

@@ -329,6 +329,18 @@ def test_exact_length_graphs_one_per_step_length_in_one_pool(tiny_llava_dir, tin
 @pytest.mark.parametrize("kind", list(STEP_KINDS))
 @pytest.mark.parametrize("name", ["zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora"])
 def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_images, name, kind):
+    check_cuda_graph_steps(tiny_llava_dir, tiny_images, name, kind, compiled=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("kind", list(STEP_KINDS))
+@pytest.mark.parametrize("name", ["zero_shot", "lora"])
+def test_cuda_graph_steps_through_compiled_layers_equal_eager_steps(tiny_llava_dir, tiny_images, name, kind):
+    """Compiled code (Triton kernels) captured inside the steps' CUDA graphs: same tokens, nothing recaptured."""
+    check_cuda_graph_steps(tiny_llava_dir, tiny_images, name, kind, compiled=True)
+
+
+def check_cuda_graph_steps(tiny_llava_dir, tiny_images, name, kind, compiled):
     torch.manual_seed(0)
     spec = get_model_spec(tiny_llava_dir)
     loaded = load_model(spec, device="cuda", dtype=torch.float32)
@@ -338,8 +350,9 @@ def test_cuda_graph_steps_equal_eager_steps_and_generate(tiny_llava_dir, tiny_im
     inputs = {k: v.to("cuda") for k, v in inputs_for(loaded, strategy, tiny_images).items()}
     kwargs = dict(max_new_tokens=8, min_new_tokens=8, eos_token_id=loaded.tokenizer.eos_token_id,
                   pad_token_id=loaded.tokenizer.pad_token_id)
-    graphed = GreedyDecoder(loaded.model, cuda_graph=True, exact_length_steps=STEP_KINDS[kind])
+    graphed = GreedyDecoder(loaded.model, cuda_graph=True, exact_length_steps=STEP_KINDS[kind], compile_steps=compiled)
     got = graphed(inputs, **kwargs)
+    assert graphed.last_compile_error is None
     length = inputs["input_ids"].shape[1]
     # masked: one graph for every step; exact-length: one per step length (7 steps after the prefill's token)
     graphs = ["masked"] if kind == "masked" else [("exact-length", length + step) for step in range(7)]
@@ -432,3 +445,65 @@ def test_captioners_compile_the_prefill_on_cuda_only_unless_told(tiny_llava_dir,
     assert told.decoder.compile_prefill is True
     assert told.caption(tiny_images) == plain.caption(tiny_images)
     assert told.decoder.last_compile_error is None
+
+
+# ---------------------------------------------------------------------------------------- compiled decoding steps
+@pytest.mark.parametrize("name", PAPER_STRATEGIES)
+def test_compiled_steps_give_generates_tokens_for_every_strategy_and_step_kind(tiny_llava_dir, tiny_images, name):
+    loaded, strategy = prepared(tiny_llava_dir, name)
+    inputs = inputs_for(loaded, strategy, tiny_images)
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=5, min_new_tokens=5)
+    for kind, exact_length_steps in STEP_KINDS.items():
+        decoder = GreedyDecoder(loaded.model, compile_steps=True, exact_length_steps=exact_length_steps)
+        got = decoder(inputs, max_new_tokens=5, min_new_tokens=5, eos_token_id=loaded.tokenizer.eos_token_id,
+                      pad_token_id=loaded.tokenizer.pad_token_id)
+        assert decoder.last_compile_error is None and decoder.last_step_kind == kind
+        assert decoder._compiled is not None and decoder._compiled.usable  # the steps did go through it
+        assert got.tolist() == want.tolist(), kind
+
+
+def test_compiled_steps_compile_once_for_every_step_length(tiny_llava_dir, tiny_images):
+    """The compiled layers see (batch, 1, hidden) at every step whatever the cache length (the attention that reads
+    the cache is not compiled), so more steps compile nothing more: no per-length or per-layer recompiles."""
+    from torch._dynamo.utils import counters
+
+    loaded, strategy = prepared(tiny_llava_dir, "lora")
+    inputs = inputs_for(loaded, strategy, tiny_images)
+    kwargs = dict(min_new_tokens=0, eos_token_id=None, pad_token_id=loaded.tokenizer.pad_token_id)
+    decoder = GreedyDecoder(loaded.model, compile_prefill=True, compile_steps=True)
+    torch._dynamo.reset()
+    counters.clear()
+    decoder(inputs, max_new_tokens=1, **kwargs)  # the prefill alone: no step
+    prefill_graphs = counters["stats"]["unique_graphs"]
+    decoder(inputs, max_new_tokens=3, **kwargs)  # two steps
+    stepped_graphs = counters["stats"]["unique_graphs"]
+    assert stepped_graphs > prefill_graphs  # the steps did run compiled (a new shape: recompiled once)
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=9)
+    assert decoder(inputs, max_new_tokens=9, **kwargs).tolist() == want.tolist()  # eight steps, other lengths
+    assert counters["stats"]["unique_graphs"] == stepped_graphs, dict(counters["stats"])
+    assert decoder.last_step_kind == "exact-length"
+    # the masked steps' layers see the same shapes, and a mask the exact-length steps do not have: one graph more
+    # at most (a guard on the mask being given), however many steps
+    masked = GreedyDecoder(loaded.model, compile_steps=True, exact_length_steps=False)
+    masked._compiled = decoder._compiled
+    assert masked(inputs, max_new_tokens=9, **kwargs).tolist() == want.tolist()
+    assert counters["stats"]["unique_graphs"] <= stepped_graphs + 1, dict(counters["stats"])
+
+
+def test_a_failing_compile_falls_back_to_eager_steps_and_says_why(tiny_llava_dir, tiny_images, monkeypatch):
+    loaded, strategy = prepared(tiny_llava_dir, "dora")
+    inputs = inputs_for(loaded, strategy, tiny_images)
+    want = generate_new_tokens(loaded, inputs, max_new_tokens=4, min_new_tokens=4)
+
+    def broken_compile(fn, **options):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    decoder = GreedyDecoder(loaded.model, compile_steps=True)  # eager prefill, compiled steps asked
+    got = decoder(inputs, max_new_tokens=4, min_new_tokens=4, eos_token_id=loaded.tokenizer.eos_token_id,
+                  pad_token_id=loaded.tokenizer.pad_token_id)
+    assert got.tolist() == want.tolist()
+    assert "no C compiler here" in decoder.last_compile_error
+    assert not decoder._compiled.usable  # not retried on every step

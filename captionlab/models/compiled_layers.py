@@ -15,12 +15,12 @@ every layer compile anew, so while active its class's `forward` is wrapped in `t
 function it calls from its module (`apply_rotary_pos_emb`) is swapped for a compiled copy of itself.
 
 Scope. The compiled layers are swapped in only while `active()` is entered (the decoder enters it for the
-prefill alone), by setting the `_compiled_call_impl` that `nn.Module.__call__` consults, exactly as
-`nn.Module.compile()` does; everything is restored on exit, so training, the CUDA-graph decoding steps and
-any other caller keep the eager layers. The two class/module-level swaps are the same computation as what
-they replace (a no-compile wrapper, a compiled copy of the same function), so another thread using the
-same classes meanwhile computes the same thing. If compiling fails (no compiler, an unsupported layer),
-`active()` restores everything, records why in `error` and re-raises; the caller reruns eagerly
+prefill, and for each decoding step if asked: `GreedyDecoder(compile_steps=True)`), by setting the
+`_compiled_call_impl` that `nn.Module.__call__` consults, exactly as `nn.Module.compile()` does; everything is
+restored on exit, so training and any other caller keep the eager layers. The two class/module-level swaps are
+the same computation as what they replace (a no-compile wrapper, a compiled copy of the same function), so
+another thread using the same classes meanwhile computes the same thing. If compiling fails (no compiler, an unsupported
+layer), `active()` restores everything, records why in `error` and re-raises; the caller reruns eagerly
 (`GreedyDecoder` does, and says so).
 
     compiled = CompiledLayers(model)

@@ -42,6 +42,18 @@ itself runs its steps without a mask over exactly the cached tokens: the exact-l
 saying why in `last_compile_error`, if compiling fails. A failing graph capture falls back to eager steps, and
 says why in `last_graph_error`.
 
+`compile_steps=True` runs the decoding steps' layers through the same compiled layers (norms, rotary, SiLU x up and
+residual adds fused; attention and cache writes eager, as in the prefill), inside the CUDA graphs where those are
+on. Why it might pay: a graph-replayed step still launches 41 operations per decoder layer in bf16, 31 of them
+elementwise passes over (batch, 1, 4096) (counted on the tiny model's layer class: 9 mul, 7 add, 4 casts, 2 each of
+pow, mean, rsqrt, neg, cat, 1 SiLU; beside 7 products, 1 attention, 2 cache writes), ~1,000 per step on a 32-layer
+model, each a few microseconds whatever its size, against a step that reading the KV cache and the weights at HBM
+bandwidth would finish in ~7 ms (LLaVA-1.5-7B, batch 64, H200). The compiled layers' shapes do not depend on the
+cache length (the attention that reads the cache is not compiled), so no step length compiles anything new: the steps
+add one recompile (a dynamic sequence length: the prefill's shape first, then the step's), the masked steps one more
+(their mask is an input the others lack). Off by default: exact on the CPU (tests), NOT yet measured on a GPU (`bench/caption_throughput.py`'s
+`captionlab-compiled-steps` row against `captionlab`).
+
 One decoder keeps the buffers (and graphs) of its last batch shape, so batches of one shape reuse them;
 `release()` frees them (the cache is the big part: 0.5 MB per token per image on a 7B model).
 """
@@ -79,18 +91,20 @@ class GreedyDecoder:
     """Greedy decoding for a LLaVA / LLaVA-NeXT model (plain, peft-wrapped or with captionlab's strategies).
 
     `cuda_graph`: replay the decoding steps as CUDA graphs (None: on CUDA devices). `compile_prefill`: the prefill
-    through torch.compile'd layers. `exact_length_steps`: decode a batch with no padding through exact-length
-    steps (the written cache, no mask; see the module docstring); None (the default) or True: wherever it
-    applies (unpadded batches); False: masked steps always. Padded batches always take masked steps.
-    The exact-length steps give generate()'s tokens (CPU tests, fp32) but are NOT yet measured on a GPU: whether
-    they are faster there (flash attention, one graph per step length) is for the next GPU benchmark to say
+    through torch.compile'd layers; `compile_steps`: the decoding steps' layers too (not yet measured on a GPU).
+    `exact_length_steps`: decode a batch with no padding through exact-length steps (the written cache, no mask; see
+    the module docstring); None (the default) or True: wherever it applies (unpadded batches); False: masked steps
+    always. Padded batches always take masked steps. The exact-length steps give generate()'s tokens (CPU tests,
+    fp32) but are NOT yet measured on a GPU: whether they are faster there (flash attention, one graph per step
+    length) is for the next GPU benchmark to say
     (`bench/caption_throughput.py`'s `captionlab` row against `captionlab-masked-steps`)."""
 
     def __init__(self, model: torch.nn.Module, cuda_graph: bool | None = None, compile_prefill: bool = False,
-                 exact_length_steps: bool | None = None):
+                 exact_length_steps: bool | None = None, compile_steps: bool = False):
         self.model = model
         self.cuda_graph = cuda_graph  # None: on CUDA devices
         self.compile_prefill = compile_prefill  # prefill through torch.compile'd layers (`compiled_layers.py`)
+        self.compile_steps = compile_steps  # decoding steps' layers through the same compiled layers
         self.exact_length_steps = exact_length_steps  # None: on for unpadded batches
         self._state: _State | None = None
         self._compiled = None
@@ -168,21 +182,24 @@ class GreedyDecoder:
     def _prefill(self, cache: PreallocatedCache, **kwargs):
         """The model's own forward over the prompts, writing keys and values into `cache` (through a prefill view:
         None where this transformers has none, then a DynamicCache is copied in, twice the memory briefly)."""
-        if self.compile_prefill:
+        if self.compile_prefill and self._compiled_layers().usable:
+            try:
+                with self._compiled.active():
+                    return self.model(past_key_values=cache.prefill_view(), **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - compiling failed: said in last_compile_error, the prefill reruns eagerly
+                self.last_compile_error = self._compiled.error
+                cache.reset()
+        return self.model(past_key_values=cache.prefill_view(), **kwargs)
+
+    def _compiled_layers(self):
+        """The compiled stand-ins for the model's layers, shared by the prefill and the steps (made on first use)."""
+        if self._compiled is None:
             from captionlab.models.compiled_layers import CompiledLayers
 
-            if self._compiled is None:
-                self._compiled = CompiledLayers(self.model)
-            if self._compiled.usable:
-                try:
-                    with self._compiled.active():
-                        return self.model(past_key_values=cache.prefill_view(), **kwargs)
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception:  # noqa: BLE001 - compiling failed: said in last_compile_error, the prefill reruns eagerly
-                    self.last_compile_error = self._compiled.error
-                    cache.reset()
-        return self.model(past_key_values=cache.prefill_view(), **kwargs)
+            self._compiled = CompiledLayers(self.model)
+        return self._compiled
 
     def _dtype(self) -> torch.dtype:
         return unwrap(self.model).get_input_embeddings().weight.dtype
@@ -221,10 +238,23 @@ class GreedyDecoder:
         return wanted and not padded
 
     def _eager_step(self, state: _State, exact: bool) -> torch.Tensor:
-        """One decoding step: embed the fed token, run the decoder against the cache, project the last position.
+        """One decoding step: embed the fed token, run the decoder against the cache, project the last position;
+        through the compiled layers if `compile_steps` (eagerly, and saying why in `last_compile_error`, if
+        compiling fails: the failed try wrote the same keys and values to the same slot, so nothing is lost).
 
         Masked: the whole buffer with the additive mask. Exact-length: the written tokens and no mask at all (the
         language model builds none: see `ExactLengthView`)."""
+        if self.compile_steps and self._compiled_layers().usable:
+            try:
+                with self._compiled.active():
+                    return self._layer_step(state, exact)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - compiling failed: said in last_compile_error, the step reruns eagerly
+                self.last_compile_error = self._compiled.error
+        return self._layer_step(state, exact)
+
+    def _layer_step(self, state: _State, exact: bool) -> torch.Tensor:
         base = unwrap(self.model)
         embeddings = base.get_input_embeddings()(state.token)
         cache, mask = (state.exact_view, None) if exact else (state.cache, state.mask)
