@@ -190,13 +190,15 @@ def _coerce(field_: dataclasses.Field, raw, source: str):
     return raw
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, str]:
+def parse_overrides(overrides: list[str]) -> dict[str, str | None]:
+    """`key=value` strings -> {key: value as typed}. The text is kept as it is (no YAML: `prompt=Describe it: briefly`
+    must stay a string, not become a mapping); `_coerce` turns it into the field's type, or fails naming the field."""
     values = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        values[key.strip()] = value if value.strip() else None
     return values
 
 
