@@ -11,17 +11,17 @@ The run folder's layout is described in captionlab/training/run_folder.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 
-def create_run(recipe: str, overrides: list[str]) -> Path:
-    """Validate the config, create its run folder with config.yaml, and register it."""
+def create_run(config) -> Path:
+    """A new run folder under the workspace with the validated config in config.yaml."""
     from captionlab import paths
-    from captionlab.training.config import resolve_config, save_config
+    from captionlab.training.config import save_config
 
-    config = resolve_config(recipe, overrides)
     run_dir = paths.runs_dir() / f"{config.run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     suffix = 1
     while run_dir.exists():
@@ -29,30 +29,108 @@ def create_run(recipe: str, overrides: list[str]) -> Path:
         suffix += 1
     run_dir.mkdir(parents=True)
     save_config(config, run_dir / "config.yaml")
-    try:
-        from captionlab.training.runs_db import register_run
-    except ImportError:
-        return run_dir
-    register_run(run_id=run_dir.name, name=config.run_name, model=config.model, strategy=config.strategy,
-                 dataset=config.dataset, recipe=config.recipe or "", run_dir=str(run_dir), state="queued")
     return run_dir
 
 
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun, which set them in the environment; (0, 1) alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def shared_run_folder(config, wait_s: float = 120.0) -> Path:
+    """The run folder of this launch: created by rank 0; the other processes of a distributed launch (children
+    of the same torchrun agent, so one parent pid and one MASTER_PORT) read its path from a note that rank 0
+    leaves in <runs>/.starting/, since the process group the trainer sets up does not exist yet."""
+    from captionlab import atomic, paths
+
+    rank, world = _distributed_rank()
+    if world == 1:
+        return create_run(config)
+    note = paths.runs_dir() / ".starting" / f"{os.getppid()}-{os.environ.get('MASTER_PORT', '0')}"
+    if rank == 0:
+        run_dir = create_run(config)
+        note.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(note, str(run_dir))
+        return run_dir
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if note.exists():
+            return Path(note.read_text().strip())
+        time.sleep(0.2)
+    raise RuntimeError(f"rank {rank}: rank 0 did not create the run folder within {wait_s:.0f} s (no {note})")
+
+
+def register_started_run(run_dir: Path) -> None:
+    """Put a run started from a terminal (`train run --recipe`) in the runs database as running, with this
+    process's pid: its command line names the run folder (see `cmd_run`), which is how `runs` tells that it is
+    alive. No process group is recorded: the group is the terminal's job (a script, a pipe, accelerate's
+    launcher), so `runs stop` signals this process alone, and the trainer stops every rank with it."""
+    from captionlab.training.config import load_run_config
+    from captionlab.training.runs_db import register_run
+
+    config = load_run_config(run_dir / "config.yaml")
+    register_run(run_id=run_dir.name, name=config.run_name, model=config.model, strategy=config.strategy,
+                 dataset=config.dataset, recipe=config.recipe or "", run_dir=str(run_dir), state="running",
+                 pid=os.getpid(), message="started from a terminal (python -m train run)")
+
+
+class _Tee:
+    """A text stream that writes to the terminal and to the run's log.txt, so `runs show` and the app can show
+    the log of a run started from a terminal too (the launcher redirects its trainers' output there itself)."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.log.flush()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _tee_into(run_dir: Path) -> None:
+    log = (run_dir / "log.txt").open("a", buffering=1)
+    sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from captionlab.training.config import ConfigError
-    from captionlab.training.trainer import train_run
+    from captionlab.data.errors import DatasetError
+    from captionlab.models.registry import ModelNotFoundError
+    from captionlab.training.config import ConfigError, resolve_config
+    from captionlab.training.preflight import preflight
 
     if args.run_dir is None and args.recipe is None:
         print("error: give --recipe (a new run) or --run-dir (an existing one)", file=sys.stderr)
         return 2
-    try:
-        run_dir = Path(args.run_dir) if args.run_dir else create_run(args.recipe, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.run_dir is None:
+        try:
+            config = resolve_config(args.recipe, args.overrides)
+            preflight(config)  # before any run folder exists: a wrong path or missing weights leave nothing behind
+        except (ConfigError, DatasetError, ModelNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        run_dir = shared_run_folder(config)
+        # Become `train run --run-dir DIR` (same pid, same environment): the command line then names the run
+        # folder, which is how `runs` and the app tell a live trainer from a dead one (a pid alone may be reused).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "train", "run", "--run-dir", str(run_dir), "--from-terminal"])
+    run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists():
         print(f"error: {run_dir} has no config.yaml", file=sys.stderr)
         return 2
+    if args.from_terminal:
+        _tee_into(run_dir)
+        if _distributed_rank()[0] == 0:
+            register_started_run(run_dir)
+    from captionlab.training.trainer import train_run
+
     print(f"run folder: {run_dir}", flush=True)
     return train_run(run_dir, resume=args.resume)
 
@@ -74,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--run-dir", help="an existing run folder with config.yaml (the launcher uses this)")
     run.add_argument("--resume", action="store_true", help="continue from the run's last good checkpoint")
     run.add_argument("overrides", nargs="*", help="key=value settings that override the recipe")
+    # set by `--recipe` when it hands over to `--run-dir`: register the run and copy the output into log.txt
+    run.add_argument("--from-terminal", action="store_true", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
     zoo = sub.add_parser("zoo", help="rebuild the whole embedded study from nothing")
     zoo.add_argument("--only", nargs="*", help="run only these steps (default: all)")

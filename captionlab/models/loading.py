@@ -76,7 +76,8 @@ def weights_folder(spec: ModelSpec) -> Path:
         raise ModelNotFoundError(
             f"weights for {spec.name!r} ({spec.hf_id}) are not in the local Hugging Face cache; captionlab "
             f"never downloads at run time. On a machine with internet run `hf download {spec.hf_id}` "
-            f"(or `huggingface-cli download {spec.hf_id}`), or pass a local folder with --model."
+            f"(or `huggingface-cli download {spec.hf_id}`), or give a local folder of the weights instead "
+            f"(`--model DIR` for evaluate and the app, `model=DIR` for `python -m train run`)."
         )
     raise ModelNotFoundError(f"model {spec.name!r} has neither a weights folder nor a Hugging Face id")
 

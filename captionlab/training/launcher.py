@@ -246,7 +246,10 @@ def _require_run(run_id: str) -> dict:
 
 
 def _terminate_group(pid: int | None, pgid: int | None, run_dir: str, grace_s: float) -> None:
-    if pgid is None or not _group_is_ours(pid, pgid, run_dir):
+    if pgid is None:  # started from a terminal (`train run --recipe`): its group is not ours to signal
+        _terminate_process(pid, run_dir, grace_s)
+        return
+    if not _group_is_ours(pid, pgid, run_dir):
         return
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
@@ -258,6 +261,21 @@ def _terminate_group(pid: int | None, pgid: int | None, run_dir: str, grace_s: f
             _reap(pid)
             if not _group_members(pgid):
                 return
+            time.sleep(0.05)
+
+
+def _terminate_process(pid: int | None, run_dir: str, grace_s: float) -> None:
+    """SIGTERM one trainer process (if it is still ours), SIGKILL it if it outlives `grace_s`. Under a distributed
+    launch this is rank 0, which stops the other ranks with it (the trainer agrees on stopping across ranks)."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if pid is None or not _is_our_process(pid, run_dir):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _is_our_process(pid, run_dir):
             time.sleep(0.05)
 
 
