@@ -230,3 +230,25 @@ def test_checkpoint_resolution(tmp_path):
     with pytest.raises(ev.EvaluationError, match="--checkpoint"):
         ev.resolve_checkpoint(target, "lora", None)
     assert ev.resolve_checkpoint(target, "zero_shot", None) is None
+
+
+def test_a_checkpoint_may_be_a_unique_prefix_of_a_run_id(tmp_path, monkeypatch):
+    """As `runs show` takes it: the registered run whose id starts with it; several -> an error naming them."""
+    from captionlab.training import runs_db
+
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    target = ev.ModelTarget(label="m", embedded=False)
+    artifacts = {}
+    for run_id in ("launched-20250101-000000", "lora-a-1", "lora-a-2"):
+        run = tmp_path / "elsewhere" / run_id
+        artifacts[run_id] = run / "best" / "artifact"
+        artifacts[run_id].mkdir(parents=True)
+        (artifacts[run_id] / "strategy.json").write_text(json.dumps({"strategy": "lora"}))
+        (run / "best" / "COMPLETE").write_text("")
+        runs_db.register_run(run_id, name=run_id, run_dir=run)
+    assert ev.resolve_checkpoint(target, "lora", "launched") == artifacts["launched-20250101-000000"].resolve()
+    assert ev.resolve_checkpoint(target, "lora", "lora-a-1") == artifacts["lora-a-1"].resolve()
+    with pytest.raises(ev.EvaluationError, match="'lora-a' matches 2 runs: .*lora-a-.*lora-a-"):
+        ev.resolve_checkpoint(target, "lora", "lora-a")
+    with pytest.raises(ev.EvaluationError, match="checkpoint not found"):
+        ev.resolve_checkpoint(target, "lora", "nothing-like-it")

@@ -41,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="registry name, local folder or cached Hugging Face id (default: embedded)")
     parser.add_argument("--strategy", help="zero_shot, prompt_learning, prefix_tuning, lora, dora, full, "
                                            "qlora or clip_captioner")
-    parser.add_argument("--checkpoint", help="run folder, run id or artifact folder of the strategy "
-                                             "(the CLIP-Captioner's folder for clip_captioner)")
+    parser.add_argument("--checkpoint", help="run folder, run id (or a unique prefix of one) or artifact folder of "
+                                             "the strategy (the CLIP-Captioner's folder for clip_captioner)")
     parser.add_argument("--dataset", help="a name from the dataset config, or FORMAT:PATH")
     parser.add_argument("--images", type=Path, help="image folder (replaces the config's)")
     parser.add_argument("--config", type=Path, help="dataset config YAML (default: the embedded world's)")

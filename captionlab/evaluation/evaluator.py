@@ -7,9 +7,9 @@
 
 What is evaluated:
 - the Captioner: zero-shot needs no checkpoint; every other strategy needs its artifact, given as
-  a run folder (its `best/artifact/`, else `last/artifact/`), a run id, an artifact folder, or a
-  checkpoints folder holding `strategies/<key>/`; for the embedded model the shipped
-  `checkpoints/embedded/strategies/<key>/` is used when none is given. The CLIP-Captioner
+  a run folder (its `best/artifact/`, else `last/artifact/`), a run id (or a unique prefix of one),
+  an artifact folder, or a checkpoints folder holding `strategies/<key>/`; for the embedded model
+  the shipped `checkpoints/embedded/strategies/<key>/` is used when none is given. The CLIP-Captioner
   baseline is `strategy="clip_captioner"` with its folder as the checkpoint.
 - the dataset: a config name or `FORMAT:PATH` (`captionlab.data.datasets.resolve_dataset`); the
   split defaults to the config's, then `test` for COCO Karpathy, else every record.
@@ -213,7 +213,7 @@ def find_artifact(folder: str | Path, strategy: str) -> Path:
 
 
 def _checkpoint_path(checkpoint: str | Path) -> Path:
-    """A path, or a run id under the workspace's runs folder."""
+    """A path, or a run id (or a unique prefix of one, as `runs show` takes) of the workspace's runs."""
     path = Path(checkpoint).expanduser()
     if path.exists():
         return path.resolve()
@@ -221,8 +221,23 @@ def _checkpoint_path(checkpoint: str | Path) -> Path:
         run = paths.runs_dir() / str(checkpoint)
         if run.exists():
             return run.resolve()
+        found = _registered_run(str(checkpoint))
+        if found is not None:
+            return found
     raise EvaluationError(f"checkpoint not found: {path.resolve()} (give a run folder, a run id under "
                           f"{paths.runs_dir()}, or an artifact folder)")
+
+
+def _registered_run(prefix: str) -> Path | None:
+    """The folder of the one registered run whose id starts with `prefix` (None if no run does)."""
+    from captionlab.training import runs_db
+
+    try:
+        return Path(runs_db.find_run(prefix)["run_dir"]).expanduser().resolve()
+    except runs_db.UnknownRunError:
+        return None
+    except runs_db.AmbiguousRunError as exc:
+        raise EvaluationError(f"checkpoint {exc}: give more of the id") from None
 
 
 def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Path | None) -> Path | None:
