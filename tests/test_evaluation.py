@@ -252,3 +252,29 @@ def test_a_checkpoint_may_be_a_unique_prefix_of_a_run_id(tmp_path, monkeypatch):
         ev.resolve_checkpoint(target, "lora", "lora-a")
     with pytest.raises(ev.EvaluationError, match="checkpoint not found"):
         ev.resolve_checkpoint(target, "lora", "nothing-like-it")
+
+
+def test_each_checkpoint_is_evaluated_into_its_own_folder(tmp_path, monkeypatch):
+    """A run's checkpoint never replaces the shipped checkpoint's results (which stay where the app reads them)."""
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    annotations = _karpathy(tmp_path)
+    stub = FixedCaptioner({(40, 30): "a red box", (30, 40): "blue cups", (50, 50): "a square", (60, 30): "a tree"})
+    shipped = ev._embedded_dir() / "strategies" / "lora"
+    run_artifact = tmp_path / "home" / "runs" / "lora-20250101-000000" / "best" / "artifact"
+    run_artifact.mkdir(parents=True)
+    other = tmp_path / "elsewhere" / "lora"
+    other.mkdir(parents=True)
+
+    def evaluate(checkpoint):
+        return ev.evaluate("embedded", "lora", f"karpathy:{annotations}", checkpoint=checkpoint, captioner=stub,
+                           clip_encoder=False, record=False)
+
+    first, run, elsewhere = evaluate(shipped), evaluate(run_artifact), evaluate(other)
+    dataset_folder = ev.default_out_dir("embedded", "lora", first.dataset, first.split).name
+    assert first.results_path.parent == tmp_path / "home" / "evaluations" / "embedded" / "lora" / dataset_folder
+    assert run.results_path.parent == first.results_path.parent.parent / "lora-20250101-000000-best" / dataset_folder
+    assert elsewhere.results_path.parent.parent.name.startswith("lora-")
+    assert len({first.results_path, run.results_path, elsewhere.results_path}) == 3
+    assert load_results_json(first.results_path).result.checkpoint == str(shipped)
+    assert not list(first.results_path.parent.glob("*.stale")) and first.predictions_path.exists()
+    assert evaluate(shipped).resumed == 4  # its predictions were never moved aside

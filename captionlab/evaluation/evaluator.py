@@ -14,7 +14,8 @@ What is evaluated:
 - the dataset: a config name or `FORMAT:PATH` (`captionlab.data.datasets.resolve_dataset`); the
   split defaults to the config's, then `test` for COCO Karpathy, else every record.
 
-Outputs, in `out_dir` (default `<workspace>/evaluations/<model>/<strategy>/<dataset>-<split>/`):
+Outputs, in `out_dir` (default `<workspace>/evaluations/<model>/<strategy>/<dataset>-<split>/` for
+zero-shot and the shipped checkpoints, `.../<strategy>/<checkpoint>/<dataset>-<split>/` for any other):
 `predictions.jsonl` (resumable, see `generation`), `results.json` (the result row plus per-image
 scores for the app's drill-down: the five reference metrics x100, CLIP-Score and RefCLIP-Score
 as is), and a row in the results database.
@@ -444,8 +445,34 @@ def _slug(text: str) -> str:
     return slug
 
 
-def default_out_dir(model: str, strategy: str, dataset: str, split: str) -> Path:
-    return paths.workspace() / "evaluations" / _slug(model) / _slug(strategy) / _slug(f"{dataset}-{split}")
+def default_out_dir(model: str, strategy: str, dataset: str, split: str, artifact: Path | None = None) -> Path:
+    """`<workspace>/evaluations/<model>/<strategy>/[<checkpoint>/]<dataset>-<split>/`: one folder per
+    checkpoint, so evaluating another one never replaces this one's results (see `checkpoint_folder_name`)."""
+    folder = paths.workspace() / "evaluations" / _slug(model) / _slug(strategy)
+    name = checkpoint_folder_name(artifact)
+    if name is not None:
+        folder = folder / name
+    return folder / _slug(f"{dataset}-{split}")
+
+
+def checkpoint_folder_name(artifact: Path | None) -> str | None:
+    """The folder name that tells `artifact`'s evaluations apart from any other checkpoint's.
+
+    None for the base model (zero-shot) and the embedded study's shipped checkpoints: their
+    evaluations stay where they always were. A run of the workspace gives its id and which of
+    its checkpoints (`<run_id>-best`); any other folder its name and a hash of its whole path,
+    as two folders can share a name (every run has an `artifact/`).
+    """
+    if artifact is None:
+        return None
+    artifact = Path(artifact).expanduser().resolve()
+    if artifact.is_relative_to(_embedded_dir().resolve()):
+        return None
+    runs = paths.runs_dir().resolve()
+    if artifact.is_relative_to(runs):
+        return _slug("-".join(part for part in artifact.relative_to(runs).parts if part != "artifact"))
+    name = f"{artifact.parent.parent.name}-{artifact.parent.name}" if artifact.name == "artifact" else artifact.name
+    return f"{_slug(name)[:40]}-{hashlib.sha1(str(artifact).encode()).hexdigest()[:8]}"
 
 
 def _stamp(folder: Path | None) -> str | None:
@@ -546,7 +573,8 @@ def evaluate(
             captioner = CaptionerPool(target, {strategy: artifact}, settings, device).captioner(strategy)
     label = getattr(captioner, "name", None) or strategy_label(strategy)
 
-    folder = Path(out_dir) if out_dir is not None else default_out_dir(target.label, strategy, spec.name, split_label)
+    folder = (Path(out_dir) if out_dir is not None
+              else default_out_dir(target.label, strategy, spec.name, split_label, artifact))
     predictions_path = folder / PREDICTIONS_NAME
     meta = {"model": target.label,
             "model_source": None if target.spec is None else str(target.spec.weights_dir or target.spec.hf_id),
