@@ -278,3 +278,17 @@ def test_each_checkpoint_is_evaluated_into_its_own_folder(tmp_path, monkeypatch)
     assert load_results_json(first.results_path).result.checkpoint == str(shipped)
     assert not list(first.results_path.parent.glob("*.stale")) and first.predictions_path.exists()
     assert evaluate(shipped).resumed == 4  # its predictions were never moved aside
+
+
+def test_a_missing_embedded_checkpoint_gets_advice_that_holds(tmp_path, monkeypatch):
+    """The zoo builds the study's five strategies on the CPU; QLoRA is not one of them (it needs CUDA)."""
+    monkeypatch.setattr(ev, "_embedded_dir", lambda: tmp_path / "embedded")  # nothing shipped
+    target = ev.ModelTarget(label="embedded", embedded=True)
+    with pytest.raises(ev.EvaluationError) as lora:
+        ev.resolve_checkpoint(target, "lora", None)
+    assert "build the embedded study with `python -m train zoo`" in str(lora.value)
+    with pytest.raises(ev.EvaluationError) as qlora:
+        ev.resolve_checkpoint(target, "qlora", None)
+    message = str(qlora.value)
+    assert "build the embedded study" not in message and "CUDA GPU with bitsandbytes" in message
+    assert "`python -m train run --recipe embedded/lora strategy=qlora device=cuda`" in message

@@ -263,10 +263,23 @@ def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Pat
         if _card_strategy(shipped) == strategy:
             return shipped
         raise EvaluationError(f"no trained {strategy} checkpoint for the embedded model ({shipped} is missing): "
-                              f"pass --checkpoint RUN_OR_FOLDER, or build the embedded study with "
-                              f"`python -m train zoo`")
+                              f"pass --checkpoint RUN_OR_FOLDER, or {_how_to_train_embedded(strategy)}")
     raise EvaluationError(f"strategy {strategy} needs a trained checkpoint: pass --checkpoint RUN_OR_FOLDER "
                           f"(a run folder, a run id, or an artifact folder)")
+
+
+def _how_to_train_embedded(strategy: str) -> str:
+    """Advice that holds for `strategy`: the zoo rebuilds only the strategies the embedded study ships."""
+    from captionlab.strategies import STRATEGIES
+    from captionlab.zoo import PERSONALIZED
+
+    if strategy in PERSONALIZED:
+        return "build the embedded study with `python -m train zoo`"
+    command = f"python -m train run --recipe embedded/lora strategy={strategy}"
+    if getattr(STRATEGIES.get(strategy), "needs_cuda", False):  # QLoRA's 4-bit base: bitsandbytes, on CUDA only
+        return (f"train one on a CUDA GPU with bitsandbytes (which {strategy} needs, so `python -m train zoo`, "
+                f"on the CPU, never builds it): `{command} device=cuda`")
+    return f"train one with `{command}` (`python -m train zoo` does not build {strategy})"
 
 
 def discover_checkpoint(target: ModelTarget, strategy: str, checkpoints: str | Path | None = None,
