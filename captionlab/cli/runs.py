@@ -100,8 +100,8 @@ def show_command(args: argparse.Namespace) -> int:
                          ("folder", row["run_dir"])):
         if value:
             print(f"  {label:<14}{value}")
-    print("last metrics:")
-    for metric in metrics or [{"": "none yet"}]:
+    print("last metrics:" if metrics else "last metrics: none yet")
+    for metric in metrics:
         print("  " + json.dumps(metric, sort_keys=True))
     print("log tail:")
     print("\n".join("  " + line for line in (log or "(empty)").splitlines()))
