@@ -100,3 +100,27 @@ def test_world_calls_the_generator_with_out_and_seed(capsys, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "captionlab.world", fake)
     code, out, _ = run(capsys, "world", "--out", str(tmp_path), "--seed", "3")
     assert code == 0 and calls == [(tmp_path, 3)] and str(tmp_path) in out
+
+
+def test_stats_by_name_on_a_fresh_workspace_generates_the_embedded_world(capsys, tmp_path, monkeypatch):
+    """As `train run` and `evaluate` do; the note goes to stderr so that --json stays parseable."""
+    import captionlab.world
+
+    real = captionlab.world.write_world
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path))
+    monkeypatch.setattr(captionlab.world, "write_world", lambda out, seed=0, scale=1.0: real(out, seed, scale=0.02))
+    code, out, err = run(capsys, "stats", "--dataset", "coco", "--json")
+    assert code == 0 and "generating the embedded caption world" in err
+    stats = json.loads(out)
+    assert stats["total"]["images"] > 0 and stats["annotations"].startswith(str(tmp_path / "world"))
+
+
+def test_skip_missing_with_every_image_missing_is_an_error(capsys, tmp_path):
+    shutil.copytree(FIXTURES / "nocaps", tmp_path / "nocaps")
+    for image in (tmp_path / "nocaps/images").iterdir():
+        image.unlink()
+    code, out, err = run(capsys, "stats", "--format", "nocaps", "--skip-missing", "--images",
+                         str(tmp_path / "nocaps/images"), "--annotations",
+                         str(tmp_path / "nocaps/nocaps_val_4500_captions.json"))
+    assert code == 2 and out == ""
+    assert "error: nothing readable" in err and "every one of its 3 record(s)" in err

@@ -111,3 +111,19 @@ def test_a_named_dataset_on_a_fresh_workspace_generates_the_embedded_world(tmp_p
     datasets.ensure_embedded_world("karpathy:/x/dataset_coco.json", None)  # FORMAT:PATH never triggers it
     datasets.ensure_embedded_world("nocaps", tmp_path / "datasets.yaml")  # nor an explicit config
     assert len(made) == 1
+
+
+def test_readme_and_help_say_what_grid_mode_runs(capsys):
+    """The paper's six strategies on the five datasets: not every strategy (the CLIP-Captioner, qlora)."""
+    from captionlab.evaluation.evaluator import DEFAULT_DATASETS
+    from captionlab.paths import PROJECT_ROOT
+    from captionlab.strategies import PAPER_STRATEGIES
+
+    assert len(PAPER_STRATEGIES) == 6 and "qlora" not in PAPER_STRATEGIES and len(DEFAULT_DATASETS) == 5
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if "evaluate --grid" in line)
+    assert "the paper's six strategies on the five datasets" in line and "every strategy" not in line
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--grid the paper's six strategies" in help_text

@@ -230,3 +230,65 @@ def test_checkpoint_resolution(tmp_path):
     with pytest.raises(ev.EvaluationError, match="--checkpoint"):
         ev.resolve_checkpoint(target, "lora", None)
     assert ev.resolve_checkpoint(target, "zero_shot", None) is None
+
+
+def test_a_checkpoint_may_be_a_unique_prefix_of_a_run_id(tmp_path, monkeypatch):
+    """As `runs show` takes it: the registered run whose id starts with it; several -> an error naming them."""
+    from captionlab.training import runs_db
+
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    target = ev.ModelTarget(label="m", embedded=False)
+    artifacts = {}
+    for run_id in ("launched-20250101-000000", "lora-a-1", "lora-a-2"):
+        run = tmp_path / "elsewhere" / run_id
+        artifacts[run_id] = run / "best" / "artifact"
+        artifacts[run_id].mkdir(parents=True)
+        (artifacts[run_id] / "strategy.json").write_text(json.dumps({"strategy": "lora"}))
+        (run / "best" / "COMPLETE").write_text("")
+        runs_db.register_run(run_id, name=run_id, run_dir=run)
+    assert ev.resolve_checkpoint(target, "lora", "launched") == artifacts["launched-20250101-000000"].resolve()
+    assert ev.resolve_checkpoint(target, "lora", "lora-a-1") == artifacts["lora-a-1"].resolve()
+    with pytest.raises(ev.EvaluationError, match="'lora-a' matches 2 runs: .*lora-a-.*lora-a-"):
+        ev.resolve_checkpoint(target, "lora", "lora-a")
+    with pytest.raises(ev.EvaluationError, match="checkpoint not found"):
+        ev.resolve_checkpoint(target, "lora", "nothing-like-it")
+
+
+def test_each_checkpoint_is_evaluated_into_its_own_folder(tmp_path, monkeypatch):
+    """A run's checkpoint never replaces the shipped checkpoint's results (which stay where the app reads them)."""
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    annotations = _karpathy(tmp_path)
+    stub = FixedCaptioner({(40, 30): "a red box", (30, 40): "blue cups", (50, 50): "a square", (60, 30): "a tree"})
+    shipped = ev._embedded_dir() / "strategies" / "lora"
+    run_artifact = tmp_path / "home" / "runs" / "lora-20250101-000000" / "best" / "artifact"
+    run_artifact.mkdir(parents=True)
+    other = tmp_path / "elsewhere" / "lora"
+    other.mkdir(parents=True)
+
+    def evaluate(checkpoint):
+        return ev.evaluate("embedded", "lora", f"karpathy:{annotations}", checkpoint=checkpoint, captioner=stub,
+                           clip_encoder=False, record=False)
+
+    first, run, elsewhere = evaluate(shipped), evaluate(run_artifact), evaluate(other)
+    dataset_folder = ev.default_out_dir("embedded", "lora", first.dataset, first.split).name
+    assert first.results_path.parent == tmp_path / "home" / "evaluations" / "embedded" / "lora" / dataset_folder
+    assert run.results_path.parent == first.results_path.parent.parent / "lora-20250101-000000-best" / dataset_folder
+    assert elsewhere.results_path.parent.parent.name.startswith("lora-")
+    assert len({first.results_path, run.results_path, elsewhere.results_path}) == 3
+    assert load_results_json(first.results_path).result.checkpoint == str(shipped)
+    assert not list(first.results_path.parent.glob("*.stale")) and first.predictions_path.exists()
+    assert evaluate(shipped).resumed == 4  # its predictions were never moved aside
+
+
+def test_a_missing_embedded_checkpoint_gets_advice_that_holds(tmp_path, monkeypatch):
+    """The zoo builds the study's five strategies on the CPU; QLoRA is not one of them (it needs CUDA)."""
+    monkeypatch.setattr(ev, "_embedded_dir", lambda: tmp_path / "embedded")  # nothing shipped
+    target = ev.ModelTarget(label="embedded", embedded=True)
+    with pytest.raises(ev.EvaluationError) as lora:
+        ev.resolve_checkpoint(target, "lora", None)
+    assert "build the embedded study with `python -m train zoo`" in str(lora.value)
+    with pytest.raises(ev.EvaluationError) as qlora:
+        ev.resolve_checkpoint(target, "qlora", None)
+    message = str(qlora.value)
+    assert "build the embedded study" not in message and "CUDA GPU with bitsandbytes" in message
+    assert "`python -m train run --recipe embedded/lora strategy=qlora device=cuda`" in message

@@ -128,6 +128,23 @@ def test_spice_configured_folder_is_checked_for_both_jars(tmp_path, monkeypatch)
     assert "BLEU-4" in report.corpus
 
 
+def test_spice_fetch_offline_is_one_line_saying_where_to_put_the_jars(tmp_path, monkeypatch, capsys):
+    import socket
+    import urllib.error
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(spice.urllib.request, "urlopen", offline)
+    assert spice.main(["fetch", "--dest", str(tmp_path)]) != 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: cannot download from repo1.maven.org")
+    for hint in ("Name or service not known", *spice.CORENLP_JARS, str(tmp_path), "CAPTIONLAB_SPICE_JARS",
+                 "spice status"):
+        assert hint in captured.err
+    assert not list(tmp_path.iterdir())  # no half jar left behind
+
+
 def test_spice_heap_cap_is_sane(monkeypatch):
     monkeypatch.delenv("CAPTIONLAB_SPICE_XMX", raising=False)
     cap = spice.java_heap_cap()

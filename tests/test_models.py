@@ -48,3 +48,25 @@ def test_a_registry_name_cannot_escape_the_configs_folder(tmp_path):
     relative = "../../../../../../../../" + str(tmp_path / "evil").lstrip("/")
     with pytest.raises(ModelNotFoundError):
         get_model_spec(relative)
+
+
+def test_params_of_the_embedded_model_match_its_shipped_runs(capsys):
+    """Prompt learning's count needs the prompt's length, which the embedded model's tokenizer gives."""
+    import json
+
+    from captionlab.paths import CHECKPOINTS_DIR
+
+    shipped = {strategy: json.loads((CHECKPOINTS_DIR / "embedded/runs" / strategy / "energy.json").read_text())
+               ["trainable_parameters"] for strategy in ("prompt_learning", "prefix_tuning", "lora", "dora", "full")}
+    for model in ("embedded", str(CHECKPOINTS_DIR / "embedded/base")):
+        assert main(["params", "--model", model, "--json"]) == 0
+        counts = json.loads(capsys.readouterr().out)["trainable_parameters"]
+        assert {strategy: counts[strategy] for strategy in shipped} == shipped
+    assert shipped["prompt_learning"] == 7_552 and shipped["full"] == 1_148_544  # README's Table 4
+
+
+def test_params_say_what_the_counts_mean(capsys):
+    assert main(["params", "--model", "llava-1.5-7b"]) == 0
+    out = capsys.readouterr().out
+    assert "method text" in out and "19.7k" in out and "13.1k" in out
+    assert "vision tower stays frozen" in out

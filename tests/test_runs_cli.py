@@ -87,3 +87,13 @@ def test_user_errors_are_one_line_messages(workspace, capsys):
     assert code == 2 and "is not running (state: finished)" in err
     code, _, err = run_cli(capsys, "resume", info.run_id)
     assert code == 2 and "only a stopped, crashed or failed run" in err
+
+
+def test_show_a_run_without_steps_says_none_yet(workspace, capsys):
+    from captionlab.training import runs_db
+
+    run_dir = workspace / "runs" / "fresh-1"
+    run_dir.mkdir(parents=True)
+    runs_db.register_run("fresh-1", name="fresh", run_dir=run_dir)
+    code, out, _ = run_cli(capsys, "show", "fresh-1")
+    assert code == 0 and "last metrics: none yet\n" in out and '""' not in out

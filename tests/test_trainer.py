@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,32 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_llava_
     (run_dir / "last" / "COMPLETE").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
         load_checkpoint(run_dir / "last")
+
+
+def test_resume_drops_the_metrics_rows_written_after_its_checkpoint(tmp_path, tiny_llava_dir, tiny_world):
+    """A crash between checkpoints: the resumed run redoes those steps, and each appears once in metrics.jsonl."""
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="lora", epochs=1, checkpoint_every_steps=3)
+    assert train_run(run_dir) == 0
+    run = RunFolder(run_dir)
+    total = run.read_status()["total_steps"]
+    restart = json.loads((run_dir / "previous" / "trainer_state.json").read_text())["step"]
+    assert 0 < restart < total
+    shutil.rmtree(run_dir / "last")  # the crash came before the last checkpoint: resume from previous/
+    with run.metrics_path.open("a") as handle:
+        handle.write('{"step": 99, "loss": 1.')  # and cut a row short
+    assert train_run(run_dir, resume=True) == 0
+    rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]  # every line whole
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, total + 1))
+    assert [r["step"] for r in rows if r.get("event") == "val"] == [0, total]
+
+
+def test_read_metrics_keeps_the_last_row_of_a_step_written_twice(tmp_path):
+    run = RunFolder(tmp_path)
+    for step, loss in [(1, 3.0), (2, 2.0), (3, 1.5), (2, 2.5), (3, 1.0), (4, 0.5)]:
+        run.append_metrics({"step": step, "loss": loss})
+    run.append_metrics({"event": "val", "step": 4, "val_loss": 0.7})
+    assert [(r["step"], r.get("loss")) for r in run.read_metrics()] == [(1, 3.0), (2, 2.5), (3, 1.0), (4, 0.5),
+                                                                       (4, None)]
 
 
 @pytest.mark.parametrize("packing", [

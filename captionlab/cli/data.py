@@ -6,7 +6,8 @@
 
 `stats` prints images and captions per split and the mean words per caption (`--json` for a
 machine-readable object); `--skip-missing` leaves out records whose image file is missing
-instead of stopping, and says how many.
+instead of stopping, and says how many (none left is an error). A dataset named without
+`--config` is the embedded world's, generated on first use as `train run` does.
 """
 
 from __future__ import annotations
@@ -45,15 +46,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from captionlab.data.datasets import resolve_dataset, split_statistics, total_statistics
+    from captionlab.data.datasets import ensure_embedded_world, resolve_dataset, split_statistics, total_statistics
     from captionlab.data.errors import DatasetError, ReadReport
 
     report = ReadReport()
+    dataset = _dataset_argument(args)
+    ensure_embedded_world(dataset, args.config)  # as `train run` and `evaluate` do, on a fresh workspace
     try:
-        spec = resolve_dataset(_dataset_argument(args), images=args.images, config_path=args.config)
+        spec = resolve_dataset(dataset, images=args.images, config_path=args.config)
         records = spec.read(split=args.split, skip_missing=args.skip_missing, report=report)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
+    if not records:
+        raise UserError(_nothing_readable(spec, report))
     per_split = split_statistics(records)
     total = total_statistics(records)
     if args.json:
@@ -72,6 +77,14 @@ def run_stats(args: argparse.Namespace) -> int:
     for note in report.notes():
         print(f"note: {note}")
     return 0
+
+
+def _nothing_readable(spec, report) -> str:
+    """Why there are no records to count (a table of zeros would look like a dataset that is fine)."""
+    if report.missing_images:
+        return (f"nothing readable in {spec.name}: the image file of every one of its {report.missing_images} "
+                f"record(s) is missing under {spec.images} (e.g. {report.missing_examples[0]}); check --images")
+    return f"nothing readable in {spec.name}: {spec.annotations} lists no captioned image"
 
 
 def _dataset_argument(args: argparse.Namespace) -> str:

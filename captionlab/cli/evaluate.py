@@ -11,7 +11,8 @@ CLIP-Score as is; a metric without a number is shown with the reason. `--json` p
 those six names under "metrics" (null where unavailable) and the reasons under "unavailable".
 An interrupted evaluation started again resumes from its predictions.jsonl.
 
-Grid mode evaluates every strategy on every dataset, skipping (with the reason) strategies that
+Grid mode evaluates each of --strategies (default: the paper's six; not the CLIP-Captioner or
+qlora) on each of --datasets (default: the five), skipping (with the reason) strategies that
 have no checkpoint: looked for in --checkpoints DIR (DIR/strategies/<key>/ or DIR/<key>/), the
 embedded model's shipped checkpoints, then the workspace's newest finished run of that strategy.
 It prints tables shaped like the paper's Tables 1-3.
@@ -41,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="registry name, local folder or cached Hugging Face id (default: embedded)")
     parser.add_argument("--strategy", help="zero_shot, prompt_learning, prefix_tuning, lora, dora, full, "
                                            "qlora or clip_captioner")
-    parser.add_argument("--checkpoint", help="run folder, run id or artifact folder of the strategy "
-                                             "(the CLIP-Captioner's folder for clip_captioner)")
+    parser.add_argument("--checkpoint", help="run folder, run id (or a unique prefix of one) or artifact folder of "
+                                             "the strategy (the CLIP-Captioner's folder for clip_captioner)")
     parser.add_argument("--dataset", help="a name from the dataset config, or FORMAT:PATH")
     parser.add_argument("--images", type=Path, help="image folder (replaces the config's)")
     parser.add_argument("--config", type=Path, help="dataset config YAML (default: the embedded world's)")
@@ -61,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-record", action="store_true", help="do not add a row to the results database")
     parser.add_argument("--json", action="store_true", help="print JSON")
     grid = parser.add_argument_group("grid mode")
-    grid.add_argument("--grid", action="store_true", help="every strategy on every dataset")
+    grid.add_argument("--grid", action="store_true",
+                      help="the paper's six strategies (or --strategies) on the five datasets (or --datasets)")
     grid.add_argument("--strategies", help="comma-separated strategies (default: the paper's six)")
     grid.add_argument("--datasets", help="comma-separated datasets (default: coco,nocaps,cc3m,vizwiz,textcaps)")
     grid.add_argument("--checkpoints", type=Path, help="folder with strategies/<key>/ (or <key>/) checkpoints")

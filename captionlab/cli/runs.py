@@ -100,8 +100,8 @@ def show_command(args: argparse.Namespace) -> int:
                          ("folder", row["run_dir"])):
         if value:
             print(f"  {label:<14}{value}")
-    print("last metrics:")
-    for metric in metrics or [{"": "none yet"}]:
+    print("last metrics:" if metrics else "last metrics: none yet")
+    for metric in metrics:
         print("  " + json.dumps(metric, sort_keys=True))
     print("log tail:")
     print("\n".join("  " + line for line in (log or "(empty)").splitlines()))
@@ -146,15 +146,12 @@ def _find_run(run_id: str) -> dict:
     from captionlab.cli import UserError
     from captionlab.training import runs_db
 
-    exact = runs_db.get_run(run_id)
-    if exact:
-        return exact
-    matches = [row for row in runs_db.list_runs() if row["run_id"].startswith(run_id)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise UserError(f"no run with id {run_id!r} (see `python -m captionlab runs`)")
-    raise UserError(f"{run_id!r} matches {len(matches)} runs: {', '.join(r['run_id'] for r in matches[:5])}")
+    try:
+        return runs_db.find_run(run_id)
+    except runs_db.UnknownRunError:
+        raise UserError(f"no run with id {run_id!r} (see `python -m captionlab runs`)") from None
+    except runs_db.AmbiguousRunError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _raise_user_error(exc: Exception):

@@ -20,6 +20,7 @@ the annotation file's folder); `resolve_dataset` turns either into a `DatasetSpe
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,7 +77,8 @@ def ensure_embedded_world(dataset: str, config_path: Path | str | None) -> None:
         return
     from captionlab.world import write_world
 
-    print(f"generating the embedded caption world in {paths.world_dir()} (first use)", flush=True)
+    # a progress note, not output: on stderr it leaves `--json` output parseable
+    print(f"generating the embedded caption world in {paths.world_dir()} (first use)", file=sys.stderr, flush=True)
     write_world(paths.world_dir(), seed=0, scale=1.0)
 
 

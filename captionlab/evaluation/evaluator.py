@@ -7,14 +7,15 @@
 
 What is evaluated:
 - the Captioner: zero-shot needs no checkpoint; every other strategy needs its artifact, given as
-  a run folder (its `best/artifact/`, else `last/artifact/`), a run id, an artifact folder, or a
-  checkpoints folder holding `strategies/<key>/`; for the embedded model the shipped
-  `checkpoints/embedded/strategies/<key>/` is used when none is given. The CLIP-Captioner
+  a run folder (its `best/artifact/`, else `last/artifact/`), a run id (or a unique prefix of one),
+  an artifact folder, or a checkpoints folder holding `strategies/<key>/`; for the embedded model
+  the shipped `checkpoints/embedded/strategies/<key>/` is used when none is given. The CLIP-Captioner
   baseline is `strategy="clip_captioner"` with its folder as the checkpoint.
 - the dataset: a config name or `FORMAT:PATH` (`captionlab.data.datasets.resolve_dataset`); the
   split defaults to the config's, then `test` for COCO Karpathy, else every record.
 
-Outputs, in `out_dir` (default `<workspace>/evaluations/<model>/<strategy>/<dataset>-<split>/`):
+Outputs, in `out_dir` (default `<workspace>/evaluations/<model>/<strategy>/<dataset>-<split>/` for
+zero-shot and the shipped checkpoints, `.../<strategy>/<checkpoint>/<dataset>-<split>/` for any other):
 `predictions.jsonl` (resumable, see `generation`), `results.json` (the result row plus per-image
 scores for the app's drill-down: the five reference metrics x100, CLIP-Score and RefCLIP-Score
 as is), and a row in the results database.
@@ -213,7 +214,7 @@ def find_artifact(folder: str | Path, strategy: str) -> Path:
 
 
 def _checkpoint_path(checkpoint: str | Path) -> Path:
-    """A path, or a run id under the workspace's runs folder."""
+    """A path, or a run id (or a unique prefix of one, as `runs show` takes) of the workspace's runs."""
     path = Path(checkpoint).expanduser()
     if path.exists():
         return path.resolve()
@@ -221,8 +222,23 @@ def _checkpoint_path(checkpoint: str | Path) -> Path:
         run = paths.runs_dir() / str(checkpoint)
         if run.exists():
             return run.resolve()
+        found = _registered_run(str(checkpoint))
+        if found is not None:
+            return found
     raise EvaluationError(f"checkpoint not found: {path.resolve()} (give a run folder, a run id under "
                           f"{paths.runs_dir()}, or an artifact folder)")
+
+
+def _registered_run(prefix: str) -> Path | None:
+    """The folder of the one registered run whose id starts with `prefix` (None if no run does)."""
+    from captionlab.training import runs_db
+
+    try:
+        return Path(runs_db.find_run(prefix)["run_dir"]).expanduser().resolve()
+    except runs_db.UnknownRunError:
+        return None
+    except runs_db.AmbiguousRunError as exc:
+        raise EvaluationError(f"checkpoint {exc}: give more of the id") from None
 
 
 def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Path | None) -> Path | None:
@@ -247,10 +263,23 @@ def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Pat
         if _card_strategy(shipped) == strategy:
             return shipped
         raise EvaluationError(f"no trained {strategy} checkpoint for the embedded model ({shipped} is missing): "
-                              f"pass --checkpoint RUN_OR_FOLDER, or build the embedded study with "
-                              f"`python -m train zoo`")
+                              f"pass --checkpoint RUN_OR_FOLDER, or {_how_to_train_embedded(strategy)}")
     raise EvaluationError(f"strategy {strategy} needs a trained checkpoint: pass --checkpoint RUN_OR_FOLDER "
                           f"(a run folder, a run id, or an artifact folder)")
+
+
+def _how_to_train_embedded(strategy: str) -> str:
+    """Advice that holds for `strategy`: the zoo rebuilds only the strategies the embedded study ships."""
+    from captionlab.strategies import STRATEGIES
+    from captionlab.zoo import PERSONALIZED
+
+    if strategy in PERSONALIZED:
+        return "build the embedded study with `python -m train zoo`"
+    command = f"python -m train run --recipe embedded/lora strategy={strategy}"
+    if getattr(STRATEGIES.get(strategy), "needs_cuda", False):  # QLoRA's 4-bit base: bitsandbytes, on CUDA only
+        return (f"train one on a CUDA GPU with bitsandbytes (which {strategy} needs, so `python -m train zoo`, "
+                f"on the CPU, never builds it): `{command} device=cuda`")
+    return f"train one with `{command}` (`python -m train zoo` does not build {strategy})"
 
 
 def discover_checkpoint(target: ModelTarget, strategy: str, checkpoints: str | Path | None = None,
@@ -429,8 +458,34 @@ def _slug(text: str) -> str:
     return slug
 
 
-def default_out_dir(model: str, strategy: str, dataset: str, split: str) -> Path:
-    return paths.workspace() / "evaluations" / _slug(model) / _slug(strategy) / _slug(f"{dataset}-{split}")
+def default_out_dir(model: str, strategy: str, dataset: str, split: str, artifact: Path | None = None) -> Path:
+    """`<workspace>/evaluations/<model>/<strategy>/[<checkpoint>/]<dataset>-<split>/`: one folder per
+    checkpoint, so evaluating another one never replaces this one's results (see `checkpoint_folder_name`)."""
+    folder = paths.workspace() / "evaluations" / _slug(model) / _slug(strategy)
+    name = checkpoint_folder_name(artifact)
+    if name is not None:
+        folder = folder / name
+    return folder / _slug(f"{dataset}-{split}")
+
+
+def checkpoint_folder_name(artifact: Path | None) -> str | None:
+    """The folder name that tells `artifact`'s evaluations apart from any other checkpoint's.
+
+    None for the base model (zero-shot) and the embedded study's shipped checkpoints: their
+    evaluations stay where they always were. A run of the workspace gives its id and which of
+    its checkpoints (`<run_id>-best`); any other folder its name and a hash of its whole path,
+    as two folders can share a name (every run has an `artifact/`).
+    """
+    if artifact is None:
+        return None
+    artifact = Path(artifact).expanduser().resolve()
+    if artifact.is_relative_to(_embedded_dir().resolve()):
+        return None
+    runs = paths.runs_dir().resolve()
+    if artifact.is_relative_to(runs):
+        return _slug("-".join(part for part in artifact.relative_to(runs).parts if part != "artifact"))
+    name = f"{artifact.parent.parent.name}-{artifact.parent.name}" if artifact.name == "artifact" else artifact.name
+    return f"{_slug(name)[:40]}-{hashlib.sha1(str(artifact).encode()).hexdigest()[:8]}"
 
 
 def _stamp(folder: Path | None) -> str | None:
@@ -531,7 +586,8 @@ def evaluate(
             captioner = CaptionerPool(target, {strategy: artifact}, settings, device).captioner(strategy)
     label = getattr(captioner, "name", None) or strategy_label(strategy)
 
-    folder = Path(out_dir) if out_dir is not None else default_out_dir(target.label, strategy, spec.name, split_label)
+    folder = (Path(out_dir) if out_dir is not None
+              else default_out_dir(target.label, strategy, spec.name, split_label, artifact))
     predictions_path = folder / PREDICTIONS_NAME
     meta = {"model": target.label,
             "model_source": None if target.spec is None else str(target.spec.weights_dir or target.spec.hf_id),

@@ -11,7 +11,8 @@ registry reachable here carries them, so captionlab looks for them in a configur
 4. `<workspace>/spice/lib` (where `fetch_spice_jars()` puts them by default).
 
 Users who are online get them from Maven Central with
-`python -m captionlab.evaluation.spice fetch [--dest DIR]` (checked against Maven's SHA-1).
+`python -m captionlab.evaluation.spice fetch [--dest DIR]` (checked against Maven's SHA-1); offline,
+it says in one line where to put them by hand.
 When they are missing, SPICE is reported as unavailable with the reason and the fix: never a
 made-up number, never silently dropped (`spice_status()`).
 
@@ -36,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -156,21 +158,35 @@ def fetch_spice_jars(dest: str | Path | None = None, *, quiet: bool = False) -> 
                 print(f"{target} already present")
             continue
         url = MAVEN_BASE_URL + name
-        with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
-            expected_sha1 = response.read().decode().split()[0].strip().lower()
         partial = dest / (name + ".part")
         sha1 = hashlib.sha1()
-        if not quiet:
-            print(f"downloading {url}")
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            while chunk := response.read(1 << 20):
-                sha1.update(chunk)
-                out.write(chunk)
+        try:
+            with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
+                expected_sha1 = response.read().decode().split()[0].strip().lower()
+            if not quiet:
+                print(f"downloading {url}")
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    sha1.update(chunk)
+                    out.write(chunk)
+        except OSError as exc:  # URLError, HTTPError and timeouts are all OSErrors
+            partial.unlink(missing_ok=True)
+            raise _unreachable(exc, dest) from None
         if sha1.hexdigest() != expected_sha1:
             partial.unlink(missing_ok=True)
             raise SpiceError(f"{url}: SHA-1 {sha1.hexdigest()} does not match Maven's {expected_sha1}")
         os.replace(partial, target)
     return dest
+
+
+def _unreachable(error: OSError, dest: Path) -> SpiceError:
+    """One line for a failed download: what went wrong, and how to put the jars in place by hand."""
+    reason = getattr(error, "reason", None) or error
+    return SpiceError(
+        f"cannot download from {urllib.parse.urlsplit(MAVEN_BASE_URL).netloc} ({reason}); on a machine that "
+        f"can, get {' and '.join(CORENLP_JARS)} from {MAVEN_BASE_URL} and put them in {dest} (or in any folder "
+        f"named by ${SPICE_JARS_ENV}); `python -m captionlab.evaluation.spice status` checks them"
+    )
 
 
 def java_heap_cap() -> str:
@@ -248,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dest", type=Path, default=None, help=f"folder for the jars (default {default_jar_dir()})")
     args = parser.parse_args(argv)
     if args.action == "fetch":
-        folder = fetch_spice_jars(args.dest)
+        try:
+            folder = fetch_spice_jars(args.dest)
+        except SpiceError as exc:  # offline, or a bad download: one line, not a traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"CoreNLP jars are in {folder}")
         if args.dest is not None and find_jar_dir() != folder:
             print(f"set {SPICE_JARS_ENV}={folder} so captionlab uses them")

@@ -4,7 +4,8 @@
       config.yaml        resolved config (recipe + overrides), written before training starts
       log.txt            the process's stdout/stderr (the launcher redirects it here)
       metrics.jsonl      one JSON object per optimizer step: step, epoch, loss, lr, grad_norm,
-                         samples_per_s, elapsed_s, energy_j; and {"event": "val", epoch, val_loss, ...}
+                         samples_per_s, elapsed_s, energy_j; and {"event": "val", epoch, val_loss, ...};
+                         a resumed run first drops the rows after its checkpoint's step (it redoes them)
       status.json        {"state": queued|running|finished|failed|stopped|crashed, "pid", "step",
                          "total_steps", "epoch", "best_epoch", "best_val_loss", "message", "updated"}
       energy.json        energy summary: whole run and up to the best checkpoint, with method and device
@@ -52,21 +53,41 @@ class RunFolder:
         return status
 
     def read_metrics(self) -> list[dict]:
-        """Every complete line of metrics.jsonl (a line cut short by a crash is skipped)."""
+        """Every complete line of metrics.jsonl (a line cut short by a crash is skipped), one row per step
+        and kind (training step or validation): where a step was written twice, the last row wins (runs
+        resumed before `drop_metrics_after` existed repeat the steps redone after their checkpoint)."""
         if not self.metrics_path.exists():
             return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
+        rows: dict = {}
+        for index, line in enumerate(self.metrics_path.read_text().splitlines()):
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-        return rows
+            key = (row.get("event"), row["step"]) if isinstance(row, dict) and "step" in row else index
+            rows.pop(key, None)  # the last row takes the last one's place, so steps stay in order
+            rows[key] = row
+        return list(rows.values())
 
     def append_metrics(self, row: dict) -> None:
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
             handle.flush()
+
+    def drop_metrics_after(self, step: int) -> int:
+        """Forget the rows of steps after `step`, and any line a crash cut short; returns how many lines went.
+
+        A run resumed from its checkpoint at `step` trains the later steps again and writes their rows
+        anew; without this, those steps would appear twice in the loss curves. The file is replaced
+        atomically, so a crash here leaves it whole.
+        """
+        if not self.metrics_path.exists():
+            return 0
+        lines = self.metrics_path.read_text().splitlines()
+        kept = [line for line in lines if _row_at_or_before(line, step)]
+        if len(kept) < len(lines):
+            atomic.write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        return len(lines) - len(kept)
 
     def read_config(self) -> dict:
         import yaml
@@ -88,6 +109,15 @@ class RunFolder:
             handle.seek(max(0, size - 64 * 1024))
             text = handle.read().decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _row_at_or_before(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line is a complete row of `step` or an earlier one (a row without a step stays)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)) or row["step"] <= step
 
 
 def is_complete_checkpoint(folder: Path) -> bool:

@@ -48,6 +48,10 @@ class UnknownRunError(KeyError):
         return f"no run with id {self.args[0]!r}"
 
 
+class AmbiguousRunError(LookupError):
+    """A run id prefix that several runs share; the message lists them."""
+
+
 def register_run(run_id: str, *, name: str, run_dir: Path | str, state: str = "queued", model: str = "",
                  strategy: str = "", dataset: str = "", recipe: str = "", backend: str = "local",
                  pid: int | None = None, pgid: int | None = None, slurm_job_id: str | None = None,
@@ -106,6 +110,21 @@ def list_runs(db_path: Path | None = None) -> list[dict]:
     finally:
         conn.close()
     return [_decode(dict(row)) for row in rows]
+
+
+def find_run(run_id: str, db_path: Path | None = None) -> dict:
+    """The run with this id, else the one run whose id starts with it (ids carry a timestamp, so a
+    prefix saves typing); UnknownRunError if none, AmbiguousRunError if several."""
+    exact = get_run(run_id, db_path)
+    if exact:
+        return exact
+    matches = [row for row in list_runs(db_path) if row["run_id"].startswith(run_id)] if run_id else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UnknownRunError(run_id)
+    raise AmbiguousRunError(f"{run_id!r} matches {len(matches)} runs: "
+                            f"{', '.join(r['run_id'] for r in matches[:5])}{', ...' if len(matches) > 5 else ''}")
 
 
 def _decode(row: dict) -> dict:

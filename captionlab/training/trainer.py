@@ -201,7 +201,10 @@ class Trainer:
             param = self.params[name.split("::", 1)[1]]
             self.optimizer.state[param]["momentum_buffer"] = fsdp.load_full_into(param, tensor)
         self.state.update({k: v for k, v in state.items() if k in self.state})
-        self.log(f"resumed from {folder.name}/ at step {self.state['step']} (epoch {self.state['epoch'] + 1})")
+        # the steps after the checkpoint are trained again and logged anew: their old rows must go
+        dropped = self.run.drop_metrics_after(self.state["step"]) if self.main else 0
+        self.log(f"resumed from {folder.name}/ at step {self.state['step']} (epoch {self.state['epoch'] + 1})"
+                 + (f"; dropped {dropped} metrics row(s) written after it" if dropped else ""))
 
     def _energy_j(self) -> float:
         return self.state["energy_j"] + self.energy.joules()
