@@ -255,3 +255,25 @@ def test_share_prefix_needs_image_captions_epochs(overrides):
 def test_share_prefix_is_rejected_for_the_clip_captioner():
     with pytest.raises(ConfigError, match="^share_prefix:.*clip_captioner"):
         resolve_config("embedded/clip_captioner", ["share_prefix=true", "epoch_unit=image_captions"])
+
+
+def test_a_diverging_run_fails_saying_so_and_keeps_no_nan_checkpoint(tmp_path, tiny_llava_dir, tiny_world):
+    """At lr 1e6 the loss turns NaN: the run used to train on, pick the NaN epoch as best and say "finished"."""
+    import math
+
+    import torch
+
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="full", lr_max=1e6, lr_min=1e6, epochs=3,
+                       checkpoint_every_steps=1)
+    assert train_run(run_dir) == 1
+    run = RunFolder(run_dir)
+    status = run.read_status()
+    assert status["state"] == "failed" and "the run diverged" in status["message"], status
+    assert "lower lr_max (now 1e+06)" in status["message"] and "max_grad_norm" in status["message"]
+    assert status.get("best_val_loss") is None  # no NaN epoch was taken as the best
+    assert not run.best_dir.exists()
+    rows = run.read_metrics()
+    assert all(math.isfinite(row.get("loss", 0.0)) and math.isfinite(row.get("val_loss", 0.0)) for row in rows)
+    if run.last_dir.exists():  # what was checkpointed came before the divergence
+        _, trainable, _ = load_checkpoint(run.last_dir)
+        assert all(bool(torch.isfinite(t).all()) for t in trainable.values())

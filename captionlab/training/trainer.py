@@ -50,6 +50,20 @@ def caption_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the weights are ruined from that step on, so the run ends as failed,
+    keeping the checkpoints written before it (nothing is written after), instead of training on and finishing
+    with a NaN "best" checkpoint. The loss is reduced over every process, so all of them raise at the same step."""
+
+
+def _check_finite(loss: float, what: str, config: TrainConfig) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the run diverged: {what} is {loss}. Launch it again with a lower lr_max (now {config.lr_max:g})"
+            + ("" if config.max_grad_norm else " or with max_grad_norm set (gradient clipping)")
+            + "; the checkpoints written before this are kept")
+
+
 class _StopRequested:
     """SIGTERM/SIGINT set a flag; the trainer checkpoints at the end of the step and exits as 'stopped'."""
 
@@ -371,6 +385,7 @@ class Trainer:
         if self.state["step"] == 0 and self.state["initial_val_loss"] is None:
             # the untrained model's validation loss: the curve's starting point (zero-shot for adapters)
             self.state["initial_val_loss"] = self.validation_loss()
+            _check_finite(self.state["initial_val_loss"], "the untrained model's validation loss", config)
             if self.main:
                 self.run.append_metrics({"event": "val", "epoch": 0, "val_loss": self.state["initial_val_loss"],
                                          "step": 0, "energy_j": self._energy_j(), "elapsed_s": self._elapsed_s(),
@@ -383,6 +398,7 @@ class Trainer:
                 step_groups = plan[self.state["step_in_epoch"]]
                 tick = time.monotonic()
                 metrics = self.train_step(step_groups)
+                _check_finite(metrics["loss"], f"the training loss at step {self.state['step'] + 1}", config)
                 self.state["step"] += 1
                 self.state["step_in_epoch"] += 1
                 captions = sum(len(g) for g in step_groups)
@@ -404,6 +420,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int) -> None:
         val_loss = self.validation_loss()
+        _check_finite(val_loss, f"the validation loss after epoch {epoch + 1}", self.config)
         energy_now = self._energy_j()
         # each process meters its own device; the run's energy is the sum over processes
         self.state["epoch_energy_j"].append(self._global_sum(energy_now - self.state["energy_at_epoch_start_j"]))
@@ -448,6 +465,12 @@ def train_run(run_dir: Path, resume: bool = False) -> int:
     try:
         trainer = Trainer(run.path, resume)
         outcome = trainer.fit()
+    except TrainingDiverged as exc:  # the run's own outcome, not a bug: said in one line, no traceback
+        trainer.log(str(exc))
+        if trainer.main:
+            run.write_status(state="failed", message=str(exc), pid=os.getpid())
+        trainer.close()
+        return 1
     except Exception as exc:
         traceback.print_exc()
         run.write_status(state="failed", message=f"{type(exc).__name__}: {exc}", pid=os.getpid())
