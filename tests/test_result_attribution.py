@@ -118,3 +118,39 @@ def test_the_shipped_study_keeps_one_unlabelled_row_per_strategy_and_dataset(hom
     lora = next(r for r in rows if (r["strategy"], r["dataset"]) == ("lora", "coco"))
     assert round(lora["metrics"]["CIDEr"], 1) == 88.1
     assert Path(lora["checkpoint_key"]) == (SHIPPED / "strategies" / "lora").resolve()
+
+
+# --- Energy -------------------------------------------------------------------------------------
+
+
+def run_of(point: dict) -> str:
+    """The run a quality point is drawn for ("yours · r1 (CIDEr on the first 10 images)" -> "r1")."""
+    return point["source"].removeprefix("yours · ").split(" (")[0]
+
+
+def test_runs_are_plotted_only_with_their_own_evaluation(home, study):
+    from captionlab.service import benchmarks, energy
+
+    evaluated = make_run(home, "r1")
+    make_run(home, "r10-nan")  # diverged: never evaluated; its id starts with r1's
+    evaluate(evaluated / "best" / "artifact", cider=56.8, n_images=10, limit=10)
+    runs = energy.run_energy_rows(study)
+    results = benchmarks.your_rows(study)
+    points = {run_of(p): p for p in energy.quality_points([], runs, results)}
+    assert set(points) == {"r1", "lora"}
+    assert points["r1"]["cider"] == 56.8 and "first 10 images" in points["r1"]["source"]
+    assert points["lora"]["cider"] == 88.1  # the shipped run keeps its shipped result
+    assert [r["Run"] for r in energy.unevaluated_runs(runs, results)] == ["r10-nan"]
+    assert "r10-nan" in energy.quality_note(runs, results)
+
+
+def test_the_shipped_runs_are_plotted_with_their_shipped_results(home):
+    from captionlab.service import benchmarks, energy
+
+    runs = energy.run_energy_rows(SHIPPED)
+    results = benchmarks.your_rows(SHIPPED)
+    points = {run_of(p): round(p["cider"], 1) for p in energy.quality_points([], runs, results)}
+    coco = {r["strategy"]: round(r["metrics"]["CIDEr"], 1) for r in results if r["dataset"] == "coco"}
+    assert points == {key: coco[key] for key in ("prompt_learning", "prefix_tuning", "lora", "dora", "full",
+                                                   "clip_captioner")}
+    assert points["lora"] == 88.1 and energy.unevaluated_runs(runs, results) == []
