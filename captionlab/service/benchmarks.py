@@ -2,9 +2,14 @@
 
 Rows are plain dicts `{source, model, strategy, dataset, metrics, ...}` on the paper's scale
 (x100 except CLIP-Score). "paper" rows come from `reference_data.paper_results()`; "yours" rows
-are the newest evaluation per (model, strategy, dataset, split) in the workspace database, plus
-results shipped with the checkpoints (`<checkpoints>/results/**/results.json` or `*.db`).
-`table_rows` shapes them like the paper's tables and marks the best value per model.
+are the evaluations in the workspace database and those shipped with the checkpoints
+(`<checkpoints>/results/**/results.json` or `*.db`), the newest one of each evaluated thing:
+(model, strategy, dataset, split, checkpoint, images). A score is only ever shown as the result of
+what was evaluated: another checkpoint's evaluation, or one of the first N images of a split
+(`--limit`), is a row of its own, labelled with its run (or folder) and its image count, and never
+replaces the row of the checkpoints the app serves (the shipped study), which carries no label.
+`table_rows` shapes them like the paper's tables and marks the best value per model (of whole
+splits only: a score on a few images is not comparable).
 """
 
 from __future__ import annotations
@@ -28,22 +33,114 @@ def paper_rows() -> list[dict]:
 
 
 def your_rows(checkpoints: Path | None = None) -> list[dict]:
-    """Newest evaluation per (model, strategy, dataset, split): the workspace's, then shipped ones."""
-    from captionlab.evaluation.results import latest_results
+    """The newest evaluation of each (model, strategy, dataset, split, checkpoint, images), the
+    workspace's over the shipped ones; each row labelled (`label`) with what sets it apart."""
+    from captionlab.evaluation.results import list_results
 
     found: dict[tuple, dict] = {}
-    for row in _shipped_results(checkpoints) + [_row(r, "workspace") for r in latest_results()]:
-        found[(row["model"], row["strategy"], row["dataset"], row["split"])] = row  # workspace wins
-    return sorted(found.values(), key=lambda r: (r["model"], _strategy_order(r["strategy"]), r["dataset"]))
+    workspace = [_row(r, "workspace", checkpoints) for r in reversed(list_results())]
+    for row in _shipped_results(checkpoints) + workspace:
+        found[_evaluated_thing(row)] = row  # oldest first: the newest wins, the workspace's over the shipped
+    rows = list(found.values())
+    _label(rows, checkpoints)
+    return sorted(rows, key=lambda r: (r["model"], _strategy_order(r["strategy"]), r["label"] != "", r["label"],
+                                       r["dataset"]))
 
 
-def _row(result, origin: str, results_json: Path | None = None) -> dict:
+def _evaluated_thing(row: dict) -> tuple:
+    return row["model"], row["strategy"], row["dataset"], row["split"], row["checkpoint_key"], row["subset"]
+
+
+def _row(result, origin: str, checkpoints: Path | None, results_json: Path | None = None) -> dict:
     return {"source": YOURS, "origin": origin, "id": result.id, "model": result.model, "strategy": result.strategy,
             "dataset": result.dataset, "split": result.split, "metrics": dict(result.metrics),
             "unavailable": dict(result.unavailable), "n_images": result.n_images,
             "clip_encoder": result.clip_encoder, "predictions_path": result.predictions_path,
             "results_json": str(results_json) if results_json else None, "checkpoint": result.checkpoint,
-            "created_at": result.created_at}
+            "checkpoint_key": _checkpoint_key(result.checkpoint, origin, checkpoints),
+            "subset": subset_size(result), "created_at": result.created_at}
+
+
+def subset_size(result) -> int | None:
+    """N when `result` scored only the first N images of its split (`--limit N` cut it), else None.
+
+    The images read are the ones scored plus the ones skipped as broken; a limit at or past the end
+    of the split cut nothing (a split of exactly N images reads as cut: its size is not recorded)."""
+    extra = result.extra or {}
+    limit = extra.get("limit")
+    if not limit:
+        return None
+    read = result.n_images + len(extra.get("skipped") or [])
+    return int(limit) if read >= int(limit) else None
+
+
+def _checkpoint_key(recorded: str | None, origin: str, checkpoints: Path | None) -> str | None:
+    """The checkpoint evaluated, as a resolved path (None: the base model, e.g. zero-shot).
+
+    A shipped result recorded where its checkpoint was on the machine that built the study; it is
+    the one shipped beside it, so it is looked for in this checkpoints folder first."""
+    from captionlab import paths
+
+    if not recorded:
+        return None
+    if origin == "shipped" and checkpoints is not None:
+        moved = _relocated(Path(recorded), Path(checkpoints))
+        if moved is not None:
+            return str(moved)
+    path = Path(recorded).expanduser()
+    return str((path if path.is_absolute() else paths.PROJECT_ROOT / path).resolve())
+
+
+def _relocated(recorded: Path, checkpoints: Path) -> Path | None:
+    """The longest tail of `recorded` (e.g. `strategies/lora`) that exists under `checkpoints`."""
+    parts = recorded.parts
+    for start in range(len(parts)):
+        tail = Path(*parts[start:])
+        if not tail.is_absolute() and (checkpoints / tail).exists():
+            return (checkpoints / tail).resolve()
+    return None
+
+
+def _label(rows: list[dict], checkpoints: Path | None) -> None:
+    """Set each row's `label`: its checkpoint unless it is the app's own (the checkpoints folder it
+    serves, or the base model), and its image count when it scored only part of the split."""
+    runs = run_folders()
+    served = Path(checkpoints).resolve() if checkpoints is not None else None
+    for row in rows:
+        where = checkpoint_label(row["checkpoint_key"], served, runs)
+        images = "" if row["subset"] is None else _images_label(row["n_images"], row["subset"])
+        row["label"] = " · ".join(part for part in (where, images) if part)
+
+
+def _images_label(n_images: int, subset: int) -> str:
+    return f"first {subset} images" if n_images == subset else f"{n_images} of the first {subset} images"
+
+
+def run_folders() -> dict[Path, str]:
+    """Resolved run folder -> run id, for every run of the workspace (registered or only on disk)."""
+    from captionlab import paths
+    from captionlab.training import runs_db
+
+    folders = {p.resolve(): p.name for p in paths.runs_dir().iterdir() if p.is_dir()}
+    for run in runs_db.list_runs():
+        if run.get("run_dir"):
+            folders[Path(run["run_dir"]).expanduser().resolve()] = run["run_id"]
+    return folders
+
+
+def checkpoint_label(checkpoint_key: str | None, served: Path | None, runs: dict[Path, str]) -> str:
+    """"" for the base model and the served checkpoints; "run ID" (" · last" when not its best
+    checkpoint) for a run of the workspace; else the folder's name."""
+    if checkpoint_key is None:
+        return ""
+    path = Path(checkpoint_key)
+    if served is not None and path.is_relative_to(served):
+        return ""
+    for folder, run_id in runs.items():
+        if path.is_relative_to(folder):
+            which = [part for part in path.relative_to(folder).parts if part != "artifact"]
+            return f"run {run_id}" + (f" · {'/'.join(which)}" if which and which != ["best"] else "")
+    return f"{path.parent.name}/{path.name}" if path.name == "artifact" else path.name
 
 
 def _shipped_results(checkpoints: Path | None) -> list[dict]:
@@ -55,12 +152,12 @@ def _shipped_results(checkpoints: Path | None) -> list[dict]:
     rows = []
     for db_file in sorted(folder.glob("*.db")):
         try:
-            rows += [_row(r, "shipped") for r in store.latest_results(db_path=db_file)]
+            rows += [_row(r, "shipped", checkpoints) for r in reversed(store.list_results(db_path=db_file))]
         except Exception:
             continue
     for path in sorted(folder.rglob(store.RESULTS_JSON_NAME)):
         try:
-            row = _row(store.load_results_json(path).result, "shipped", path)
+            row = _row(store.load_results_json(path).result, "shipped", checkpoints, path)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
             continue
         row["predictions_path"] = _shipped_predictions(row["predictions_path"], path.parent)
@@ -88,6 +185,19 @@ def _model_of(row: dict) -> str:
     return "CLIP-Captioner" if row["strategy"] in BASELINE_STRATEGIES else row["model"]
 
 
+def _line_of(row: dict) -> tuple:
+    """(source, model, strategy, checkpoint, images): the rows one table line (or chart mark) holds."""
+    return row["source"], _model_of(row), row["strategy"], row.get("checkpoint_key"), row.get("subset")
+
+
+def _whole_split(row: dict) -> bool:
+    return row.get("subset") is None
+
+
+def _with_label(text: str, row: dict) -> str:
+    return " · ".join(part for part in (text, row.get("label")) if part)
+
+
 # --- tables like the paper's --------------------------------------------------------------------
 
 
@@ -100,23 +210,27 @@ def table_columns(datasets: list[str]) -> list[str]:
 
 
 def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[list], list[dict]]:
-    """(columns, cells, keys): one line per (source, model, strategy) over `datasets`.
+    """(columns, cells, keys): one line per (source, model, strategy, checkpoint, images) over `datasets`.
 
     Cells are markdown: the best value of each metric per model and source in bold, the best
-    of each source overall marked with a star (the paper's bold and underline). `keys[i]` says
-    which (source, model, strategy) line i is, for drilling down.
+    of each source overall marked with a star (the paper's bold and underline); a score on the
+    first N images only is never marked. A line of another checkpoint than the served one, or of
+    a subset, says so after its strategy (`label`). `keys[i]` says which line i is, for drilling down.
     """
     lines: dict[tuple, dict] = {}
     for row in rows:
         if row["dataset"] not in datasets:
             continue
-        key = (row["source"], _model_of(row), row["strategy"])
-        lines.setdefault(key, {})[row["dataset"]] = row
-    order = sorted(lines, key=lambda k: (k[0] != YOURS, k[1] != "CLIP-Captioner", k[1], _strategy_order(k[2])))
+        lines.setdefault(_line_of(row), {})[row["dataset"]] = row
+    labels = {key: next(iter(by_dataset.values())).get("label", "") for key, by_dataset in lines.items()}
+    order = sorted(lines, key=lambda k: (k[0] != YOURS, k[1] != "CLIP-Captioner", k[1], _strategy_order(k[2]),
+                                         labels[k] != "", labels[k]))
     best_model: dict[tuple, float] = {}
     best_source: dict[tuple, float] = {}
     for key in order:
         for dataset, row in lines[key].items():
+            if not _whole_split(row):
+                continue
             for _, metric in METRICS:
                 value = row["metrics"].get(metric)
                 if value is None:
@@ -126,16 +240,18 @@ def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[l
                     store[group] = max(store.get(group, value), value)
     cells, keys = [], []
     for key in order:
-        source, model, strategy = key
-        line = [source, model, "—" if strategy in BASELINE_STRATEGIES else strategy_label(strategy)]
+        source, model, strategy = key[:3]
+        name = "" if strategy in BASELINE_STRATEGIES else strategy_label(strategy)
+        line = [source, model, " · ".join(part for part in (name, labels[key]) if part) or "—"]
         for dataset in datasets:
             row = lines[key].get(dataset)
             for _, metric in METRICS:
                 value = None if row is None else row["metrics"].get(metric)
-                line.append(_mark(value, metric, best_model.get((source, model, dataset, metric)),
-                                  best_source.get((source, dataset, metric)), model))
+                marked = row is not None and _whole_split(row)
+                line.append(_mark(value, metric, best_model.get((source, model, dataset, metric)) if marked else None,
+                                  best_source.get((source, dataset, metric)) if marked else None, model))
         cells.append(line)
-        keys.append({"source": source, "model": model, "strategy": strategy,
+        keys.append({"source": source, "model": model, "strategy": strategy, "label": labels[key],
                      "rows": {d: lines[key][d] for d in datasets if d in lines[key]}})
     return table_columns(datasets), cells, keys
 
@@ -156,21 +272,23 @@ def _mark(value: float | None, metric: str, best_in_model: float | None, best_ov
 
 def cider_series(rows: list[dict], datasets: list[str]) -> list[dict]:
     """Fig. 2's bars: [{group: "paper · LLaVA-v1.5-7B", strategy, dataset, cider}], one group per
-    (source, model); the CLIP-Captioner of a source is drawn in each of its groups for reference."""
+    (source, model) and one more per labelled checkpoint or subset (`your_rows`' `label`, as the
+    table's lines); the CLIP-Captioner of a source is drawn in each of its groups for reference."""
     scored = [r for r in rows if r["dataset"] in datasets and r["metrics"].get("CIDEr") is not None]
     groups: dict[str, list[str]] = {}
     for row in scored:
         if row["strategy"] not in BASELINE_STRATEGIES:
-            groups.setdefault(row["source"], [])
-            name = f"{row['source']} · {row['model']}"
-            if name not in groups[row["source"]]:
+            name = _with_label(f"{row['source']} · {row['model']}", row)
+            if name not in groups.setdefault(row["source"], []):
                 groups[row["source"]].append(name)
     out = []
     for row in scored:
-        if row["strategy"] in BASELINE_STRATEGIES:
+        if row["strategy"] in BASELINE_STRATEGIES and not row.get("label"):
             targets = groups.get(row["source"]) or [f"{row['source']} · CLIP-Captioner"]
+        elif row["strategy"] in BASELINE_STRATEGIES:
+            targets = [_with_label(f"{row['source']} · CLIP-Captioner", row)]
         else:
-            targets = [f"{row['source']} · {row['model']}"]
+            targets = [_with_label(f"{row['source']} · {row['model']}", row)]
         for group in targets:
             out.append({"group": group, "strategy": strategy_label(row["strategy"]), "strategy_key": row["strategy"],
                         "dataset": DATASET_LABELS.get(row["dataset"], row["dataset"]),
@@ -180,14 +298,16 @@ def cider_series(rows: list[dict], datasets: list[str]) -> list[dict]:
 
 
 def generalisation_points(rows: list[dict]) -> list[dict]:
-    """In-domain (COCO) CIDEr against mean out-of-domain CIDEr, per (source, model, strategy)."""
+    """In-domain (COCO) CIDEr against mean out-of-domain CIDEr, per (source, model, strategy) and,
+    as the table's lines, per checkpoint and subset (its label then follows the model's name)."""
     grouped: dict[tuple, dict[str, float]] = {}
     for row in rows:
         cider = row["metrics"].get("CIDEr")
         if cider is not None:
-            grouped.setdefault((row["source"], _model_of(row), row["strategy"]), {})[row["dataset"]] = cider
+            key = (row["source"], _with_label(_model_of(row), row), row["strategy"], *_line_of(row)[3:])
+            grouped.setdefault(key, {})[row["dataset"]] = cider
     points = []
-    for (source, model, strategy), by_dataset in grouped.items():
+    for (source, model, strategy, *_), by_dataset in grouped.items():
         outside = [by_dataset[d] for d in OUT_OF_DOMAIN if d in by_dataset]
         if IN_DOMAIN in by_dataset and outside:
             points.append({"source": source, "model": model, "strategy": strategy_label(strategy),
@@ -220,7 +340,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     predictions = _read_predictions(row.get("predictions_path"))
     if not predictions and not per_image:
         where = row.get("predictions_path") or "not recorded"
-        return [], f"no per-image data for this evaluation (predictions: {where})"
+        return [], f"{_about(row)}no per-image data for this evaluation (predictions: {where})"
     ids = list(predictions) or sorted({i for scores in per_image.values() for i in scores})
     out = []
     for image_id in ids[:MAX_DRILLDOWN_ROWS]:
@@ -231,10 +351,15 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
             line[metric] = None if value is None else round(float(value), 3)
         line["references"] = " | ".join(entry.get("references", [])[:2])
         out.append(line)
-    source = f"{len(ids)} images from {row.get('predictions_path') or results_json}"
+    source = f"{_about(row)}{len(ids)} images from {row.get('predictions_path') or results_json}"
     if len(ids) > MAX_DRILLDOWN_ROWS:
         source += f" (first {MAX_DRILLDOWN_ROWS} shown)"
     return out, source
+
+
+def _about(row: dict) -> str:
+    """"run r1 · first 10 images: " before the drill-down's line, for a labelled row."""
+    return f"{row['label']}: " if row.get("label") else ""
 
 
 def _read_predictions(path: str | None) -> dict[str, dict]:

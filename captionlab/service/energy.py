@@ -5,6 +5,11 @@ from its energy.json (`method`: nvml / rapl measured, or an explicitly labelled 
 Trainable parameters are shown as the paper prints them and as its own method text gives them
 (the printed 19.7k and 13.1k are 10x below 48 x 4096 and 32 x 4096), and, on request, as
 captionlab counts them on the model's config (meta device, no weights).
+
+A run is set against quality (COCO CIDEr) only with an evaluation of its own checkpoint: one whose
+recorded artifact lies in the run's folder, or for a shipped run record the artifact the zoo shipped
+beside it (`<checkpoints>/runs/<key>/` -> `<checkpoints>/strategies/<key>/` or `<checkpoints>/<key>/`).
+A run without one is listed as not evaluated, never plotted with another checkpoint's score.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ def run_energy_rows(checkpoints: Path | None = None) -> list[dict]:
         energy = folder.read_energy()
         if energy:
             rows.append(_energy_row(energy, run["run_id"], run.get("model") or "", run.get("strategy") or "",
-                                    "workspace", folder.path))
+                                    "workspace", folder.path, [folder.path]))
     if checkpoints is not None and Path(checkpoints).is_dir():
         for path in sorted(Path(checkpoints).glob("**/energy.json"))[:200]:
             try:
@@ -79,11 +84,19 @@ def run_energy_rows(checkpoints: Path | None = None) -> list[dict]:
             except (OSError, json.JSONDecodeError):
                 continue
             rows.append(_energy_row(energy, path.parent.name, energy.get("model", ""), energy.get("strategy", ""),
-                                    "shipped", path.parent))
+                                    "shipped", path.parent, _shipped_artifacts(Path(checkpoints), path.parent)))
     return rows
 
 
-def _energy_row(energy: dict, run: str, model: str, strategy: str, origin: str, folder: Path) -> dict:
+def _shipped_artifacts(checkpoints: Path, folder: Path) -> list[Path]:
+    """The run folder, and for the zoo's record of a run (`runs/<key>/`) the artifact shipped for it."""
+    if folder.parent != checkpoints / "runs":
+        return [folder]
+    return [folder, checkpoints / "strategies" / folder.name, checkpoints / folder.name]
+
+
+def _energy_row(energy: dict, run: str, model: str, strategy: str, origin: str, folder: Path,
+                artifacts: list[Path]) -> dict:
     method = energy.get("method") or "unknown"
     measured = energy.get("measured", method in ("nvml", "rapl"))
     return {
@@ -94,6 +107,7 @@ def _energy_row(energy: dict, run: str, model: str, strategy: str, origin: str, 
         "Best epoch": f"{energy.get('best_epoch') or '—'} of {energy.get('epochs') or '?'}",
         "Method": _method_text(energy.get("label") or method, measured),
         "Device": energy.get("device") or "unknown", "folder": str(folder),
+        "artifacts": [str(Path(a).resolve()) for a in artifacts],
     }
 
 
@@ -118,7 +132,8 @@ def energy_bars(paper: list[dict], runs: list[dict]) -> list[dict]:
 
 
 def quality_points(paper: list[dict], runs: list[dict], results: list[dict]) -> list[dict]:
-    """CIDEr on COCO against kWh: Table 4 with Table 1 (LLaVA-v1.5-7B), and your runs with their evaluations."""
+    """CIDEr on COCO against kWh: Table 4 with Table 1 (LLaVA-v1.5-7B), and your runs with the
+    evaluations of their own checkpoints (`unevaluated_runs` are the others)."""
     points = []
     paper_cider = {r["strategy"]: r["metrics"].get("CIDEr") for r in results
                    if r["source"] == "paper" and r["dataset"] == "coco" and r["model"] == "LLaVA-v1.5-7B"}
@@ -127,20 +142,35 @@ def quality_points(paper: list[dict], runs: list[dict], results: list[dict]) -> 
             points.append({"source": "paper", "strategy": r["Strategy"], "kwh": r["kWh all epochs"],
                            "kwh_best": r["kWh up to best"], "cider": paper_cider[r["key"]], "method": "as printed"})
     for run in runs:
-        match = _result_for_run(run, results)
+        match = result_for_run(run, results)
         if match is not None and run["kWh all epochs"] is not None:
-            points.append({"source": f"yours · {run['Run']}", "strategy": run["Strategy"],
+            images = f" (CIDEr on the first {match['subset']} images)" if match.get("subset") else ""
+            points.append({"source": f"yours · {run['Run']}{images}", "strategy": run["Strategy"],
                            "kwh": run["kWh all epochs"], "kwh_best": run["kWh up to best"],
                            "cider": match["metrics"]["CIDEr"], "method": run["Method"]})
     return points
 
 
-def _result_for_run(run: dict, results: list[dict]) -> dict | None:
-    """The COCO evaluation of this run's checkpoint, else the newest one of its model and strategy."""
-    coco = [r for r in results
-            if r["source"] == "yours" and r["dataset"] == "coco" and r["metrics"].get("CIDEr") is not None]
-    for r in coco:
-        if r.get("checkpoint") and str(r["checkpoint"]).startswith(run["folder"]):
-            return r
-    same = [r for r in coco if r["strategy"] == run["key"] and r["model"] == run["Model"]]
-    return same[-1] if same else None
+def result_for_run(run: dict, results: list[dict]) -> dict | None:
+    """The COCO evaluation of this run's own checkpoint (of the whole split before a subset, then
+    the newest), or None: never another checkpoint's, even of the same model and strategy."""
+    artifacts = [Path(a).resolve() for a in run.get("artifacts") or [run["folder"]]]
+    own = [r for r in results
+           if r["source"] == "yours" and r["dataset"] == "coco" and r["metrics"].get("CIDEr") is not None
+           and r.get("checkpoint_key") and any(Path(r["checkpoint_key"]).is_relative_to(a) for a in artifacts)]
+    return max(own, key=lambda r: (r.get("subset") is None, r.get("created_at") or ""), default=None)
+
+
+def unevaluated_runs(runs: list[dict], results: list[dict]) -> list[dict]:
+    """The runs with energy figures but no COCO evaluation of their own checkpoint."""
+    return [run for run in runs if run["kWh all epochs"] is not None and result_for_run(run, results) is None]
+
+
+def quality_note(runs: list[dict], results: list[dict]) -> str:
+    """A line under the quality chart naming the runs it leaves out and why ("" when none)."""
+    missing = unevaluated_runs(runs, results)
+    if not missing:
+        return ""
+    names = ", ".join(f"{run['Run']} ({run['Strategy']})" for run in missing)
+    return (f"*Not evaluated, so not plotted against CIDEr:* {names}. Evaluate a run's own checkpoint on COCO "
+            "(Benchmarks → Run an evaluation, checkpoint: its run id) to place it.")

@@ -32,8 +32,9 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     """Lay out the Benchmarks tab inside the current gr.Tab."""
     gr.Markdown("Scores are on the paper's scale (BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; CLIP-S unscaled). "
                 "**Bold**: best of a model (per source); ★: best of the source overall. *Yours*: the evaluations in "
-                "this workspace and those shipped with the checkpoints (the embedded study). Click one of your rows "
-                "to see its per-image captions and scores.")
+                "this workspace and those shipped with the checkpoints (the embedded study); a row of another "
+                "checkpoint names its run or folder after the strategy, and one scored on the first N images only "
+                "says so (never marked best). Click one of your rows to see its per-image captions and scores.")
     with gr.Row():
         table_choice = gr.Radio(list(PAPER_TABLES), value=list(PAPER_TABLES)[0], label="Table", scale=3)
         source_choice = gr.Radio(list(SOURCES), value=list(SOURCES)[0], label="Rows", scale=2)

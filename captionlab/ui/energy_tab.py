@@ -42,6 +42,7 @@ def create_energy_tab(settings: AppSettings) -> None:
     reload_button = gr.Button("Reload")
     bars = gr.Plot(label="Energy per strategy", elem_id="energy-bars")
     scatter = gr.Plot(label="CIDEr against kWh", elem_id="energy-scatter")
+    scatter_note = gr.Markdown()
 
     def show():
         paper = energy.paper_table()
@@ -56,12 +57,13 @@ def create_energy_tab(settings: AppSettings) -> None:
                              columns=RUN_COLUMNS), note,
                 charts.energy_bars(energy.energy_bars(paper, runs)),
                 charts.quality_vs_energy(energy.quality_points(paper, runs, results)),
+                energy.quality_note(runs, results),
                 _counted_frame(energy.counted_parameters("llava-1.5-7b"), "llava-1.5-7b"))
 
     def on_count():
         return _counted_frame(energy.counted_parameters("llava-1.5-7b", compute=True), "llava-1.5-7b")
 
-    outputs = [paper_table, runs_table, runs_note, bars, scatter, counted]
+    outputs = [paper_table, runs_table, runs_note, bars, scatter, scatter_note, counted]
     gr.on(None, show, None, outputs, api_visibility="private")
     reload_button.click(show, None, outputs, api_visibility="private")
     count_button.click(on_count, None, counted, api_visibility="private")
