@@ -186,6 +186,29 @@ def test_form_errors_name_the_field(changes, field):
     assert str(caught.value).startswith(field)
 
 
+def train_form_components(tmp_path) -> dict:
+    """The Train tab's components by elem_id, built as the app builds them."""
+    import gradio as gr
+
+    from captionlab.service.settings import settings_for
+    from captionlab.ui.train_tab import create_train_tab
+
+    with gr.Blocks() as demo:
+        create_train_tab(settings_for(str(tmp_path / "no-model"), str(tmp_path / "none")))
+    return {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+
+@pytest.mark.parametrize("elem_id, key", [("train-epochs", "epochs"), ("train-batch-size", "batch_size"),
+                                          ("train-micro-batch-size", "micro_batch_size"), ("train-gpus", "gpus")])
+def test_whole_number_fields_refuse_a_fraction_instead_of_rounding_it(home, tmp_path, elem_id, key):
+    from captionlab.service.runs import FormError, validate_form
+
+    typed = train_form_components(tmp_path)[elem_id].preprocess(1.5)  # what the callback receives
+    assert typed == 1.5
+    with pytest.raises(FormError, match=r"1\.5.*(must be|is not) a whole number"):
+        validate_form(form(**{key: typed}))
+
+
 def test_preview_is_the_launchers_command_with_only_the_changes():
     from captionlab.service.runs import preview
 

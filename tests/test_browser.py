@@ -181,3 +181,15 @@ def test_training_from_the_form_advances_and_survives_a_reload(page, served, tmp
     assert progress_step(page)[0] >= first[0]
     page.wait_for_selector("#train-curves .js-plotly-plot", timeout=WAIT_MS)
     screenshot(page, "train-after-reload", tmp_path)
+
+
+def test_train_form_refuses_a_fraction_in_a_whole_number_field(page, tmp_path):
+    open_tab(page, "Train")
+    box = page.locator("#train-epochs input").first
+    box.fill("1.5")
+    box.press("Tab")
+    page.get_by_role("button", name="Preview command").click()
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('whole number')",
+                           timeout=WAIT_MS)
+    assert "epochs: 1.5 must be a whole number" in page.inner_text("#train-message")
+    assert page.input_value("#train-command textarea") == ""  # no command with epochs=2 behind the user's back

@@ -50,6 +50,12 @@ def _optional(value) -> str:
     return "" if value is None else str(value)
 
 
+def _number_field(value, label: str, elem_id: str, minimum: float | None = None) -> gr.Number:
+    """A number field that passes on what was typed: no `precision`, even for whole numbers, since gradio rounds
+    to it before the callback (epochs 1.5 would become 2 unseen); runs.validate_form refuses the fraction instead."""
+    return gr.Number(value, label=label, precision=None, minimum=minimum, elem_id=elem_id)
+
+
 def _runs_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([[r[h] for h in RUN_HEADERS] for r in rows], columns=RUN_HEADERS)
 
@@ -69,17 +75,16 @@ def create_train_tab(settings: AppSettings) -> None:
                                label="Strategy", elem_id="train-strategy")
         dataset = gr.Dropdown(runs.dataset_choices(), value="coco", label="Dataset (name or FORMAT:PATH)",
                               allow_custom_value=True, elem_id="train-dataset")
-        gpus = gr.Number(1, label="GPUs", precision=0, minimum=1, elem_id="train-gpus")
+        gpus = _number_field(1, "GPUs", "train-gpus", minimum=1)
         name = gr.Textbox("", label="Run name (optional)", elem_id="train-name")
     with gr.Row():
         fields = {}
-        for key, label, kind in runs.FORM_FIELDS:
+        for key, label, _ in runs.FORM_FIELDS:
             elem_id = f"train-{key.replace('_', '-')}"
             if runs.PAPER_DEFAULTS[key] is None:  # optional: empty means all
                 fields[key] = gr.Textbox(_optional(defaults[key]), label=f"{label} (empty: all)", elem_id=elem_id)
             else:
-                fields[key] = gr.Number(defaults[key], label=label, precision=0 if kind is int else None,
-                                        elem_id=elem_id)
+                fields[key] = _number_field(defaults[key], label, elem_id)
     with gr.Row():
         preview_button = gr.Button("Preview command")
         launch_button = gr.Button("Launch training", variant="primary", elem_id="train-launch")
