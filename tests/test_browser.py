@@ -1,5 +1,6 @@
 """The real app in headless Chromium: Compare captions an upload, Benchmarks draws plotly charts, a
-training run started from the Train form advances and is still there after a page reload.
+training run started from the Train form advances and is still there after a page reload; the Train form
+refuses fractions where whole numbers go, and its log opens at the newest line.
 
 Chromium is Debian's (/usr/bin/chromium), driven by playwright's sync API; nothing is downloaded.
 Screenshots go to $CAPTIONLAB_SCREENSHOTS when set (else the test's temp folder).
@@ -193,3 +194,35 @@ def test_train_form_refuses_a_fraction_in_a_whole_number_field(page, tmp_path):
                            timeout=WAIT_MS)
     assert "epochs: 1.5 must be a whole number" in page.inner_text("#train-message")
     assert page.input_value("#train-command textarea") == ""  # no command with epochs=2 behind the user's back
+
+
+def register_run_with_a_long_log(home: Path, run_id: str) -> str:
+    """A stopped run whose log is longer than the Train tab's log box; returns its last line."""
+    from captionlab.training import runs_db
+    from captionlab.training.run_folder import RunFolder
+
+    folder = RunFolder(home / "runs" / run_id)
+    folder.path.mkdir(parents=True)
+    folder.write_status(state="stopped", step=3, total_steps=6)
+    newest = "stop requested: checkpointed at step 3 (the newest line)"
+    folder.log_path.write_text("".join(f"step {i}: loss {4 - i / 20:.2f}\n" for i in range(1, 40)) + newest + "\n")
+    runs_db.register_run(run_id, name=run_id, run_dir=folder.path, state="stopped", model="embedded",
+                         strategy="lora", dataset="coco", pid=None)
+    return newest
+
+
+def test_train_log_opens_at_its_newest_line(page, served, monkeypatch):
+    _, home = served
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(home))
+    newest = register_run_with_a_long_log(home, "long-log")
+    open_tab(page, "Train")
+    page.fill("#train-run-id input, #train-run-id textarea", "long-log")
+    page.wait_for_function(f"document.querySelector('#train-log textarea').value.endsWith({newest!r})",
+                           timeout=WAIT_MS)
+    wait_for(lambda: log_shows_its_end(page), 10, "the log scrolled to its newest line")
+
+
+def log_shows_its_end(page) -> bool:
+    top, height, full = page.evaluate("(() => {const box = document.querySelector('#train-log textarea'); "
+                                      "return [box.scrollTop, box.clientHeight, box.scrollHeight]})()")
+    return full > height and top + height >= full - 2  # the log overflows the box, and its end is in view

@@ -17,6 +17,20 @@ from captionlab.ui import charts
 
 POLL_SECONDS = 2.0
 STATE_COLOURS = {"finished": "#2ca02c", "failed": "#d62728", "crashed": "#d62728", "stopped": "#ff7f0e"}
+# The log follows its newest line, as a terminal does, until the reader scrolls up (back at the end, it follows
+# again). Gradio's own Textbox autoscroll (6.x) only keeps a box at its end if it was there already, and the Train
+# tab's log is filled before the tab is first shown, so it opened at its oldest line with the newest out of sight.
+FOLLOW_LOG_END_JS = """() => requestAnimationFrame(() => {
+    const box = document.querySelector('#train-log textarea');
+    if (!box) return;
+    if (!box.dataset.followsEnd) {
+        box.addEventListener('scroll', () => {
+            box.dataset.followsEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 8 ? 'yes' : 'no';
+        });
+    }
+    if (box.dataset.followsEnd !== 'no') box.scrollTop = box.scrollHeight;
+    box.dataset.followsEnd = box.dataset.followsEnd || 'yes';
+})"""
 RUN_HEADERS = ["run", "strategy", "model", "dataset", "state", "progress", "best val loss", "kWh"]
 
 
@@ -186,3 +200,4 @@ def create_train_tab(settings: AppSettings) -> None:
     resume_button.click(on_resume, run_id, form_message, api_visibility="private").then(
         refresh, run_id, watch_outputs, api_visibility="private")
     timer.tick(refresh, run_id, watch_outputs, api_visibility="private", show_progress="hidden")
+    log.change(None, js=FOLLOW_LOG_END_JS, api_visibility="private")
