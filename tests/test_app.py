@@ -253,6 +253,24 @@ def test_run_view_reads_progress_curves_energy_and_log(home):
     assert format_duration(30) == "30s" and format_duration(3725) == "1h02m"
 
 
+def test_a_run_stopped_mid_epoch_shows_one_energy_so_far_and_labels_the_completed_epochs(home):
+    from captionlab.service import runs
+    from captionlab.training.run_folder import RunFolder
+    from captionlab.ui.train_tab import _stats_markdown
+
+    folder = RunFolder(make_run(home))  # epoch 1 ended at step 3 with 0.003 kWh (energy.json)
+    folder.append_metrics({"step": 4, "epoch": 4 / 3, "loss": 2.0, "lr": 0.02, "elapsed_s": 40.0, "energy_j": 18000.0})
+    folder.write_status(state="stopped", step=4)
+    view = runs.run_view("r1")
+    assert (view.energy.so_far_kwh, view.energy.through_step) == (pytest.approx(0.005), 4)
+    assert (view.energy.completed_kwh, view.energy.completed_epochs) == (pytest.approx(0.003), 1)
+    (listed,) = runs.runs_table(runs.list_runs())
+    assert listed["kWh"].startswith("0.005 ")  # the same figure as the stats line, not energy.json's 0.003
+    stats = _stats_markdown(view)
+    assert "**energy so far:** 0.005 kWh through step 4" in stats
+    assert "**in completed epochs (1):** 0.003 kWh" in stats
+
+
 # --- benchmarks, energy -------------------------------------------------------------------------
 
 

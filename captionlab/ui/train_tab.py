@@ -49,11 +49,24 @@ def _progress_html(view: runs.RunView | None) -> str:
             f"<div style='width:{percent:.1f}%;background:{colour};height:16px;border-radius:6px'></div></div></div>")
 
 
+def _energy_markdown(view: runs.RunView) -> str:
+    """The energy so far (the runs table's kWh) and, when it differs, the part in completed epochs."""
+    figures = view.energy
+    label = "energy so far" if view.running or view.resumable else "energy"
+    if figures.so_far_kwh is None:
+        return f"**{label}:** — ({view.energy_method})"
+    through = f" through step {figures.through_step}" if figures.through_step is not None else ""
+    text = f"**{label}:** {runs.format_kwh(figures.so_far_kwh)} kWh{through} ({view.energy_method})"
+    if figures.has_partial_epoch:
+        epochs = figures.completed_epochs
+        text += (f" · **in completed epochs{f' ({epochs})' if epochs else ''}:** "
+                 f"{runs.format_kwh(figures.completed_kwh)} kWh")
+    return text
+
+
 def _stats_markdown(view: runs.RunView) -> str:
-    energy = "—" if view.energy_kwh is None else f"{view.energy_kwh:.4g} kWh ({view.energy_method})"
     best = "—" if view.best_val_loss is None else f"{view.best_val_loss:.4f} (epoch {view.best_epoch})"
-    energy_label = "energy so far" if view.running else "energy"
-    lines = [f"**Elapsed:** {runs.format_duration(view.elapsed_s)} · **{energy_label}:** {energy} · "
+    lines = [f"**Elapsed:** {runs.format_duration(view.elapsed_s)} · {_energy_markdown(view)} · "
              f"**best validation loss:** {best}"]
     if view.message:
         lines.append(f"**Message:** {view.message}")
