@@ -141,6 +141,37 @@ def test_bad_uploads_get_a_clear_message(tmp_path):
         compare_images(settings_for(None), [text])  # nothing usable: fails before loading any model
 
 
+class FakePool:
+    """Captions with zero-shot only, the batch in 30 ms, without any model."""
+
+    load_seconds = 0.0
+
+    def caption(self, images):
+        return {"zero_shot": [f"caption {i}" for i in range(len(images))]}, {"zero_shot": 30.0 / len(images)}, {}
+
+
+def compare_without_models(monkeypatch, tmp_path, files, references=None):
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    monkeypatch.setattr(compare, "get_pool", lambda settings: FakePool())
+    return compare.compare_images(settings_for(str(tmp_path / "no-model")), files, references, score=False)
+
+
+def test_uploads_sharing_a_file_name_get_distinct_labels(home, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_png(tmp_path / "a" / "normal.png", colour=(200, 0, 0))
+    second = write_png(tmp_path / "b" / "normal.png", colour=(0, 0, 200))
+    result = compare_without_models(monkeypatch, tmp_path, [str(first), str(second)], [["a red square"], None])
+    assert result.names == ["normal.png", "normal.png (2)"] and result.files == [str(first), str(second)]
+    assert [r["image"] for r in result.rows if r["key"] == "zero_shot"] == ["normal.png", "normal.png (2)"]
+    assert result.references == {"normal.png": ["a red square"]}  # the first file's, not the second's
+    from captionlab.service.compare import image_labels
+
+    assert image_labels(["a/n.png", "n.png (2)", "b/n.png"]) == ["n.png", "n.png (2)", "n.png (3)"]
+
+
 def test_gallery_is_rendered_once_from_the_embedded_world(home):
     from captionlab.service import gallery
 
