@@ -172,6 +172,19 @@ def test_uploads_sharing_a_file_name_get_distinct_labels(home, tmp_path, monkeyp
     assert image_labels(["a/n.png", "n.png (2)", "b/n.png"]) == ["n.png", "n.png (2)", "n.png (3)"]
 
 
+def test_latency_of_a_batch_is_labelled_as_its_mean_per_image(home, tmp_path, monkeypatch):
+    from captionlab.ui.compare_tab import _table
+
+    files = [str(write_png(tmp_path / f"{name}.png")) for name in ("one", "two")]
+    result = compare_without_models(monkeypatch, tmp_path, files)
+    table = _table(result)
+    (latency_header,) = [h for h in table.columns if "ms" in h]
+    assert latency_header == "ms per image (batch mean)"
+    assert list(table[latency_header].dropna()) == [15.0, 15.0]  # the 30 ms batch over its two images
+    assert any(note.startswith("ms per image (batch mean): each captioner captions the 2 images as one batch")
+               for note in result.notes)
+
+
 def test_gallery_is_rendered_once_from_the_embedded_world(home):
     from captionlab.service import gallery
 

@@ -1,7 +1,7 @@
 """Side-by-side captioning: which strategies a model has, loading them once, captioning images.
 
     slots = discover_strategies(settings)          # every strategy, available or with the reason why not
-    result = compare_images(settings, ["a.png"])   # captions, words, latency (+ per-image scores)
+    result = compare_images(settings, ["a.png"])   # captions, words, batch ms per image (+ per-image scores)
     caption_image(settings, "a.png")               # {strategy key: caption}, the `caption` API endpoint
 
 Discovery only looks at files (no torch). The captioners are loaded on first use, once per
@@ -23,6 +23,7 @@ from captionlab.service.catalog import CLIP_CAPTIONER, COMPARE_ORDER, strategy_l
 from captionlab.service.settings import AppSettings
 
 ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, without importing torch
+LATENCY_LABEL = "ms per image (batch mean)"  # the latency column: a batch's time over its images, not one image's
 MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
 
 
@@ -291,6 +292,12 @@ def caption_image(settings: AppSettings, path: str | Path) -> dict[str, str]:
     return {key: texts[0] for key, texts in captions.items()}
 
 
+def batch_latency_note(count: int) -> str:
+    """What the latency column means when several images were captioned together."""
+    return (f"{LATENCY_LABEL}: each captioner captions the {count} images as one batch; its batch time divided by "
+            f"{count} is shown on each of its rows (the same for every image, not a per-image measurement)")
+
+
 def compare_images(settings: AppSettings, files: list[str | Path], references: list[list[str] | None] | None = None,
                    corpus: dict[str, list[str]] | None = None, score: bool = True) -> CompareResult:
     """Caption `files` with every strategy; score them where possible.
@@ -314,6 +321,8 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
                            files=[str(files[index]) for index in kept])
     if pool.load_seconds and captions:
         result.notes.append(f"models loaded in {pool.load_seconds:.1f} s (once per app start)")
+    if len(images) > 1 and captions:
+        result.notes.append(batch_latency_note(len(images)))
     scores: dict[str, dict[str, list]] = {}
     if score and captions:
         from captionlab.service import scoring

@@ -14,7 +14,7 @@ from captionlab.service import compare, gallery
 from captionlab.service.settings import AppSettings
 
 TABLE_COLUMNS = ["image", "strategy", "caption", "words", "latency_ms", "CIDEr", "CLIP-S"]
-TABLE_HEADERS = ["Image", "Strategy", "Caption", "Words", "Latency (ms)", "CIDEr", "CLIP-S"]
+TABLE_HEADERS = ["Image", "Strategy", "Caption", "Words", compare.LATENCY_LABEL, "CIDEr", "CLIP-S"]
 
 
 def _strategies_markdown(settings: AppSettings) -> str:
