@@ -1,6 +1,7 @@
 """The real app in headless Chromium: Compare captions an upload, Benchmarks draws plotly charts, a
 training run started from the Train form advances and is still there after a page reload; the Train form
-refuses fractions where whole numbers go, and its log opens at the newest line.
+refuses fractions where whole numbers go, and its log opens at the newest line; Compare labels uploads
+that share a file name apart.
 
 Chromium is Debian's (/usr/bin/chromium), driven by playwright's sync API; nothing is downloaded.
 Screenshots go to $CAPTIONLAB_SCREENSHOTS when set (else the test's temp folder).
@@ -110,6 +111,22 @@ def test_compare_captions_an_upload_with_every_strategy(page, tmp_path):
     assert "Captioned 1 image(s) with 6 captioner(s)" in page.inner_text("#compare-status")
     assert "CLIP-Captioner checkpoint" in table  # shown with what to do, not hidden
     screenshot(page, "compare", tmp_path)
+
+
+def test_compare_tells_apart_uploads_that_share_a_name(page, tmp_path):
+    for folder, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "normal.png", size=(64, 48), colour=colour)
+    page.locator("#compare-upload input[type=file]").set_input_files(
+        [str(tmp_path / "a" / "normal.png"), str(tmp_path / "b" / "normal.png")])
+    page.wait_for_function("document.querySelector('#compare-upload').innerText.split('.png').length > 2",
+                           timeout=WAIT_MS)  # both files listed (gradio breaks each name before its extension)
+    page.click("#compare-run")
+    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Captioned 2 image')",
+                           timeout=WAIT_MS)
+    table = page.inner_text("#compare-table")
+    assert "normal.png (2)" in table and "ms per image (batch mean)" in table
+    screenshot(page, "compare-same-names", tmp_path)
 
 
 def test_compare_rejects_a_file_that_is_not_an_image(page, tmp_path):
