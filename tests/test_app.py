@@ -502,6 +502,23 @@ def test_evaluation_jobs_run_the_evaluate_cli_without_a_shell(home, monkeypatch)
     assert jobs.list_jobs() == []
 
 
+def test_an_evaluation_checkpoint_is_a_run_id_or_prefix_and_an_unknown_word_is_no_run(home):
+    from captionlab.service import jobs
+    from captionlab.service.settings import settings_for
+
+    for run_id in ("lora-20260101-120000", "lora-20260102-090000"):
+        make_run(home, run_id)
+    with pytest.raises(ValueError) as caught:
+        jobs.validate_evaluation("lora", "coco", "no-such-run", None)
+    assert str(caught.value) == "checkpoint: no run with id 'no-such-run' (and not a folder)"
+    _, _, checkpoint, _ = jobs.validate_evaluation("lora", "coco", "lora-20260102", None)
+    assert checkpoint == str((home / "runs" / "lora-20260102-090000").resolve())
+    with pytest.raises(ValueError, match=r"^checkpoint: 'lora-2026' matches 2 runs: .*give more of the id"):
+        jobs.validate_evaluation("lora", "coco", "lora-2026", None)
+    message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", "no-such-run", None)
+    assert message == "⚠️ checkpoint: no run with id 'no-such-run' (and not a folder)" and jobs.list_jobs() == []
+
+
 def test_shipped_results_are_read_with_their_predictions(home, tmp_path):
     from captionlab.evaluation import results
     from captionlab.service import benchmarks
