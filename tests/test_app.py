@@ -141,6 +141,50 @@ def test_bad_uploads_get_a_clear_message(tmp_path):
         compare_images(settings_for(None), [text])  # nothing usable: fails before loading any model
 
 
+class FakePool:
+    """Captions with zero-shot only, the batch in 30 ms, without any model."""
+
+    load_seconds = 0.0
+
+    def caption(self, images):
+        return {"zero_shot": [f"caption {i}" for i in range(len(images))]}, {"zero_shot": 30.0 / len(images)}, {}
+
+
+def compare_without_models(monkeypatch, tmp_path, files, references=None):
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    monkeypatch.setattr(compare, "get_pool", lambda settings: FakePool())
+    return compare.compare_images(settings_for(str(tmp_path / "no-model")), files, references, score=False)
+
+
+def test_uploads_sharing_a_file_name_get_distinct_labels(home, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_png(tmp_path / "a" / "normal.png", colour=(200, 0, 0))
+    second = write_png(tmp_path / "b" / "normal.png", colour=(0, 0, 200))
+    result = compare_without_models(monkeypatch, tmp_path, [str(first), str(second)], [["a red square"], None])
+    assert result.names == ["normal.png", "normal.png (2)"] and result.files == [str(first), str(second)]
+    assert [r["image"] for r in result.rows if r["key"] == "zero_shot"] == ["normal.png", "normal.png (2)"]
+    assert result.references == {"normal.png": ["a red square"]}  # the first file's, not the second's
+    from captionlab.service.compare import image_labels
+
+    assert image_labels(["a/n.png", "n.png (2)", "b/n.png"]) == ["n.png", "n.png (2)", "n.png (3)"]
+
+
+def test_latency_of_a_batch_is_labelled_as_its_mean_per_image(home, tmp_path, monkeypatch):
+    from captionlab.ui.compare_tab import _table
+
+    files = [str(write_png(tmp_path / f"{name}.png")) for name in ("one", "two")]
+    result = compare_without_models(monkeypatch, tmp_path, files)
+    table = _table(result)
+    (latency_header,) = [h for h in table.columns if "ms" in h]
+    assert latency_header == "ms per image (batch mean)"
+    assert list(table[latency_header].dropna()) == [15.0, 15.0]  # the 30 ms batch over its two images
+    assert any(note.startswith("ms per image (batch mean): each captioner captions the 2 images as one batch")
+               for note in result.notes)
+
+
 def test_gallery_is_rendered_once_from_the_embedded_world(home):
     from captionlab.service import gallery
 
@@ -186,6 +230,29 @@ def test_form_errors_name_the_field(changes, field):
     assert str(caught.value).startswith(field)
 
 
+def train_form_components(tmp_path) -> dict:
+    """The Train tab's components by elem_id, built as the app builds them."""
+    import gradio as gr
+
+    from captionlab.service.settings import settings_for
+    from captionlab.ui.train_tab import create_train_tab
+
+    with gr.Blocks() as demo:
+        create_train_tab(settings_for(str(tmp_path / "no-model"), str(tmp_path / "none")))
+    return {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+
+
+@pytest.mark.parametrize("elem_id, key", [("train-epochs", "epochs"), ("train-batch-size", "batch_size"),
+                                          ("train-micro-batch-size", "micro_batch_size"), ("train-gpus", "gpus")])
+def test_whole_number_fields_refuse_a_fraction_instead_of_rounding_it(home, tmp_path, elem_id, key):
+    from captionlab.service.runs import FormError, validate_form
+
+    typed = train_form_components(tmp_path)[elem_id].preprocess(1.5)  # what the callback receives
+    assert typed == 1.5
+    with pytest.raises(FormError, match=r"1\.5.*(must be|is not) a whole number"):
+        validate_form(form(**{key: typed}))
+
+
 def test_preview_is_the_launchers_command_with_only_the_changes():
     from captionlab.service.runs import preview
 
@@ -228,6 +295,24 @@ def test_run_view_reads_progress_curves_energy_and_log(home):
     assert view.energy_kwh == pytest.approx(0.003) and "estimate" in view.energy_method
     assert view.log_tail.endswith("line 2") and view.running and not view.resumable
     assert format_duration(30) == "30s" and format_duration(3725) == "1h02m"
+
+
+def test_a_run_stopped_mid_epoch_shows_one_energy_so_far_and_labels_the_completed_epochs(home):
+    from captionlab.service import runs
+    from captionlab.training.run_folder import RunFolder
+    from captionlab.ui.train_tab import _stats_markdown
+
+    folder = RunFolder(make_run(home))  # epoch 1 ended at step 3 with 0.003 kWh (energy.json)
+    folder.append_metrics({"step": 4, "epoch": 4 / 3, "loss": 2.0, "lr": 0.02, "elapsed_s": 40.0, "energy_j": 18000.0})
+    folder.write_status(state="stopped", step=4)
+    view = runs.run_view("r1")
+    assert (view.energy.so_far_kwh, view.energy.through_step) == (pytest.approx(0.005), 4)
+    assert (view.energy.completed_kwh, view.energy.completed_epochs) == (pytest.approx(0.003), 1)
+    (listed,) = runs.runs_table(runs.list_runs())
+    assert listed["kWh"].startswith("0.005 ")  # the same figure as the stats line, not energy.json's 0.003
+    stats = _stats_markdown(view)
+    assert "**energy so far:** 0.005 kWh through step 4" in stats
+    assert "**in completed epochs (1):** 0.003 kWh" in stats
 
 
 # --- benchmarks, energy -------------------------------------------------------------------------
@@ -415,6 +500,23 @@ def test_evaluation_jobs_run_the_evaluate_cli_without_a_shell(home, monkeypatch)
     monkeypatch.setattr(jobs, "evaluate_available", lambda: False)
     assert "not part of this version" in jobs.start_evaluation(settings, "lora", "coco")
     assert jobs.list_jobs() == []
+
+
+def test_an_evaluation_checkpoint_is_a_run_id_or_prefix_and_an_unknown_word_is_no_run(home):
+    from captionlab.service import jobs
+    from captionlab.service.settings import settings_for
+
+    for run_id in ("lora-20260101-120000", "lora-20260102-090000"):
+        make_run(home, run_id)
+    with pytest.raises(ValueError) as caught:
+        jobs.validate_evaluation("lora", "coco", "no-such-run", None)
+    assert str(caught.value) == "checkpoint: no run with id 'no-such-run' (and not a folder)"
+    _, _, checkpoint, _ = jobs.validate_evaluation("lora", "coco", "lora-20260102", None)
+    assert checkpoint == str((home / "runs" / "lora-20260102-090000").resolve())
+    with pytest.raises(ValueError, match=r"^checkpoint: 'lora-2026' matches 2 runs: .*give more of the id"):
+        jobs.validate_evaluation("lora", "coco", "lora-2026", None)
+    message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", "no-such-run", None)
+    assert message == "⚠️ checkpoint: no run with id 'no-such-run' (and not a folder)" and jobs.list_jobs() == []
 
 
 def test_shipped_results_are_read_with_their_predictions(home, tmp_path):

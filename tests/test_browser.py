@@ -1,5 +1,7 @@
 """The real app in headless Chromium: Compare captions an upload, Benchmarks draws plotly charts, a
-training run started from the Train form advances and is still there after a page reload.
+training run started from the Train form advances and is still there after a page reload; the Train form
+refuses fractions where whole numbers go, and its log opens at the newest line; Compare labels uploads
+that share a file name apart.
 
 Chromium is Debian's (/usr/bin/chromium), driven by playwright's sync API; nothing is downloaded.
 Screenshots go to $CAPTIONLAB_SCREENSHOTS when set (else the test's temp folder).
@@ -111,6 +113,22 @@ def test_compare_captions_an_upload_with_every_strategy(page, tmp_path):
     screenshot(page, "compare", tmp_path)
 
 
+def test_compare_tells_apart_uploads_that_share_a_name(page, tmp_path):
+    for folder, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "normal.png", size=(64, 48), colour=colour)
+    page.locator("#compare-upload input[type=file]").set_input_files(
+        [str(tmp_path / "a" / "normal.png"), str(tmp_path / "b" / "normal.png")])
+    page.wait_for_function("document.querySelector('#compare-upload').innerText.split('.png').length > 2",
+                           timeout=WAIT_MS)  # both files listed (gradio breaks each name before its extension)
+    page.click("#compare-run")
+    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Captioned 2 image')",
+                           timeout=WAIT_MS)
+    table = page.inner_text("#compare-table")
+    assert "normal.png (2)" in table and "ms per image (batch mean)" in table
+    screenshot(page, "compare-same-names", tmp_path)
+
+
 def test_compare_rejects_a_file_that_is_not_an_image(page, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
@@ -181,3 +199,47 @@ def test_training_from_the_form_advances_and_survives_a_reload(page, served, tmp
     assert progress_step(page)[0] >= first[0]
     page.wait_for_selector("#train-curves .js-plotly-plot", timeout=WAIT_MS)
     screenshot(page, "train-after-reload", tmp_path)
+
+
+def test_train_form_refuses_a_fraction_in_a_whole_number_field(page, tmp_path):
+    open_tab(page, "Train")
+    box = page.locator("#train-epochs input").first
+    box.fill("1.5")
+    box.press("Tab")
+    page.get_by_role("button", name="Preview command").click()
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('whole number')",
+                           timeout=WAIT_MS)
+    assert "epochs: 1.5 must be a whole number" in page.inner_text("#train-message")
+    assert page.input_value("#train-command textarea") == ""  # no command with epochs=2 behind the user's back
+
+
+def register_run_with_a_long_log(home: Path, run_id: str) -> str:
+    """A stopped run whose log is longer than the Train tab's log box; returns its last line."""
+    from captionlab.training import runs_db
+    from captionlab.training.run_folder import RunFolder
+
+    folder = RunFolder(home / "runs" / run_id)
+    folder.path.mkdir(parents=True)
+    folder.write_status(state="stopped", step=3, total_steps=6)
+    newest = "stop requested: checkpointed at step 3 (the newest line)"
+    folder.log_path.write_text("".join(f"step {i}: loss {4 - i / 20:.2f}\n" for i in range(1, 40)) + newest + "\n")
+    runs_db.register_run(run_id, name=run_id, run_dir=folder.path, state="stopped", model="embedded",
+                         strategy="lora", dataset="coco", pid=None)
+    return newest
+
+
+def test_train_log_opens_at_its_newest_line(page, served, monkeypatch):
+    _, home = served
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(home))
+    newest = register_run_with_a_long_log(home, "long-log")
+    open_tab(page, "Train")
+    page.fill("#train-run-id input, #train-run-id textarea", "long-log")
+    page.wait_for_function(f"document.querySelector('#train-log textarea').value.endsWith({newest!r})",
+                           timeout=WAIT_MS)
+    wait_for(lambda: log_shows_its_end(page), 10, "the log scrolled to its newest line")
+
+
+def log_shows_its_end(page) -> bool:
+    top, height, full = page.evaluate("(() => {const box = document.querySelector('#train-log textarea'); "
+                                      "return [box.scrollTop, box.clientHeight, box.scrollHeight]})()")
+    return full > height and top + height >= full - 2  # the log overflows the box, and its end is in view

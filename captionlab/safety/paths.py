@@ -2,6 +2,7 @@
 
     resolve_within("runs/r1", allowed_roots())         # the resolved Path, or PathNotAllowed
     check_dataset("karpathy:/data/coco/dataset_coco.json", known=["coco"])   # 'karpathy:/data/...'
+    check_checkpoint("lora-2026")                      # a run id or a unique prefix of one: the run's folder
 
 `resolve_within` follows symlinks and collapses '..' (Path.resolve) before checking, with
 Path.is_relative_to, that the result lies under one of the roots (resolved too): neither
@@ -115,14 +116,33 @@ def check_model(value: str, known: list[str], field: str = "model") -> str:
 
 
 def check_checkpoint(value: str, field: str = "checkpoint") -> str:
-    """A run id under the workspace's runs folder, or a run/artifact folder inside the roots: its resolved path."""
+    """A run id (or a unique prefix of one, as the CLI takes) of the workspace's runs, or a run/artifact folder
+    inside the roots: its resolved path. A plain word that is neither is answered as an unknown run id."""
     text = str(value or "").strip()
     if text.startswith("-"):
         raise PathNotAllowed(f"{field}: {text!r} is not a run id or folder")
     as_path = Path(text).expanduser()
-    if len(as_path.parts) == 1 and not looks_like_path(text) and (paths.runs_dir() / text).is_dir():
-        return str(resolve_within(paths.runs_dir() / text, field=field))
+    if len(as_path.parts) == 1 and not looks_like_path(text):
+        if (paths.runs_dir() / text).is_dir():
+            return str(resolve_within(paths.runs_dir() / text, field=field))
+        run_dir = _registered_run_dir(text, field)
+        if run_dir is not None:
+            return str(resolve_within(run_dir, field=field))
+        if not (paths.PROJECT_ROOT / text).exists():
+            raise PathNotAllowed(f"{field}: no run with id {text!r} (and not a folder)")
     resolved = resolve_within(text, field=field)
     if not resolved.exists():
         raise PathNotAllowed(f"{field}: {text} is neither a run id (under {paths.runs_dir()}) nor a folder")
     return str(resolved)
+
+
+def _registered_run_dir(run_id: str, field: str) -> Path | None:
+    """The folder of the registered run with this id or id prefix (None if no run has it)."""
+    from captionlab.training import runs_db
+
+    try:
+        return Path(runs_db.find_run(run_id)["run_dir"]).expanduser()
+    except runs_db.UnknownRunError:
+        return None
+    except runs_db.AmbiguousRunError as exc:
+        raise PathNotAllowed(f"{field}: {exc}: give more of the id") from None

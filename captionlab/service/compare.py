@@ -1,7 +1,7 @@
 """Side-by-side captioning: which strategies a model has, loading them once, captioning images.
 
     slots = discover_strategies(settings)          # every strategy, available or with the reason why not
-    result = compare_images(settings, ["a.png"])   # captions, words, latency (+ per-image scores)
+    result = compare_images(settings, ["a.png"])   # captions, words, batch ms per image (+ per-image scores)
     caption_image(settings, "a.png")               # {strategy key: caption}, the `caption` API endpoint
 
 Discovery only looks at files (no torch). The captioners are loaded on first use, once per
@@ -23,6 +23,7 @@ from captionlab.service.catalog import CLIP_CAPTIONER, COMPARE_ORDER, strategy_l
 from captionlab.service.settings import AppSettings
 
 ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, without importing torch
+LATENCY_LABEL = "ms per image (batch mean)"  # the latency column: a batch's time over its images, not one image's
 MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
 
 
@@ -45,12 +46,13 @@ class StrategySlot:
 class CompareResult:
     """Captions of every strategy for every image, as table rows, plus what the scores mean."""
 
-    names: list[str]
+    names: list[str]  # one distinct label per captioned image (its file name, numbered when repeated)
     captions: dict[str, list[str]]  # strategy key -> one caption per image (available strategies only)
     rows: list[dict]
     references: dict[str, list[str]] = field(default_factory=dict)  # image name -> references
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one message per file that is not a usable image
+    files: list[str] = field(default_factory=list)  # the captioned files, in the order of `names`
 
 
 # --- discovery (files only) --------------------------------------------------------------------
@@ -161,15 +163,35 @@ def open_image(path: str | Path):
 
 
 def open_images(files: list[str | Path]) -> tuple[list, list[str], list[str]]:
-    """(images, their names, one message per file that could not be used)."""
-    images, names, errors = [], [], []
-    for file in files:
+    """(images, their distinct labels, one message per file that could not be used)."""
+    images, kept, errors = _open_files(files)
+    return images, image_labels([files[index] for index in kept]), errors
+
+
+def _open_files(files: list[str | Path]) -> tuple[list, list[int], list[str]]:
+    """(images, the index in `files` of each, one message per file that could not be used)."""
+    images, kept, errors = [], [], []
+    for index, file in enumerate(files):
         try:
             images.append(open_image(file))
-            names.append(Path(file).name)
+            kept.append(index)
         except ImageError as exc:
             errors.append(str(exc))
-    return images, names, errors
+    return images, kept, errors
+
+
+def image_labels(files: list[str | Path]) -> list[str]:
+    """Each file's name, numbered from its second use (normal.png, normal.png (2)): uploads from different
+    folders may share a name, and each image's table rows must still be told apart."""
+    labels: list[str] = []
+    for file in files:
+        name = Path(file).name
+        label, count = name, 1
+        while label in labels:
+            count += 1
+            label = f"{name} ({count})"
+        labels.append(label)
+    return labels
 
 
 # --- loaded captioners -------------------------------------------------------------------------
@@ -270,6 +292,12 @@ def caption_image(settings: AppSettings, path: str | Path) -> dict[str, str]:
     return {key: texts[0] for key, texts in captions.items()}
 
 
+def batch_latency_note(count: int) -> str:
+    """What the latency column means when several images were captioned together."""
+    return (f"{LATENCY_LABEL}: each captioner captions the {count} images as one batch; its batch time divided by "
+            f"{count} is shown on each of its rows (the same for every image, not a per-image measurement)")
+
+
 def compare_images(settings: AppSettings, files: list[str | Path], references: list[list[str] | None] | None = None,
                    corpus: dict[str, list[str]] | None = None, score: bool = True) -> CompareResult:
     """Caption `files` with every strategy; score them where possible.
@@ -282,18 +310,19 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
         raise ImageError("no image given: upload one or more images, or pick one from the gallery")
     if len(files) > MAX_IMAGES:
         raise ImageError(f"{len(files)} images at once is too many; at most {MAX_IMAGES}")
-    images, names, errors = open_images(files)
+    images, kept, errors = _open_files(files)
     if not images:
         raise ImageError("; ".join(errors))
-    kept_refs = [None] * len(images)
-    if references is not None:
-        good = {Path(f).name: r for f, r in zip(files, references)}
-        kept_refs = [good.get(n) for n in names]
+    names = image_labels([files[index] for index in kept])
+    kept_refs = [references[index] if references is not None and index < len(references) else None for index in kept]
     pool = get_pool(settings)
     captions, latency, errors_by_key = pool.caption(images)
-    result = CompareResult(names=names, captions=captions, rows=[], skipped=list(errors))
+    result = CompareResult(names=names, captions=captions, rows=[], skipped=list(errors),
+                           files=[str(files[index]) for index in kept])
     if pool.load_seconds and captions:
         result.notes.append(f"models loaded in {pool.load_seconds:.1f} s (once per app start)")
+    if len(images) > 1 and captions:
+        result.notes.append(batch_latency_note(len(images)))
     scores: dict[str, dict[str, list]] = {}
     if score and captions:
         from captionlab.service import scoring

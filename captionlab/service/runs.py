@@ -231,7 +231,7 @@ def runs_table(runs: list[dict]) -> list[dict]:
             "dataset": run.get("dataset") or "", "state": run.get("live_state") or run.get("state"),
             "progress": f"{step or 0}/{total}" if total else "",
             "best val loss": None if run.get("best_val_loss") is None else round(run["best_val_loss"], 4),
-            "kWh": _kwh_text(run.get("energy_kwh"), run.get("energy_method")),
+            "kWh": _kwh_text(_listed_energy(run).so_far_kwh, run.get("energy_method")),
         })
     return rows
 
@@ -239,7 +239,47 @@ def runs_table(runs: list[dict]) -> list[dict]:
 def _kwh_text(kwh: float | None, method: str | None) -> str:
     if kwh is None:
         return ""
-    return f"{kwh:.3g} ({method or 'method pending'})"
+    return f"{format_kwh(kwh)} ({method or 'method pending'})"
+
+
+def _listed_energy(run: dict) -> RunEnergy:
+    return run_energy(run.get("energy_kwh_completed"), run.get("energy_epochs_completed"),
+                      run.get("energy_j_logged"), run.get("energy_step_logged"))
+
+
+@dataclass(frozen=True)
+class RunEnergy:
+    """A run's energy, the same in the runs table and the stats line: so far, and the part in completed epochs.
+
+    energy.json holds whole epochs only (every process's meter, as the paper's Table 4 counts them); each
+    metrics row holds the energy up to its step (the main process's meter). A run stopped or watched mid-epoch
+    has used more than its completed epochs: `so_far_kwh` is the larger of the two, `completed_kwh` the first.
+    """
+
+    so_far_kwh: float | None
+    through_step: int | None  # the step so_far_kwh was logged at (None: it is the completed epochs' total)
+    completed_kwh: float | None
+    completed_epochs: int | None
+
+    @property
+    def has_partial_epoch(self) -> bool:
+        """Whether the energy so far includes steps after the last completed epoch (so the figures differ)."""
+        return self.completed_kwh is not None and self.so_far_kwh is not None and (
+            format_kwh(self.so_far_kwh) != format_kwh(self.completed_kwh))
+
+
+def run_energy(completed_kwh: float | None, completed_epochs: int | None, logged_j: float | None,
+               logged_step: int | None) -> RunEnergy:
+    """Both figures of a run's energy from energy.json's total and the newest metrics row's energy_j."""
+    logged_kwh = None if logged_j is None else logged_j / JOULES_PER_KWH
+    if logged_kwh is not None and (completed_kwh is None or logged_kwh > completed_kwh):
+        return RunEnergy(logged_kwh, logged_step, completed_kwh, completed_epochs)
+    return RunEnergy(completed_kwh, None, completed_kwh, completed_epochs)
+
+
+def format_kwh(kwh: float) -> str:
+    """kWh as every Train tab figure prints it (4 significant digits)."""
+    return f"{kwh:.4g}"
 
 
 @dataclass
@@ -257,8 +297,9 @@ class RunView:
     train_curve: list[tuple[float, float]]  # (step, loss)
     val_curve: list[tuple[float, float]]  # (step, val loss)
     lr_curve: list[tuple[float, float]]
-    energy_kwh: float | None
+    energy_kwh: float | None  # energy so far: energy.so_far_kwh
     energy_method: str
+    energy: RunEnergy
     best_epoch: int | None
     best_val_loss: float | None
     log_tail: str
@@ -289,10 +330,9 @@ def run_view(run_id: str, log_lines: int = 40) -> RunView:
     eta = None
     if state == "running" and elapsed and step and total and step < total:
         eta = elapsed / step * (total - step)
-    energy_j = next((m["energy_j"] for m in reversed(metrics) if m.get("energy_j") is not None), None)
-    kwh = energy.get("kwh_all_epochs")
-    if energy_j is not None and (kwh is None or energy_j / JOULES_PER_KWH > kwh):
-        kwh = energy_j / JOULES_PER_KWH
+    logged = next((m for m in reversed(metrics) if m.get("energy_j") is not None), {})
+    figures = run_energy(energy.get("kwh_all_epochs"), energy.get("epochs"), logged.get("energy_j"), logged.get("step"))
+    kwh = figures.so_far_kwh
     method = (energy.get("label") or energy.get("method") or status.get("energy_label")
               or status.get("energy_method") or "")
     return RunView(
@@ -303,6 +343,7 @@ def run_view(run_id: str, log_lines: int = 40) -> RunView:
         val_curve=[(m.get("step", 0), m["val_loss"]) for m in vals if m.get("val_loss") is not None],
         lr_curve=[(m["step"], m["lr"]) for m in steps if m.get("lr") is not None],
         energy_kwh=kwh, energy_method=method or ("not measured yet" if kwh is None else NO_METHOD_YET),
+        energy=figures,
         best_epoch=status.get("best_epoch"), best_val_loss=status.get("best_val_loss"),
         log_tail=folder.log_tail(log_lines), resumable=state in ("stopped", "crashed", "failed"),
         running=state in ("running", "queued"),

@@ -398,7 +398,9 @@ def list_runs_with_status() -> list[dict]:
 def run_with_status(row: dict) -> dict:
     folder = RunFolder(Path(row["run_dir"]))
     status, energy = folder.read_status(), folder.read_energy()
-    last = next((m for m in reversed(tail_metrics(folder)) if "event" not in m), {})
+    rows = tail_metrics(folder)
+    last = next((m for m in reversed(rows) if "event" not in m), {})
+    logged = next((m for m in reversed(rows) if m.get("energy_j") is not None), {})
     energy_kwh = energy.get("kwh_all_epochs")
     if energy_kwh is None and last.get("energy_j") is not None:
         energy_kwh = last["energy_j"] / 3.6e6
@@ -407,7 +409,11 @@ def run_with_status(row: dict) -> dict:
             "best_epoch": status.get("best_epoch"), "best_val_loss": status.get("best_val_loss"),
             "energy_kwh": energy_kwh, "energy_kwh_best": energy.get("kwh_best"),
             "energy_method": energy.get("method") or status.get("energy_method"),
-            "energy_label": energy.get("label") or status.get("energy_label")}
+            "energy_label": energy.get("label") or status.get("energy_label"),
+            # the two figures energy_kwh is picked from, for who shows both: completed epochs (energy.json, every
+            # process) and the newest metrics row (the main process's meter, up to its step)
+            "energy_kwh_completed": energy.get("kwh_all_epochs"), "energy_epochs_completed": energy.get("epochs"),
+            "energy_j_logged": logged.get("energy_j"), "energy_step_logged": logged.get("step")}
 
 
 def tail_metrics(folder: RunFolder, rows: int = 20) -> list[dict]:

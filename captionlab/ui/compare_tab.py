@@ -6,8 +6,6 @@ Also registers the `caption` API endpoint (one image in, {strategy key: caption}
     Client("http://127.0.0.1:7860/").predict(handle_file("cat.jpg"), api_name="/caption")
 """
 
-from pathlib import Path
-
 import gradio as gr
 import pandas as pd
 from gradio import FileData
@@ -16,7 +14,7 @@ from captionlab.service import compare, gallery
 from captionlab.service.settings import AppSettings
 
 TABLE_COLUMNS = ["image", "strategy", "caption", "words", "latency_ms", "CIDEr", "CLIP-S"]
-TABLE_HEADERS = ["Image", "Strategy", "Caption", "Words", "Latency (ms)", "CIDEr", "CLIP-S"]
+TABLE_HEADERS = ["Image", "Strategy", "Caption", "Words", compare.LATENCY_LABEL, "CIDEr", "CLIP-S"]
 
 
 def _strategies_markdown(settings: AppSettings) -> str:
@@ -85,8 +83,8 @@ def create_compare_tab(settings: AppSettings) -> None:
             message = "⚠️ No captioner can run yet: the table says why, and what to do, for each one."
         if result.skipped:
             message += "\n\n⚠️ Skipped: " + "; ".join(result.skipped)
-        good = [p for p in paths if Path(p).name in result.names]
-        return message, good, _table(result), _references_markdown(result), _notes_markdown(result)
+        shown_images = list(zip(result.files, result.names))  # each image over the label its rows carry
+        return message, shown_images, _table(result), _references_markdown(result), _notes_markdown(result)
 
     def run_uploads(files):
         return run(files)

@@ -17,6 +17,20 @@ from captionlab.ui import charts
 
 POLL_SECONDS = 2.0
 STATE_COLOURS = {"finished": "#2ca02c", "failed": "#d62728", "crashed": "#d62728", "stopped": "#ff7f0e"}
+# The log follows its newest line, as a terminal does, until the reader scrolls up (back at the end, it follows
+# again). Gradio's own Textbox autoscroll (6.x) only keeps a box at its end if it was there already, and the Train
+# tab's log is filled before the tab is first shown, so it opened at its oldest line with the newest out of sight.
+FOLLOW_LOG_END_JS = """() => requestAnimationFrame(() => {
+    const box = document.querySelector('#train-log textarea');
+    if (!box) return;
+    if (!box.dataset.followsEnd) {
+        box.addEventListener('scroll', () => {
+            box.dataset.followsEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 8 ? 'yes' : 'no';
+        });
+    }
+    if (box.dataset.followsEnd !== 'no') box.scrollTop = box.scrollHeight;
+    box.dataset.followsEnd = box.dataset.followsEnd || 'yes';
+})"""
 RUN_HEADERS = ["run", "strategy", "model", "dataset", "state", "progress", "best val loss", "kWh"]
 
 
@@ -35,11 +49,24 @@ def _progress_html(view: runs.RunView | None) -> str:
             f"<div style='width:{percent:.1f}%;background:{colour};height:16px;border-radius:6px'></div></div></div>")
 
 
+def _energy_markdown(view: runs.RunView) -> str:
+    """The energy so far (the runs table's kWh) and, when it differs, the part in completed epochs."""
+    figures = view.energy
+    label = "energy so far" if view.running or view.resumable else "energy"
+    if figures.so_far_kwh is None:
+        return f"**{label}:** — ({view.energy_method})"
+    through = f" through step {figures.through_step}" if figures.through_step is not None else ""
+    text = f"**{label}:** {runs.format_kwh(figures.so_far_kwh)} kWh{through} ({view.energy_method})"
+    if figures.has_partial_epoch:
+        epochs = figures.completed_epochs
+        text += (f" · **in completed epochs{f' ({epochs})' if epochs else ''}:** "
+                 f"{runs.format_kwh(figures.completed_kwh)} kWh")
+    return text
+
+
 def _stats_markdown(view: runs.RunView) -> str:
-    energy = "—" if view.energy_kwh is None else f"{view.energy_kwh:.4g} kWh ({view.energy_method})"
     best = "—" if view.best_val_loss is None else f"{view.best_val_loss:.4f} (epoch {view.best_epoch})"
-    energy_label = "energy so far" if view.running else "energy"
-    lines = [f"**Elapsed:** {runs.format_duration(view.elapsed_s)} · **{energy_label}:** {energy} · "
+    lines = [f"**Elapsed:** {runs.format_duration(view.elapsed_s)} · {_energy_markdown(view)} · "
              f"**best validation loss:** {best}"]
     if view.message:
         lines.append(f"**Message:** {view.message}")
@@ -48,6 +75,12 @@ def _stats_markdown(view: runs.RunView) -> str:
 
 def _optional(value) -> str:
     return "" if value is None else str(value)
+
+
+def _number_field(value, label: str, elem_id: str, minimum: float | None = None) -> gr.Number:
+    """A number field that passes on what was typed: no `precision`, even for whole numbers, since gradio rounds
+    to it before the callback (epochs 1.5 would become 2 unseen); runs.validate_form refuses the fraction instead."""
+    return gr.Number(value, label=label, precision=None, minimum=minimum, elem_id=elem_id)
 
 
 def _runs_frame(rows: list[dict]) -> pd.DataFrame:
@@ -69,17 +102,16 @@ def create_train_tab(settings: AppSettings) -> None:
                                label="Strategy", elem_id="train-strategy")
         dataset = gr.Dropdown(runs.dataset_choices(), value="coco", label="Dataset (name or FORMAT:PATH)",
                               allow_custom_value=True, elem_id="train-dataset")
-        gpus = gr.Number(1, label="GPUs", precision=0, minimum=1, elem_id="train-gpus")
+        gpus = _number_field(1, "GPUs", "train-gpus", minimum=1)
         name = gr.Textbox("", label="Run name (optional)", elem_id="train-name")
     with gr.Row():
         fields = {}
-        for key, label, kind in runs.FORM_FIELDS:
+        for key, label, _ in runs.FORM_FIELDS:
             elem_id = f"train-{key.replace('_', '-')}"
             if runs.PAPER_DEFAULTS[key] is None:  # optional: empty means all
                 fields[key] = gr.Textbox(_optional(defaults[key]), label=f"{label} (empty: all)", elem_id=elem_id)
             else:
-                fields[key] = gr.Number(defaults[key], label=label, precision=0 if kind is int else None,
-                                        elem_id=elem_id)
+                fields[key] = _number_field(defaults[key], label, elem_id)
     with gr.Row():
         preview_button = gr.Button("Preview command")
         launch_button = gr.Button("Launch training", variant="primary", elem_id="train-launch")
@@ -181,3 +213,4 @@ def create_train_tab(settings: AppSettings) -> None:
     resume_button.click(on_resume, run_id, form_message, api_visibility="private").then(
         refresh, run_id, watch_outputs, api_visibility="private")
     timer.tick(refresh, run_id, watch_outputs, api_visibility="private", show_progress="hidden")
+    log.change(None, js=FOLLOW_LOG_END_JS, api_visibility="private")
