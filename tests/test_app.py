@@ -313,6 +313,11 @@ def test_a_run_stopped_mid_epoch_shows_one_energy_so_far_and_labels_the_complete
     stats = _stats_markdown(view)
     assert "**energy so far:** 0.005 kWh through step 4" in stats
     assert "**in completed epochs (1):** 0.003 kWh" in stats
+    # and `python -m captionlab runs` (launcher.run_with_status) lists the same energy so far
+    from captionlab.cli.runs import format_energy
+    from captionlab.training import launcher, runs_db
+
+    assert format_energy(launcher.run_with_status(runs_db.get_run("r1"))).startswith("~0.005 kWh")
 
 
 # --- benchmarks, energy -------------------------------------------------------------------------

@@ -399,11 +399,12 @@ def run_with_status(row: dict) -> dict:
     folder = RunFolder(Path(row["run_dir"]))
     status, energy = folder.read_status(), folder.read_energy()
     rows = tail_metrics(folder)
-    last = next((m for m in reversed(rows) if "event" not in m), {})
     logged = next((m for m in reversed(rows) if m.get("energy_j") is not None), {})
+    # energy so far: the completed epochs' total, or more where the run has gone on past its last completed epoch
+    # (stopped or watched mid-epoch), as the app's Train tab shows it (`service.runs.run_energy`)
     energy_kwh = energy.get("kwh_all_epochs")
-    if energy_kwh is None and last.get("energy_j") is not None:
-        energy_kwh = last["energy_j"] / 3.6e6
+    if logged.get("energy_j") is not None and (energy_kwh is None or logged["energy_j"] / 3.6e6 > energy_kwh):
+        energy_kwh = logged["energy_j"] / 3.6e6
     return {**row, "live_state": status.get("state"), "step": status.get("step"),
             "total_steps": status.get("total_steps"), "epoch": status.get("epoch"),
             "best_epoch": status.get("best_epoch"), "best_val_loss": status.get("best_val_loss"),
