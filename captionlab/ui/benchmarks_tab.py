@@ -56,7 +56,8 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
             eval_strategy = gr.Dropdown([(strategy_label(k), k) for k in COMPARE_ORDER], value="zero_shot",
                                         label="Strategy")
             eval_dataset = gr.Dropdown(DATASETS, value="coco", label="Dataset", allow_custom_value=True)
-            eval_checkpoint = gr.Textbox("", label="Checkpoint: run folder, run id or artifact (empty: zero-shot)")
+            eval_checkpoint = gr.Textbox(
+                "", label="Checkpoint: run id (or its start), run folder or artifact (empty: zero-shot)")
             eval_limit = gr.Number(None, label="Only the first N images (empty: all)", precision=0)
         with gr.Row():
             eval_button = gr.Button("Start evaluation job", variant="primary")
