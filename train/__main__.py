@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.run_dir is None:
         try:
             config = resolve_config(args.recipe, args.overrides)
-            preflight(config)  # before any run folder exists: a wrong path or missing weights leave nothing behind
+            if _distributed_rank()[0] == 0:  # (once: it may write the embedded world; the other ranks wait for rank 0)
+                preflight(config)  # before any run folder exists: a wrong path or missing weights leave nothing behind
         except (ConfigError, DatasetError, ModelNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
