@@ -41,12 +41,12 @@ def shared_run_folder(config, wait_s: float = 120.0) -> Path:
     """The run folder of this launch: created by rank 0; the other processes of a distributed launch (children
     of the same torchrun agent, so one parent pid and one MASTER_PORT) read its path from a note that rank 0
     leaves in <runs>/.starting/, since the process group the trainer sets up does not exist yet."""
-    from captionlab import atomic, paths
+    from captionlab import atomic
 
     rank, world = _distributed_rank()
     if world == 1:
         return create_run(config)
-    note = paths.runs_dir() / ".starting" / f"{os.getppid()}-{os.environ.get('MASTER_PORT', '0')}"
+    note = _launch_note()
     if rank == 0:
         run_dir = create_run(config)
         note.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +58,13 @@ def shared_run_folder(config, wait_s: float = 120.0) -> Path:
             return Path(note.read_text().strip())
         time.sleep(0.2)
     raise RuntimeError(f"rank {rank}: rank 0 did not create the run folder within {wait_s:.0f} s (no {note})")
+
+
+def _launch_note() -> Path:
+    """Where rank 0 of this distributed launch leaves its run folder's path for the other ranks."""
+    from captionlab import paths
+
+    return paths.runs_dir() / ".starting" / f"{os.getppid()}-{os.environ.get('MASTER_PORT', '0')}"
 
 
 def register_started_run(run_dir: Path) -> None:
@@ -133,7 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from captionlab.training.trainer import train_run
 
     print(f"run folder: {run_dir}", flush=True)
-    return train_run(run_dir, resume=args.resume)
+    code = train_run(run_dir, resume=args.resume)
+    rank, world = _distributed_rank()
+    if args.from_terminal and world > 1 and rank == 0:
+        _launch_note().unlink(missing_ok=True)  # every rank read it long ago, at start
+    return code
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
