@@ -415,8 +415,11 @@ def test_compiled_layers_share_one_graph_per_stack_and_leave_the_model_eager(tin
     assert attention_class.__dict__["forward"] is attention_forward and getattr(modeling, ROTARY_FUNCTION) is rotary
 
 
-def test_a_failing_compile_falls_back_to_the_eager_prefill_and_says_why(tiny_llava_dir, tiny_images, monkeypatch):
-    loaded, strategy = prepared(tiny_llava_dir, "lora")
+@pytest.mark.parametrize("name, asked", [("lora", {"compile_prefill": True}), ("dora", {"compile_steps": True})],
+                         ids=["prefill", "steps"])
+def test_a_failing_compile_falls_back_to_eager_work_and_says_why(tiny_llava_dir, tiny_images, monkeypatch, name,
+                                                                 asked):
+    loaded, strategy = prepared(tiny_llava_dir, name)
     inputs = inputs_for(loaded, strategy, tiny_images)
     want = generate_new_tokens(loaded, inputs, max_new_tokens=4, min_new_tokens=4)
 
@@ -426,12 +429,12 @@ def test_a_failing_compile_falls_back_to_the_eager_prefill_and_says_why(tiny_lla
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    decoder = GreedyDecoder(loaded.model, compile_prefill=True)
+    decoder = GreedyDecoder(loaded.model, **asked)  # the prefill or (with an eager prefill) the steps compiled
     got = decoder(inputs, max_new_tokens=4, min_new_tokens=4, eos_token_id=loaded.tokenizer.eos_token_id,
                   pad_token_id=loaded.tokenizer.pad_token_id)
     assert got.tolist() == want.tolist()
     assert "no C compiler here" in decoder.last_compile_error
-    assert not decoder._compiled.usable  # not retried on every batch
+    assert not decoder._compiled.usable  # not retried on every batch or step
 
 
 def test_captioners_compile_the_prefill_on_cuda_only_unless_told(tiny_llava_dir, tiny_images):
@@ -488,22 +491,3 @@ def test_compiled_steps_compile_once_for_every_step_length(tiny_llava_dir, tiny_
     masked._compiled = decoder._compiled
     assert masked(inputs, max_new_tokens=9, **kwargs).tolist() == want.tolist()
     assert counters["stats"]["unique_graphs"] <= stepped_graphs + 1, dict(counters["stats"])
-
-
-def test_a_failing_compile_falls_back_to_eager_steps_and_says_why(tiny_llava_dir, tiny_images, monkeypatch):
-    loaded, strategy = prepared(tiny_llava_dir, "dora")
-    inputs = inputs_for(loaded, strategy, tiny_images)
-    want = generate_new_tokens(loaded, inputs, max_new_tokens=4, min_new_tokens=4)
-
-    def broken_compile(fn, **options):
-        def run(*args, **kwargs):
-            raise RuntimeError("no C compiler here")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    decoder = GreedyDecoder(loaded.model, compile_steps=True)  # eager prefill, compiled steps asked
-    got = decoder(inputs, max_new_tokens=4, min_new_tokens=4, eos_token_id=loaded.tokenizer.eos_token_id,
-                  pad_token_id=loaded.tokenizer.pad_token_id)
-    assert got.tolist() == want.tolist()
-    assert "no C compiler here" in decoder.last_compile_error
-    assert not decoder._compiled.usable  # not retried on every step

@@ -182,16 +182,26 @@ class GreedyDecoder:
     def _prefill(self, cache: PreallocatedCache, **kwargs):
         """The model's own forward over the prompts, writing keys and values into `cache` (through a prefill view:
         None where this transformers has none, then a DynamicCache is copied in, twice the memory briefly)."""
-        if self.compile_prefill and self._compiled_layers().usable:
+        return self._compiled_or_eager(self.compile_prefill,
+                                       lambda: self.model(past_key_values=cache.prefill_view(), **kwargs),
+                                       undo=cache.reset)
+
+    def _compiled_or_eager(self, wanted: bool, run, undo=None):
+        """`run()` inside the compiled layers if `wanted` (and compiling has not failed before), else eagerly. A
+        compile failure is said in `last_compile_error` (and not retried: the layers are no longer `usable`); `undo`
+        clears what the failed try left, then `run()` goes again eagerly. Out of memory is not the compiler's fault:
+        it goes to the caller's batch-halving."""
+        if wanted and self._compiled_layers().usable:
             try:
                 with self._compiled.active():
-                    return self.model(past_key_values=cache.prefill_view(), **kwargs)
+                    return run()
             except torch.OutOfMemoryError:
                 raise
-            except Exception:  # noqa: BLE001 - compiling failed: said in last_compile_error, the prefill reruns eagerly
+            except Exception:  # noqa: BLE001 - compiling failed: said in last_compile_error, rerun eagerly below
                 self.last_compile_error = self._compiled.error
-                cache.reset()
-        return self.model(past_key_values=cache.prefill_view(), **kwargs)
+                if undo is not None:
+                    undo()
+        return run()
 
     def _compiled_layers(self):
         """The compiled stand-ins for the model's layers, shared by the prefill and the steps (made on first use)."""
@@ -244,15 +254,7 @@ class GreedyDecoder:
 
         Masked: the whole buffer with the additive mask. Exact-length: the written tokens and no mask at all (the
         language model builds none: see `ExactLengthView`)."""
-        if self.compile_steps and self._compiled_layers().usable:
-            try:
-                with self._compiled.active():
-                    return self._layer_step(state, exact)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception:  # noqa: BLE001 - compiling failed: said in last_compile_error, the step reruns eagerly
-                self.last_compile_error = self._compiled.error
-        return self._layer_step(state, exact)
+        return self._compiled_or_eager(self.compile_steps, lambda: self._layer_step(state, exact))
 
     def _layer_step(self, state: _State, exact: bool) -> torch.Tensor:
         base = unwrap(self.model)
