@@ -251,31 +251,33 @@ def _terminate_group(pid: int | None, pgid: int | None, run_dir: str, grace_s: f
         return
     if not _group_is_ours(pid, pgid, run_dir):
         return
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            _reap(pid)
-            if not _group_members(pgid):
-                return
-            time.sleep(0.05)
+
+    def gone() -> bool:
+        _reap(pid)
+        return not _group_members(pgid)
+
+    _signal_until_gone(lambda sig: os.killpg(pgid, sig), gone, grace_s)
 
 
 def _terminate_process(pid: int | None, run_dir: str, grace_s: float) -> None:
     """SIGTERM one trainer process (if it is still ours), SIGKILL it if it outlives `grace_s`. Under a distributed
     launch this is rank 0, which stops the other ranks with it (the trainer agrees on stopping across ranks)."""
+    if pid is None or not _is_our_process(pid, run_dir):
+        return
+    _signal_until_gone(lambda sig: os.kill(pid, sig), lambda: not _is_our_process(pid, run_dir), grace_s)
+
+
+def _signal_until_gone(send, gone, grace_s: float) -> None:
+    """SIGTERM, wait up to `grace_s` for `gone()`, then SIGKILL and wait 5 s more."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        if pid is None or not _is_our_process(pid, run_dir):
-            return
         try:
-            os.kill(pid, sig)
+            send(sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _is_our_process(pid, run_dir):
+        while time.monotonic() < deadline:
+            if gone():
+                return
             time.sleep(0.05)
 
 
