@@ -17,8 +17,8 @@ import yaml
 
 from captionlab import paths
 from captionlab.service.catalog import TRAINABLE_STRATEGIES
+from captionlab.training.energy import energy_so_far_kwh
 
-JOULES_PER_KWH = 3.6e6
 MAX_GPUS = 64  # one node's worth, and then some: the launcher runs one accelerate job on one machine
 NO_METHOD_YET = "method not reported yet: the trainer records it in energy.json after the first epoch"
 
@@ -271,10 +271,9 @@ class RunEnergy:
 def run_energy(completed_kwh: float | None, completed_epochs: int | None, logged_j: float | None,
                logged_step: int | None) -> RunEnergy:
     """Both figures of a run's energy from energy.json's total and the newest metrics row's energy_j."""
-    logged_kwh = None if logged_j is None else logged_j / JOULES_PER_KWH
-    if logged_kwh is not None and (completed_kwh is None or logged_kwh > completed_kwh):
-        return RunEnergy(logged_kwh, logged_step, completed_kwh, completed_epochs)
-    return RunEnergy(completed_kwh, None, completed_kwh, completed_epochs)
+    so_far = energy_so_far_kwh(completed_kwh, logged_j)
+    from_the_log = so_far is not None and so_far != completed_kwh
+    return RunEnergy(so_far, logged_step if from_the_log else None, completed_kwh, completed_epochs)
 
 
 def format_kwh(kwh: float) -> str:

@@ -94,6 +94,16 @@ def summarize_energy(per_epoch_joules: Sequence[float] | Mapping[int, float], be
     }
 
 
+def energy_so_far_kwh(completed_kwh: float | None, logged_j: float | None) -> float | None:
+    """A run's energy so far: its completed epochs' total (energy.json, every process's meter), or the newest
+    metrics row's energy (the main process's meter, up to its step) where that is more, as after a stop or while
+    watched mid-epoch. The one rule the runs listing, the CLI and the Train tab all show."""
+    logged_kwh = None if logged_j is None else logged_j / JOULES_PER_KWH
+    if logged_kwh is not None and (completed_kwh is None or logged_kwh > completed_kwh):
+        return logged_kwh
+    return completed_kwh
+
+
 # --- readers: one per method -------------------------------------------------------------------
 
 

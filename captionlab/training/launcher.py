@@ -29,6 +29,7 @@ import yaml
 
 from captionlab import atomic, paths
 from captionlab.training import runs_db
+from captionlab.training.energy import energy_so_far_kwh
 from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
 
 ACTIVE_STATES = ("queued", "running")
@@ -402,11 +403,7 @@ def run_with_status(row: dict) -> dict:
     status, energy = folder.read_status(), folder.read_energy()
     rows = tail_metrics(folder)
     logged = next((m for m in reversed(rows) if m.get("energy_j") is not None), {})
-    # energy so far: the completed epochs' total, or more where the run has gone on past its last completed epoch
-    # (stopped or watched mid-epoch), as the app's Train tab shows it (`service.runs.run_energy`)
-    energy_kwh = energy.get("kwh_all_epochs")
-    if logged.get("energy_j") is not None and (energy_kwh is None or logged["energy_j"] / 3.6e6 > energy_kwh):
-        energy_kwh = logged["energy_j"] / 3.6e6
+    energy_kwh = energy_so_far_kwh(energy.get("kwh_all_epochs"), logged.get("energy_j"))
     return {**row, "live_state": status.get("state"), "step": status.get("step"),
             "total_steps": status.get("total_steps"), "epoch": status.get("epoch"),
             "best_epoch": status.get("best_epoch"), "best_val_loss": status.get("best_val_loss"),
