@@ -18,18 +18,10 @@ from pathlib import Path
 
 
 def create_run(config) -> Path:
-    """A new run folder under the workspace with the validated config in config.yaml."""
-    from captionlab import paths
-    from captionlab.training.config import save_config
+    """A new run folder under the workspace with the validated config in config.yaml (the launcher's own way)."""
+    from captionlab.training.launcher import create_run_folder
 
-    run_dir = paths.runs_dir() / f"{config.run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    suffix = 1
-    while run_dir.exists():
-        run_dir = run_dir.with_name(f"{run_dir.name}-{suffix}")
-        suffix += 1
-    run_dir.mkdir(parents=True)
-    save_config(config, run_dir / "config.yaml")
-    return run_dir
+    return create_run_folder(config.to_dict(), config.run_name, None).path
 
 
 def _distributed_rank() -> tuple[int, int]:

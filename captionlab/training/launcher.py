@@ -66,7 +66,7 @@ def launch_run(recipe: str | Path, overrides: list[str] = (), name: str | None =
         raise LaunchError(f"gpus must be at least 1 (got {gpus})")
     config, default_name = resolve_recipe(recipe, list(overrides))
     run_name = sanitize_run_name(name or default_name)
-    folder = _create_run_folder(config, run_name, runs_root)
+    folder = create_run_folder(config, run_name, runs_root)
     spec = {"gpus": gpus, "trainer_cmd": list(trainer_cmd) if trainer_cmd else None}
     runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
                          launch_spec=spec, **_describe(config))
@@ -80,7 +80,7 @@ def submit_slurm(recipe: str | Path, overrides: list[str] = (), name: str | None
     _require_slurm()
     config, default_name = resolve_recipe(recipe, list(overrides))
     run_name = sanitize_run_name(name or default_name)
-    folder = _create_run_folder(config, run_name, runs_root)
+    folder = create_run_folder(config, run_name, runs_root)
     spec = {"gpus": gpus, "trainer_cmd": None,
             "slurm": {"partition": partition, "time_min": time_min, "cpus_per_task": cpus_per_task, "mem_gb": mem_gb}}
     runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
@@ -134,7 +134,7 @@ def sanitize_run_name(name: str) -> str:
     return re.sub(r"-{2,}", "-", cleaned)[:64].strip("-_") or "run"
 
 
-def _create_run_folder(config: dict, run_name: str, runs_root: Path | None) -> RunFolder:
+def create_run_folder(config: dict, run_name: str, runs_root: Path | None) -> RunFolder:
     """<runs>/<run_name>-<YYYYmmdd-HHMMSS>[-N]/ with config.yaml and a queued status.json."""
     root = Path(runs_root).resolve() if runs_root is not None else paths.runs_dir()
     root.mkdir(parents=True, exist_ok=True)
