@@ -32,12 +32,18 @@ def _check_model(config: TrainConfig) -> None:
     weights_folder(get_model_spec(config.model))
 
 
-def _check_dataset(config: TrainConfig) -> None:
+def run_dataset(config: TrainConfig):
+    """The dataset a run trains on (a `DatasetSpec`): its name or FORMAT:PATH, with the run's images folder and
+    datasets config; the embedded world is written on first use. The trainer reads its splits from this too."""
     from captionlab.data.datasets import ensure_embedded_world, resolve_dataset
 
     ensure_embedded_world(config.dataset, config.datasets_config)
-    spec = resolve_dataset(config.dataset, Path(config.images) if config.images else None,
+    return resolve_dataset(config.dataset, Path(config.images) if config.images else None,
                            Path(config.datasets_config) if config.datasets_config else None)
+
+
+def _check_dataset(config: TrainConfig) -> None:
+    spec = run_dataset(config)
     if not spec.annotations.exists():
         raise DatasetError(f"dataset {config.dataset!r}: annotation file not found: {spec.annotations}")
     if not spec.images.is_dir():

@@ -103,12 +103,10 @@ def load_for_training(config: TrainConfig, device: torch.device):
 
 
 def load_split(config: TrainConfig, split: str, limit: int | None):
-    from captionlab.data.datasets import ensure_embedded_world, load_records, resolve_dataset
+    from captionlab.data.datasets import load_records
+    from captionlab.training.preflight import run_dataset
 
-    ensure_embedded_world(config.dataset, config.datasets_config)
-    spec = resolve_dataset(config.dataset, Path(config.images) if config.images else None,
-                           Path(config.datasets_config) if config.datasets_config else None)
-    records = load_records(spec, split=split)
+    records = load_records(run_dataset(config), split=split)
     return records[:limit] if limit else records
 
 
