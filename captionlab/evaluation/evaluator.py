@@ -234,11 +234,10 @@ def _registered_run(prefix: str) -> Path | None:
     from captionlab.training import runs_db
 
     try:
-        return Path(runs_db.find_run(prefix)["run_dir"]).expanduser().resolve()
-    except runs_db.UnknownRunError:
-        return None
+        run_dir = runs_db.find_run_dir(prefix)
     except runs_db.AmbiguousRunError as exc:
         raise EvaluationError(f"checkpoint {exc}: give more of the id") from None
+    return None if run_dir is None else run_dir.resolve()
 
 
 def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Path | None) -> Path | None:

@@ -141,8 +141,6 @@ def _registered_run_dir(run_id: str, field: str) -> Path | None:
     from captionlab.training import runs_db
 
     try:
-        return Path(runs_db.find_run(run_id)["run_dir"]).expanduser()
-    except runs_db.UnknownRunError:
-        return None
+        return runs_db.find_run_dir(run_id)
     except runs_db.AmbiguousRunError as exc:
         raise PathNotAllowed(f"{field}: {exc}: give more of the id") from None

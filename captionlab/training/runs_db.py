@@ -127,6 +127,15 @@ def find_run(run_id: str, db_path: Path | None = None) -> dict:
                             f"{', '.join(r['run_id'] for r in matches[:5])}{', ...' if len(matches) > 5 else ''}")
 
 
+def find_run_dir(run_id: str, db_path: Path | None = None) -> Path | None:
+    """The folder of the run `find_run` gives, or None if no run has this id or prefix (AmbiguousRunError if
+    several do): for who takes a checkpoint as a run id or a folder."""
+    try:
+        return Path(find_run(run_id, db_path)["run_dir"]).expanduser()
+    except UnknownRunError:
+        return None
+
+
 def _decode(row: dict) -> dict:
     spec = row.get("launch_spec")
     row["launch_spec"] = json.loads(spec) if isinstance(spec, str) and spec else (spec or {})
