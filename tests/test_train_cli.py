@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from test_launcher import _wait_until
 
 from captionlab.training import launcher, runs_db
 from captionlab.training.config import resolve_config
@@ -56,16 +56,6 @@ def test_missing_weights_or_data_fail_before_a_run_exists(home, tiny_llava_dir, 
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_run_started_from_a_terminal_is_live_stoppable_and_logged(home, tmp_path, tiny_llava_dir, tiny_world):
     command = [sys.executable, "-m", "train", "run", "--recipe", "embedded/lora", f"model={tiny_llava_dir}",
                f"datasets_config={tiny_world}", "dataset=coco", "epochs=50", "max_train_images=8",
@@ -74,12 +64,12 @@ def test_a_run_started_from_a_terminal_is_live_stoppable_and_logged(home, tmp_pa
     process = subprocess.Popen(command, cwd=ROOT, stdout=terminal, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     try:
-        row = wait_for(lambda: next(iter(runs_db.list_runs()), None), 120, "the run to register")
+        row = _wait_until(lambda: next(iter(runs_db.list_runs()), None), timeout=120, interval=0.2)  # registered
         run_dir = Path(row["run_dir"])
         # registered by the trainer itself (the same pid: `--recipe` hands over to `--run-dir` by exec)
         assert row["pid"] == process.pid and row["pgid"] is None and row["state"] == "running"
-        wait_for(lambda: json.loads((run_dir / "status.json").read_text()).get("step", 0) >= 3
-                 if (run_dir / "status.json").exists() else False, 180, "three steps")
+        _wait_until(lambda: json.loads((run_dir / "status.json").read_text()).get("step", 0) >= 3
+                    if (run_dir / "status.json").exists() else False, timeout=180, interval=0.2)  # three steps
         launcher.refresh_runs()
         assert runs_db.get_run(row["run_id"])["state"] == "running"  # alive: not marked crashed
         with pytest.raises(launcher.LaunchError, match="only a stopped, crashed or failed run"):
