@@ -77,8 +77,8 @@ def test_caption_script_alone(tmp_path):
 def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_path):
     from bench import prefill_profile
 
-    report = prefill_profile.main(["--device", "cpu", "--model", "tiny", "--batch", "2", "--new-tokens", "3",
-                                   "--repeats", "1", "--out", str(tmp_path)])
+    report = prefill_profile.main(["--device", "cpu", "--model", "tiny", "--batch", "2", "--new-tokens", "8",
+                                   "--repeats", "3", "--out", str(tmp_path)])
     timing, kernels = report["timing"], report["kernels"]
     assert 0 < timing["prefill_s"] < timing["caption_s"] and 0 < timing["prefill_share"] < 1
     assert kernels["ms_by_kind"]["matmul"] > 0 and kernels["ms_by_kind"]["attention"] > 0
@@ -97,9 +97,10 @@ def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_p
     assert timing["decoding_steps"] == "exact-length"  # the decoder's default on this unpadded batch
     for kind in ("masked", "exact-length", "exact-length, compiled"):
         one = steps[kind]
-        assert one["ran"] == one["asked"] == kind.split(",")[0] and one["steps"] == 2
+        assert one["ran"] == one["asked"] == kind.split(",")[0] and one["steps"] == 7
         assert one["graph_error"] is None and one["compile_error"] is None
-        assert math.isfinite(one["step_ms"]) and set(one["kernels"]["ms_by_kind"]) == {"matmul", "attention", "other"}
+        # a step's time is the fastest caption less the fastest prefill: 7 steps stand well above the timing noise
+        assert math.isfinite(one["step_ms"]) and one["step_ms"] > 0 and set(one["kernels"]["ms_by_kind"]) == {"matmul", "attention", "other"}
         # every step runs each layer's attention once, and its products (calls counted, unlike times, are exact)
         attention = [k for k in one["kernels"]["top"] if k["kind"] == "attention"]
         assert attention and attention[0]["calls"] == config.num_hidden_layers
@@ -218,3 +219,17 @@ def test_clip_probe_kind_views_name_only_the_kinds_a_caption_names():
     assert kind_view("A calm lake with a big orange crown and two white trees.") == "a crown and a tree"
     assert kind_view("a sailboat on the sea") == "a boat"
     assert kind_view("a quiet evening") == "a quiet evening"  # no kind named: the caption itself
+
+
+def test_prefill_profile_says_when_the_steps_were_below_the_timing_noise(tmp_path, monkeypatch):
+    """A caption timed no slower than its prefill gives no step time (not a negative one) and no ratios."""
+    from bench import prefill_profile
+
+    monkeypatch.setattr(prefill_profile, "fastest", lambda fn, device, repeats: (fn(), 0.004)[1])
+    report = prefill_profile.main(["--device", "cpu", "--model", "tiny", "--batch", "2", "--new-tokens", "2",
+                                   "--repeats", "1", "--no-compile", "--out", str(tmp_path)])
+    steps = report["decoding_steps"]
+    assert all(steps[kind]["step_ms"] is None for kind in prefill_profile.STEP_KINDS)
+    assert steps["exact_over_masked"] is None and steps["compiled_over_exact"] is None
+    text = (tmp_path / "prefill_profile-tiny.md").read_text()
+    assert text.count("not measurable (the caption was no slower than its prefill") == 3
