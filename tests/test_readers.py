@@ -196,11 +196,13 @@ def test_vizwiz_images_may_also_sit_flat(tmp_path):
     assert {r.image_path.parent for r in records} == {images.resolve()}
 
 
-def test_textcaps_groups_entries_per_image_and_dedupes_references():
+def test_textcaps_groups_entries_per_image_and_keeps_duplicate_references():
+    """Two annotators' identical captions both count, as in the official evaluation: CIDEr-D averages over them."""
     records = by_id(read_fixture("textcaps"))
     assert set(records) == {"011e7e629fb9ae7b", "0a1b2c3d4e5f6a7b"}
     assert len(records["011e7e629fb9ae7b"].references) == 5
     assert records["0a1b2c3d4e5f6a7b"].references == ("A bottle of Heineken beer on a wooden table.",
+                                                      "A green bottle labeled Heineken.",
                                                       "A green bottle labeled Heineken.")
     images = (FIXTURES / "textcaps/images").resolve()
     assert records["011e7e629fb9ae7b"].image_path == images / "train/011e7e629fb9ae7b.jpg"
@@ -216,7 +218,7 @@ def test_textcaps_entries_without_reference_strs_use_caption_str(tmp_path):
     path = rewrite_json("textcaps", tmp_path, drop_reference_lists)
     records = by_id(READERS["textcaps"](path, FIXTURES / "textcaps/images"))
     assert len(records["011e7e629fb9ae7b"].references) == 5
-    assert len(records["0a1b2c3d4e5f6a7b"].references) == 2
+    assert len(records["0a1b2c3d4e5f6a7b"].references) == 3  # one per entry, the duplicate kept
 
 
 # ---------------------------------------------------------------- bad input

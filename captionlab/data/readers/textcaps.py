@@ -10,9 +10,10 @@
                "reference_tokens": [[...], ...]}, ...]}
 
 Every entry of an image repeats the image's full `reference_strs`, so entries are grouped by
-`image_id` and their references merged in order without duplicates (an entry with no
-`reference_strs` contributes its `caption_str`; test entries have neither and give an image
-with no references). Image path = IMAGES/image_path, falling back to IMAGES/<basename of
+`image_id` and the first list is the image's references, kept as it is: a caption two
+annotators wrote alike counts twice, as in the official evaluation (CIDEr-D averages over the
+references). A file without `reference_strs` gives each entry's `caption_str`; test entries
+have neither and give an image with no references. Image path = IMAGES/image_path, falling back to IMAGES/<basename of
 image_path> (the TextVQA images, `train/...`, are often unpacked flat or as `train_images/`);
 split = the entry's `set_name`, else the file's `dataset_type`; domain "textcaps" unless given.
 """
@@ -43,9 +44,9 @@ def read(annotations: Path, images: Path, split: str | None = None, domain: str 
             relative_path=get_field(entry, "image_path", str, annotations, where),
             split=optional_field(entry, "set_name", str, annotations, where, default=default_split),
         ))
-        image.add_references(_entry_references(entry, annotations, where))
+        image.add_entry(entry, annotations, where)
     records = [
-        CaptionRecord(image_id=image_id, image_path=image.locate(images), references=tuple(image.references),
+        CaptionRecord(image_id=image_id, image_path=image.locate(images), references=image.references(),
                       split=image.split, domain=domain or "textcaps")
         for image_id, image in grouped.items()
     ]
@@ -54,22 +55,32 @@ def read(annotations: Path, images: Path, split: str | None = None, domain: str 
 
 
 class _Image:
-    """The entries of one image gathered so far."""
+    """The entries of one image gathered so far.
+
+    Every entry of an image repeats that image's whole `reference_strs` list (one entry per annotator's caption), so
+    the first such list is the image's references, as it is: two annotators who wrote the same caption count twice,
+    as in the official evaluation (CIDEr-D averages over references; merging duplicates changes it). Entries with
+    only a `caption_str` (files without `reference_strs`) give one reference each, duplicates kept.
+    """
 
     def __init__(self, relative_path: str, split: str) -> None:
         self.relative_path = relative_path
         self.split = split
-        self.references: dict[str, None] = {}  # an ordered set
+        self.reference_strs: list[str] | None = None
+        self.captions: list[str] = []
 
-    def add_references(self, captions: list[str]) -> None:
-        self.references.update(dict.fromkeys(captions))
+    def add_entry(self, entry: dict[str, Any], source: Path, where: str) -> None:
+        if entry.get("reference_strs") is not None:
+            listed = [text.strip() for text in get_string_list(entry, "reference_strs", source, where)]
+            if self.reference_strs is None:
+                self.reference_strs = listed
+            return
+        caption = optional_field(entry, "caption_str", str, source, where)
+        if caption and caption.strip():
+            self.captions.append(caption.strip())
+
+    def references(self) -> tuple[str, ...]:
+        return tuple(self.reference_strs if self.reference_strs is not None else self.captions)
 
     def locate(self, images: Path) -> Path:
         return first_existing([images / self.relative_path, images / PurePosixPath(self.relative_path).name])
-
-
-def _entry_references(entry: dict[str, Any], source: Path, where: str) -> list[str]:
-    if entry.get("reference_strs") is not None:
-        return [text.strip() for text in get_string_list(entry, "reference_strs", source, where)]
-    caption = optional_field(entry, "caption_str", str, source, where)
-    return [caption.strip()] if caption else []
