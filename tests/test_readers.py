@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from PIL import Image
 
 from captionlab.data.datasets import (DatasetSpec, load_config, load_records, resolve_dataset,
                                       split_statistics)
@@ -148,6 +149,32 @@ def test_cc3m_skips_a_header_added_for_img2dataset(tmp_path):
     path = tmp_path / "with_header.tsv"
     path.write_text("caption\turl\n" + original + "\n")
     assert read_fixture("cc3m") == READERS["cc3m"](path, FIXTURES / "cc3m/images")
+
+
+@pytest.mark.parametrize("header", ["\ufeffcaption\turl", "text\timage_url", "Caption\tURL"])
+def test_cc3m_skips_any_header_row_a_bom_included(tmp_path, header):
+    """A header taken as row 0 would shift every caption onto the next row's image."""
+    original = (FIXTURES / SOURCES["cc3m"][0]).read_text()
+    path = tmp_path / "with_header.tsv"
+    path.write_bytes((header + "\n" + original).encode("utf-8"))
+    assert read_fixture("cc3m") == READERS["cc3m"](path, FIXTURES / "cc3m/images")
+
+
+def test_cc3m_url_basename_shared_by_two_rows_matches_neither(tmp_path):
+    """CC3M has many URLs ending in image.jpg: one downloaded image.jpg cannot be the image of each."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (4, 4)).save(images / "image.jpg")
+    Image.new("RGB", (4, 4)).save(images / "soup.jpg")
+    path = tmp_path / "val.tsv"
+    path.write_text("a dog on a beach\thttp://a.example/dogs/image.jpg\n"
+                    "a bowl of soup\thttp://b.example/soup.jpg\n"
+                    "a red car\thttp://c.example/cars/image.jpg?w=640\n")
+    with pytest.raises(DatasetError, match="missing"):
+        READERS["cc3m"](path, images)
+    report = ReadReport()
+    [soup] = READERS["cc3m"](path, images, skip_missing=True, report=report)
+    assert soup.image_path == (images / "soup.jpg").resolve() and soup.references == ("a bowl of soup",)
 
 
 def test_cc3m_row_with_wrong_column_count_names_the_line(tmp_path):

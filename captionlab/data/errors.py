@@ -80,10 +80,11 @@ def check_inputs(annotations: Path | str, images: Path | str, what: str) -> tupl
 
 
 def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of an existing file, with undecodable bytes reported by position."""
+    """The UTF-8 text of an existing file (a leading byte-order mark, as spreadsheet exports write, dropped), with
+    undecodable bytes reported by position."""
     require_file(path, what)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except OSError as exc:

@@ -7,12 +7,15 @@ line, two tab-separated columns, the alt-text caption and the image URL:
     sierra looked stunning in this top and this skirt<TAB>http://78.media.tumblr.com/.../tumblr_x.jpg
 
 The URLs are not fetched; the images must already be in the images folder. Row N (counting
-from 0, blank lines not counted; a first line `caption<TAB>url`, as img2dataset users add, is
-taken as a header and skipped) maps to the first of these that exists, looked up in the images
-folder and in its immediate subfolders (img2dataset's `00000/`, `00001/`, ...):
+from 0, blank lines not counted; a first line whose second cell is not a URL, such as the
+`caption<TAB>url` header img2dataset users add, is taken as a header and skipped) maps to the
+first of these that exists, looked up in the images folder and in its immediate subfolders
+(img2dataset's `00000/`, `00001/`, ...):
   1. `{N:09d}.jpg`, `.png`, `.webp` or `.jpeg`: the name img2dataset writes with its default
      10,000 samples per shard (key = shard * 10000 + index in shard = N);
-  2. the URL's basename (percent-decoded, without the query string).
+  2. the URL's basename (percent-decoded, without the query string), only where no other row's
+     URL has the same basename (CC3M has many `image.jpg`s: one file cannot be each of them).
+A row with neither is a missing image (an error, or left out with `skip_missing`).
 image_id = str(N); references = (caption,); split "val"; domain "cc3m" unless given.
 
 `read_tsv` takes a plain TSV with a header naming at least `caption` and `image`, for data
@@ -29,6 +32,7 @@ column, else `image` as written; split "val"; domain "cc3m" unless given.
 from __future__ import annotations
 
 import posixpath
+from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -46,16 +50,19 @@ def read(annotations: Path, images: Path, split: str | None = None, domain: str 
     """Read Google's CC3M validation TSV (caption, url), finding each row's downloaded image."""
     annotations, images = check_inputs(annotations, images, "CC3M TSV file")
     rows = _rows(annotations)
-    if rows and tuple(cell.strip().lower() for cell in rows[0][1]) == GOOGLE_HEADER:
+    if rows and _is_header(rows[0][1]):
         rows = rows[1:]
-    files = _files_by_name(images)
-    records = []
-    for index, (line_number, cells) in enumerate(rows):
+    for line_number, cells in rows:
         if len(cells) != 2:
             raise DatasetError(f"{annotations}: line {line_number} has {len(cells)} tab-separated column(s); "
                                "expected 2 (caption, url)")
-        caption, url = cells
-        records.append(CaptionRecord(image_id=str(index), image_path=_locate(index, url, files, images),
+    url_names = Counter(_url_name(url) for _, (_, url) in rows)
+    files = _files_by_name(images)
+    records = []
+    for index, (_, (caption, url)) in enumerate(rows):
+        name = _url_name(url)
+        unique_name = name if name and url_names[name] == 1 else None
+        records.append(CaptionRecord(image_id=str(index), image_path=_locate(index, unique_name, files, images),
                                      references=(caption.strip(),), split=SPLIT, domain=domain or "cc3m"))
     return finish_read(records, source=annotations, images=images, split=split,
                        skip_missing=skip_missing, report=report)
@@ -110,10 +117,20 @@ def _files_by_name(images: Path) -> dict[str, Path]:
     return found
 
 
-def _locate(index: int, url: str, files: dict[str, Path], images: Path) -> Path:
-    """The image file of row `index`; the expected img2dataset name when none is found."""
+def _is_header(cells: list[str]) -> bool:
+    """A first row that names its columns: its second cell is not a URL (Google's rows all have one there)."""
+    return tuple(cell.strip().lower() for cell in cells) == GOOGLE_HEADER or (len(cells) == 2 and "://" not in cells[1])
+
+
+def _url_name(url: str) -> str:
+    """The URL's file name, percent-decoded, without the query string ('' when it has none)."""
+    return unquote(posixpath.basename(urlsplit(url.strip()).path))
+
+
+def _locate(index: int, url_name: str | None, files: dict[str, Path], images: Path) -> Path:
+    """The image file of row `index` (`url_name`: its URL's file name where no other row shares it); the expected
+    img2dataset name when none is found."""
     candidates = [f"{index:09d}{extension}" for extension in IMAGE_EXTENSIONS]
-    url_name = unquote(posixpath.basename(urlsplit(url.strip()).path))
     if url_name:
         candidates.append(url_name)
     for name in candidates:
