@@ -203,6 +203,24 @@ def test_empty_caption_no_references_and_emoji_end_to_end(tmp_path, monkeypatch)
     assert again.resumed == 4 and again.generated == 0 and again.metrics == result.metrics
 
 
+def test_an_evaluation_leaving_images_out_records_what_part_of_the_split_it_scored(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    annotations = _karpathy(tmp_path)
+    (annotations.parent / "test2014" / "0.png").unlink()  # missing
+    (annotations.parent / "test2014" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # broken
+    stub = FixedCaptioner({(50, 50): "a square", (60, 30): "a green tree next to a house"})
+    with pytest.raises(ev.EvaluationError, match="missing"):
+        ev.evaluate("llava-1.5-7b", "lora", f"karpathy:{annotations}", captioner=stub, clip_encoder=HashClip())
+    result = ev.evaluate("llava-1.5-7b", "lora", f"karpathy:{annotations}", captioner=stub, clip_encoder=HashClip(),
+                         skip_broken=True)
+    assert result.n_images == 2 and (result.extra["split_images"], result.extra["missing_images"]) == (4, 1)
+
+    from captionlab.service import benchmarks
+
+    [row] = [r for r in benchmarks.your_rows(tmp_path / "no-checkpoints") if r["dataset"] == result.dataset]
+    assert row["label"] == "2 of 4 images (1 missing, 1 broken)"
+
+
 def test_clip_score_unavailable_is_reported_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CAPTIONLAB_OPENCLIP_WEIGHTS", str(tmp_path / "absent.safetensors"))

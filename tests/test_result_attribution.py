@@ -110,6 +110,37 @@ def test_a_limit_past_the_end_of_the_split_is_the_whole_split(home, study):
     assert (row["label"], row["subset"], row["metrics"]["CIDEr"]) == ("", None, 91.0)
 
 
+def test_images_left_out_as_missing_or_broken_make_a_labelled_row_never_marked_best(home, study):
+    """--skip-missing and --skip-broken score part of the split: not to be set beside the paper's whole splits."""
+    from captionlab.evaluation import results
+    from captionlab.service import benchmarks
+
+    checkpoint = (study / "strategies" / "lora").resolve()
+    results.record_result(model="embedded", strategy="lora", dataset="coco", split="test", metrics={"CIDEr": 120.0},
+                          n_images=240, checkpoint=checkpoint,
+                          extra={"limit": None, "split_images": 250, "missing_images": 7,
+                                 "skipped": [{"image_id": str(i), "path": f"{i}.jpg", "reason": "broken"}
+                                             for i in range(3)]})
+    rows = benchmarks.your_rows(study)
+    assert {(r["label"], r["metrics"]["CIDEr"]) for r in rows} == {("", 88.1), ("240 of 250 images (7 missing, 3 broken)",
+                                                                               120.0)}
+    _, cells, _ = benchmarks.table_rows(rows, ["coco"])
+    by_strategy = {c[2]: c[6] for c in cells}
+    assert by_strategy == {"LoRA": "**88.1** ★", "LoRA · 240 of 250 images (7 missing, 3 broken)": "120.0"}
+
+
+def test_an_older_result_gives_its_missing_count_from_its_note(home, study):
+    from captionlab.evaluation import results
+    from captionlab.service import benchmarks
+
+    results.record_result(model="embedded", strategy="lora", dataset="coco", split="test", metrics={"CIDEr": 95.0},
+                          n_images=1200, checkpoint=(study / "strategies" / "lora").resolve(),
+                          extra={"limit": None, "skipped": [],
+                                 "notes": ["skipped 3800 record(s) whose image file is missing"]})
+    labels = {r["label"] for r in benchmarks.your_rows(study)}
+    assert labels == {"", "1,200 of 5,000 images (3,800 missing)"}
+
+
 def test_the_shipped_study_keeps_one_unlabelled_row_per_strategy_and_dataset(home):
     from captionlab.service import benchmarks
 

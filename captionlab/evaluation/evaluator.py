@@ -573,6 +573,7 @@ def evaluate(
     except DatasetError as exc:
         raise EvaluationError(str(exc)) from None
     records, split_label, read_report = _records(spec, split, skip_broken)
+    split_images = len(records) + read_report.missing_images  # the split as its file lists it
     if limit is not None:
         records = records[:limit]
     if not records:
@@ -646,6 +647,7 @@ def evaluate(
     seconds = predictions.seconds + metric_report.seconds + clip_seconds
     extra = {
         "strategy_label": label, "limit": limit, "out_dir": str(folder),
+        "split_images": split_images, "missing_images": read_report.missing_images,
         "settings": {"prompt": settings.prompt, "max_new_tokens": settings.max_new_tokens,
                      "batch_size": settings.batch_size},
         "lengths": {"mean_prediction_words": metric_report.lengths.mean_prediction_words,

@@ -5,16 +5,17 @@ Rows are plain dicts `{source, model, strategy, dataset, metrics, ...}` on the p
 are the evaluations in the workspace database and those shipped with the checkpoints
 (`<checkpoints>/results/**/results.json` or `*.db`), the newest one of each evaluated thing:
 (model, strategy, dataset, split, checkpoint, images). A score is only ever shown as the result of
-what was evaluated: another checkpoint's evaluation, or one of the first N images of a split
-(`--limit`), is a row of its own, labelled with its run (or folder) and its image count, and never
-replaces the row of the checkpoints the app serves (the shipped study), which carries no label.
-`table_rows` shapes them like the paper's tables and marks the best value per model (of whole
-splits only: a score on a few images is not comparable).
+what was evaluated: another checkpoint's evaluation, or one of part of a split (the first N images
+with `--limit`, or images left out as missing or broken), is a row of its own, labelled with its run
+(or folder) and its image count, and never replaces the row of the checkpoints the app serves (the
+shipped study), which carries no label. `table_rows` shapes them like the paper's tables and marks
+the best value per model (of whole splits only: a score on part of a split is not comparable).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from captionlab.service.catalog import (DATASET_LABELS, IN_DOMAIN, METRICS, OUT_OF_DOMAIN,
@@ -48,7 +49,13 @@ def your_rows(checkpoints: Path | None = None) -> list[dict]:
 
 
 def _evaluated_thing(row: dict) -> tuple:
-    return row["model"], row["strategy"], row["dataset"], row["split"], row["checkpoint_key"], row["subset"]
+    return row["model"], row["strategy"], row["dataset"], row["split"], row["checkpoint_key"], _part(row)
+
+
+def _part(row: dict) -> tuple | None:
+    """Which part of its split a row scored (None: all of it), as a key."""
+    part = row.get("coverage")
+    return None if part is None else (part["scored"], part["first"], part["missing"], part["broken"])
 
 
 def _row(result, origin: str, checkpoints: Path | None, results_json: Path | None = None) -> dict:
@@ -58,7 +65,29 @@ def _row(result, origin: str, checkpoints: Path | None, results_json: Path | Non
             "clip_encoder": result.clip_encoder, "predictions_path": result.predictions_path,
             "results_json": str(results_json) if results_json else None, "checkpoint": result.checkpoint,
             "checkpoint_key": _checkpoint_key(result.checkpoint, origin, checkpoints),
-            "subset": subset_size(result), "created_at": result.created_at}
+            "subset": subset_size(result), "coverage": coverage(result), "created_at": result.created_at}
+
+
+_MISSING_NOTE = re.compile(r"skipped (\d+) record\(s\) whose image file is missing")
+
+
+def coverage(result) -> dict | None:
+    """What part of its split `result` scored, None for all of it: {scored, first (the `--limit` that cut it, or
+    None), missing (images whose file was missing, left out with --skip-missing), broken (unreadable, left out with
+    --skip-broken), of (the split's size where known)}. Evaluations recorded before the missing count was kept
+    give it from their note."""
+    extra = result.extra or {}
+    first = subset_size(result)
+    broken = len(extra.get("skipped") or [])
+    missing = extra.get("missing_images")
+    if missing is None:
+        found = [_MISSING_NOTE.search(note) for note in extra.get("notes") or []]
+        missing = sum(int(m.group(1)) for m in found if m)
+    if first is None and not broken and not missing:
+        return None
+    whole = extra.get("split_images")
+    return {"scored": result.n_images, "first": first, "missing": int(missing), "broken": broken,
+            "of": int(whole) if whole is not None and first is None else None}
 
 
 def subset_size(result) -> int | None:
@@ -108,12 +137,21 @@ def _label(rows: list[dict], checkpoints: Path | None) -> None:
     served = Path(checkpoints).resolve() if checkpoints is not None else None
     for row in rows:
         where = checkpoint_label(row["checkpoint_key"], served, runs)
-        images = "" if row["subset"] is None else _images_label(row["n_images"], row["subset"])
+        images = "" if row.get("coverage") is None else coverage_label(row["coverage"])
         row["label"] = " · ".join(part for part in (where, images) if part)
 
 
-def _images_label(n_images: int, subset: int) -> str:
-    return f"first {subset} images" if n_images == subset else f"{n_images} of the first {subset} images"
+def coverage_label(part: dict) -> str:
+    """'first 10 images', '4,990 of 5,000 images (10 missing)', '98 of the first 100 images (2 broken)'."""
+    scored, first = part["scored"], part["first"]
+    left_out = ", ".join(f"{count:,} {why}" for why, count in (("missing", part["missing"]), ("broken", part["broken"]))
+                         if count)
+    if first is not None:
+        text = f"first {first:,} images" if scored == first else f"{scored:,} of the first {first:,} images"
+    else:
+        whole = part["of"] if part["of"] is not None else scored + part["missing"] + part["broken"]
+        text = f"{scored:,} of {whole:,} images"
+    return text + (f" ({left_out})" if left_out and scored != first else "")
 
 
 def run_folders() -> dict[Path, str]:
@@ -187,11 +225,11 @@ def _model_of(row: dict) -> str:
 
 def _line_of(row: dict) -> tuple:
     """(source, model, strategy, checkpoint, images): the rows one table line (or chart mark) holds."""
-    return row["source"], _model_of(row), row["strategy"], row.get("checkpoint_key"), row.get("subset")
+    return row["source"], _model_of(row), row["strategy"], row.get("checkpoint_key"), _part(row)
 
 
 def _whole_split(row: dict) -> bool:
-    return row.get("subset") is None
+    return row.get("coverage") is None
 
 
 def _with_label(text: str, row: dict) -> str:

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from captionlab import atomic, paths
+from captionlab.service.benchmarks import coverage_label
 from captionlab.service.catalog import PAPER_STRATEGIES, strategy_label
 
 PAPER_NOTE = ("The paper's Table 4 prints 19.7k (prompt learning) and 13.1k (prefix tuning) trainable parameters: "
@@ -144,7 +145,7 @@ def quality_points(paper: list[dict], runs: list[dict], results: list[dict]) -> 
     for run in runs:
         match = result_for_run(run, results)
         if match is not None and run["kWh all epochs"] is not None:
-            images = f" (CIDEr on the first {match['subset']} images)" if match.get("subset") else ""
+            images = f" (CIDEr on {coverage_label(match['coverage'])})" if match.get("coverage") else ""
             points.append({"source": f"yours · {run['Run']}{images}", "strategy": run["Strategy"],
                            "kwh": run["kWh all epochs"], "kwh_best": run["kWh up to best"],
                            "cider": match["metrics"]["CIDEr"], "method": run["Method"]})
@@ -158,7 +159,7 @@ def result_for_run(run: dict, results: list[dict]) -> dict | None:
     own = [r for r in results
            if r["source"] == "yours" and r["dataset"] == "coco" and r["metrics"].get("CIDEr") is not None
            and r.get("checkpoint_key") and any(Path(r["checkpoint_key"]).is_relative_to(a) for a in artifacts)]
-    return max(own, key=lambda r: (r.get("subset") is None, r.get("created_at") or ""), default=None)
+    return max(own, key=lambda r: (r.get("coverage") is None, r.get("created_at") or ""), default=None)
 
 
 def unevaluated_runs(runs: list[dict], results: list[dict]) -> list[dict]:
