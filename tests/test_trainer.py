@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from captionlab.paths import PROJECT_ROOT
-from captionlab.training.checkpoint import CheckpointError, latest_good_checkpoint, load_checkpoint
+from captionlab.training.checkpoint import CheckpointError, checkpoint_step, latest_good_checkpoint, load_checkpoint
 from captionlab.training.config import ConfigError, resolve_config, save_config
 from captionlab.training.run_folder import RunFolder
 from captionlab.training.trainer import cosine_lr, train_run
@@ -136,6 +136,34 @@ def test_resume_drops_the_metrics_rows_written_after_its_checkpoint(tmp_path, ti
     rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]  # every line whole
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, total + 1))
     assert [r["step"] for r in rows if r.get("event") == "val"] == [0, total]
+
+
+def test_a_kill_right_after_an_epochs_checkpoint_still_gives_best_and_its_validation_row(tmp_path, tiny_llava_dir,
+                                                                                       tiny_world, monkeypatch):
+    """Between the epoch-end checkpoint and copying it to best/: the resumed run finishes that epoch's bookkeeping."""
+    from captionlab.training import trainer as trainer_module
+
+    class Killed(BaseException):
+        """Stands for SIGKILL: nothing after it runs, no handler sees it."""
+
+    def killed(self, checkpoint):
+        raise Killed
+
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="prompt_learning", epochs=1, lr_max=1.0)
+    monkeypatch.setattr(trainer_module.Trainer, "_publish_epoch", killed)
+    with pytest.raises(Killed):
+        train_run(run_dir)
+    run = RunFolder(run_dir)
+    total = checkpoint_step(run.last_dir)
+    assert total and not run.best_dir.exists() and val_losses(run_dir)[1:] == []
+    monkeypatch.undo()
+    assert train_run(run_dir, resume=True) == 0
+    assert checkpoint_step(run.best_dir) == total and (run.best_dir / "artifact" / "strategy.json").exists()
+    assert [r["step"] for r in run.read_metrics() if r.get("event") == "val"] == [0, total]
+    status = run.read_status()
+    assert (status["state"], status["best_epoch"]) == ("finished", 1)
+    assert status["best_val_loss"] == pytest.approx(val_losses(run_dir)[-1])
+    assert run.read_energy()["best_epoch"] == 1
 
 
 def test_read_metrics_keeps_the_last_row_of_a_step_written_twice(tmp_path):

@@ -107,6 +107,17 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor], dict[s
         raise CheckpointError(f"{folder}: cannot read tensors: {exc}") from None
 
 
+def checkpoint_step(folder: Path) -> int | None:
+    """The step a complete checkpoint was saved at (its state file only: nothing verified), else None."""
+    folder = Path(folder)
+    try:
+        if (folder / CHECKPOINT_COMPLETE).exists():
+            return int(json.loads((folder / STATE_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def latest_good_checkpoint(run_dir: Path) -> tuple[Path, tuple] | None:
     """The newest checkpoint that verifies: last/, else previous/. None if neither does."""
     errors = []

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from captionlab.training import fsdp
 from captionlab.training.batching import IGNORE_INDEX, build_training_batch
-from captionlab.training.checkpoint import (copy_checkpoint, latest_good_checkpoint, optimizer_tensors,
-                                            save_checkpoint)
+from captionlab.training.checkpoint import (checkpoint_step, copy_checkpoint, latest_good_checkpoint,
+                                            optimizer_tensors, save_checkpoint)
 from captionlab.training.config import TrainConfig, load_run_config
 from captionlab.training.run_folder import RunFolder
 from captionlab.training.prefix_sharing import build_packed_batch, caption_token_count, packed_loss_sum
@@ -158,6 +158,8 @@ class Trainer:
         self.energy.start()
         self.started = time.monotonic()
         self.stop = _StopRequested()
+        if resume and self.state["epoch"] > 0 and self.state["step_in_epoch"] == 0:
+            self._publish_epoch(self._resumed_from)  # a kill right after an epoch's checkpoint cut this short
 
     def _check_launch(self) -> None:
         """Reject, before anything is loaded, a distributed setting this launch cannot honour."""
@@ -206,6 +208,7 @@ class Trainer:
         if found is None:
             raise RuntimeError(f"{self.run.path}: no complete checkpoint to resume from")
         folder, (state, trainable, optimizer) = found
+        self._resumed_from = folder
         with torch.no_grad():
             for name, tensor in trainable.items():  # full tensors; under FSDP each process keeps its shard
                 self.params[name].copy_(fsdp.load_full_into(self.params[name], tensor))
@@ -430,15 +433,27 @@ class Trainer:
         self.state["epoch"] = epoch + 1
         self.state["step_in_epoch"] = 0
         self.checkpoint()
-        if self.main:
-            if improved:
-                copy_checkpoint(self.run.last_dir, self.run.best_dir)
-            self.run.append_metrics({"event": "val", "epoch": epoch + 1, "val_loss": val_loss, "step": self.state["step"],
-                                     "energy_j": energy_now, "elapsed_s": self._elapsed_s(), "best": improved})
-            self.run.write_status(best_epoch=self.state["best_epoch"], best_val_loss=self.state["best_val_loss"],
-                                  epoch=epoch + 1)
-            self.write_energy()
+        self._publish_epoch(self.run.last_dir)
         self.log(f"epoch {epoch + 1}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
+
+    def _publish_epoch(self, checkpoint: Path) -> None:
+        """What follows an epoch's checkpoint (`checkpoint`, saved at its end), from the state it holds: best/ when
+        the epoch improved the validation loss, the validation row, status and energy. Each part is skipped where
+        already done, so resuming from that checkpoint runs it again: a kill between the checkpoint and these
+        would otherwise lose them for good (best/ above all, unless a later epoch did better)."""
+        if not self.main:
+            return
+        epoch, step = self.state["epoch"], self.state["step"]
+        improved = self.state["best_epoch"] == epoch
+        if improved and checkpoint_step(self.run.best_dir) != step:
+            copy_checkpoint(checkpoint, self.run.best_dir)
+        if not any(row.get("event") == "val" and row.get("epoch") == epoch for row in self.run.read_metrics()):
+            self.run.append_metrics({"event": "val", "epoch": epoch, "val_loss": self.state["val_losses"][-1],
+                                     "step": step, "energy_j": self._energy_j(), "elapsed_s": self._elapsed_s(),
+                                     "best": improved})
+        self.run.write_status(best_epoch=self.state["best_epoch"], best_val_loss=self.state["best_val_loss"],
+                              epoch=epoch)
+        self.write_energy()
 
     def close(self) -> None:
         """Leave the process group together: a process that exits while gloo's threads still run with the
