@@ -4,7 +4,9 @@ matrix products' own rate, and what that rate allows at best.
 Captioning a batch (`GreedyDecoder`, as `LlavaCaptioner` runs it) is one prefill over BOS + prompt + image
 tokens and ~20 one-token decoding steps. This script measures, on one device, for one batch shape:
 
-  timing      images/s of the prefill alone (1 new token) and of the whole caption (`--new-tokens`), eager and
+  timing      images/s of the prefill alone (1 new token) and of the whole caption (`--new-tokens`), each the
+              fastest of `--repeats` calls (runs 3-4 took their mean: a difference of two means carries whatever
+              else the machine did into it), eager and
               with the prefill through torch.compile'd layers (`compile_prefill`; compiling timed apart), with
               the decoder's default steps (exact-length on these unpadded batches; masked in runs 3-4)
   kernels     one prefill under torch.profiler: kernel time (CUDA; CPU op self time elsewhere) split into matrix
@@ -17,7 +19,7 @@ tokens and ~20 one-token decoding steps. This script measures, on one device, fo
   steps       one decoding step of each kind the decoder has (`captionlab/models/decoding.py`): masked (the whole
               preallocated cache under an additive mask, one CUDA graph), exact-length (the written cache, no
               mask, one CUDA graph per step length) and exact-length with its layers compiled (`compile_steps`):
-              ms per step ((caption - prefill) / steps) and its kernel time by kind, the caption's kernels less the
+              ms per step ((fastest caption - fastest prefill) / steps) and its kernel time by kind, the caption's kernels less the
               prefill's, per step, with the kernels the steps launch
 
     python -m bench.prefill_profile --device cuda --model llava-1.5-7b --batch 64 --out bench/out
@@ -262,8 +264,8 @@ def profile_captioning(setup, *, batch: int, new_tokens: int, repeats: int, comp
     prefill()
     sampler = PowerSampler(device)
     with sampler:
-        prefill_s = timed(prefill, device, repeats)
-    caption_s = timed(caption, device, repeats)
+        prefill_s = fastest(prefill, device, repeats)
+    caption_s = fastest(caption, device, repeats)
     report["timing"] = {"prefill_s": prefill_s, "caption_s": caption_s, "prefill_images_per_s": batch / prefill_s,
                         "caption_images_per_s": batch / caption_s, "prefill_share": prefill_s / caption_s,
                         "decoding_s": caption_s - prefill_s, "decoding_steps": decoder.last_step_kind}
@@ -303,8 +305,8 @@ def profile_captioning(setup, *, batch: int, new_tokens: int, repeats: int, comp
         first = time.perf_counter() - start
         fast_prefill()
         with PowerSampler(device) as fast_power:
-            fast_prefill_s = timed(fast_prefill, device, repeats)
-        fast_caption_s = timed(fast_caption, device, repeats)
+            fast_prefill_s = fastest(fast_prefill, device, repeats)
+        fast_caption_s = fastest(fast_caption, device, repeats)
         report["compiled"] = {"first_call_s": first, "prefill_s": fast_prefill_s, "caption_s": fast_caption_s,
                               "caption_images_per_s": batch / fast_caption_s,
                               "prefill_speedup": prefill_s / fast_prefill_s, "caption_speedup": caption_s / fast_caption_s,

@@ -99,14 +99,17 @@ def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_p
         one = steps[kind]
         assert one["ran"] == one["asked"] == kind.split(",")[0] and one["steps"] == 7
         assert one["graph_error"] is None and one["compile_error"] is None
-        # a step's time is the fastest caption less the fastest prefill: 7 steps stand well above the timing noise
-        assert math.isfinite(one["step_ms"]) and one["step_ms"] > 0 and set(one["kernels"]["ms_by_kind"]) == {"matmul", "attention", "other"}
+        # a step's time is the fastest caption less the fastest prefill; None where that fell under the timing noise
+        assert (one["step_ms"] is None or one["step_ms"] > 0) and set(one["kernels"]["ms_by_kind"]) == {"matmul", "attention", "other"}
         # every step runs each layer's attention once, and its products (calls counted, unlike times, are exact)
         attention = [k for k in one["kernels"]["top"] if k["kind"] == "attention"]
         assert attention and attention[0]["calls"] == config.num_hidden_layers
         assert any(k["kind"] == "matmul" for k in one["kernels"]["top"])
-    assert steps["exact_over_masked"] == steps["exact-length"]["step_ms"] / steps["masked"]["step_ms"]
-    assert steps["compiled_over_exact"] == steps["exact-length, compiled"]["step_ms"] / steps["exact-length"]["step_ms"]
+    assert any(steps[kind]["step_ms"] for kind in prefill_profile.STEP_KINDS)  # 7 steps: one kind at least measured
+    for ratio, (top, bottom) in {"exact_over_masked": ("exact-length", "masked"),
+                                 "compiled_over_exact": ("exact-length, compiled", "exact-length")}.items():
+        top_ms, bottom_ms = steps[top]["step_ms"], steps[bottom]["step_ms"]
+        assert steps[ratio] == (top_ms / bottom_ms if top_ms and bottom_ms else None)
     text = (tmp_path / "prefill_profile-tiny.md").read_text()
     assert "prefill kernels" in text and "compiled prefill" in text
     assert "decoding step, masked" in text and "decoding step, exact-length" in text

@@ -57,7 +57,7 @@ def launch(*overrides: str, **kwargs) -> launcher.RunInfo:
     return launcher.launch_run("recipe.yaml", list(overrides), trainer_cmd=FAKE_TRAINER, **kwargs)
 
 
-def _wait_until(predicate, timeout: float = 8.0, interval: float = 0.02):
+def _wait_until(predicate, timeout: float = 60.0, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -67,7 +67,7 @@ def _wait_until(predicate, timeout: float = 8.0, interval: float = 0.02):
     raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
 
 
-def wait_for_state(run_id: str, state: str, timeout: float = 8.0) -> dict:
+def wait_for_state(run_id: str, state: str, timeout: float = 60.0) -> dict:
     def reached():
         launcher.refresh_runs()
         row = runs_db.get_run(run_id)

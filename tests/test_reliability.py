@@ -688,10 +688,14 @@ def _killed_trainer_resumes(home: Path, tiny_llava_dir: Path, tiny_world: Path, 
 def test_crashes_lose_nothing(home, tmp_path, tiny_llava_dir, tiny_world, monkeypatch):
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    _disk_full_keeps_the_previous_checkpoint(tmp_path / "checkpoints", monkeypatch)
-    _failed_transactions_roll_back(tmp_path / "full.db", monkeypatch)
-    _killed_trainer_resumes(home, tiny_llava_dir, tiny_world, monkeypatch)
+    try:
+        _disk_full_keeps_the_previous_checkpoint(tmp_path / "checkpoints", monkeypatch)
+        _failed_transactions_roll_back(tmp_path / "full.db", monkeypatch)
+        _killed_trainer_resumes(home, tiny_llava_dir, tiny_world, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)  # the tests after this one run as they would alone
 
 
 # --- 4. load ----------------------------------------------------------------------------------------------
@@ -706,9 +710,11 @@ def test_load(served_app, tmp_path):
     image = str(write(tmp_path / "load.png", png_bytes(size=(64, 48))))
     warm = served_app.client()
     warm.predict(handle_file(image), api_name="/caption")  # loads the model
-    started = time.perf_counter()
-    warm.predict(handle_file(image), api_name="/caption")
-    single_s = time.perf_counter() - started
+    single_s = float("inf")  # the fastest of three requests alone: one stalled request would make a false baseline
+    for _ in range(3):
+        started = time.perf_counter()
+        warm.predict(handle_file(image), api_name="/caption")
+        single_s = min(single_s, time.perf_counter() - started)
     rss_before = served_app.rss_mb()
 
     clients = [served_app.client() for _ in range(LOAD_CLIENTS)]
