@@ -51,3 +51,21 @@ def tiny_world(tmp_path_factory):
     from captionlab.world import write_world
 
     return write_world(tmp_path_factory.mktemp("world"), seed=0, scale=0.02)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to open a connection, recorded and refused at once: a test asserts the list stays empty (the
+    code knew it was offline) instead of timing a call, which a loaded machine makes slow for other reasons."""
+    import socket
+
+    attempts: list = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(f"the test forbids network access (tried {address})")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+    return attempts

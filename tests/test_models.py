@@ -15,11 +15,10 @@ def test_registry_ships_both_llava_versions():
     assert get_model_spec("llava-1.6-7b").architecture == "llava_next"
 
 
-def test_unknown_hf_id_fails_fast_with_how_to_get_it():
-    start = time.monotonic()
+def test_unknown_hf_id_fails_fast_with_how_to_get_it(no_network):
     with pytest.raises(ModelNotFoundError, match="hf download someone/not-a-model"):
         get_model_spec("someone/not-a-model")
-    assert time.monotonic() - start < 10
+    assert no_network == []  # it never tried the network: nothing to wait for
 
 
 def test_missing_weights_of_registry_model_say_how_to_get_them():
