@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # app.py lives at the project root
@@ -414,35 +414,45 @@ def served_checkpoints(tmp_path_factory, tiny_llava_dir):
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# what an app that could not serve on its port says before it exits: another process took the free port between
+# free_port() and the app's bind, or gradio's 3-second check of its own URL timed out on a loaded machine
+START_RACES = ("address already in use", "localhost is not accessible", "Cannot find empty port")
 
 
-def start_app(args: list[str], home: Path, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
-    """`python app.py ARGS` on 127.0.0.1 and a free port; returns (process, url) once it answers."""
+def start_app(args: list[str], home: Path, timeout_s: float = 120, env: dict | None = None,
+              attempts: int = 3) -> tuple[subprocess.Popen, str]:
+    """`python app.py ARGS` on 127.0.0.1 and a free port; returns (process, url) once it answers. An app that exits
+    for one of the START_RACES is started again on another port (up to `attempts` times)."""
     import urllib.request
 
-    port = free_port()
-    log = (home / "app.log").open("wb")
-    env = {**os.environ, "CAPTIONLAB_HOME": str(home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                                *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited: {(home / 'app.log').read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.5)
-    stop_app(process)
-    raise TimeoutError(f"the app did not answer within {timeout_s}s: {(home / 'app.log').read_text()[-3000:]}")
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        log_path = home / "app.log"
+        log = log_path.open("wb")
+        environment = {**os.environ, "CAPTIONLAB_HOME": str(home), "HF_HUB_OFFLINE": "1",
+                       "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                                    *args], cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        log.close()  # the child has its own handle
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                text = log_path.read_text(errors="replace")
+                if attempt < attempts and any(race in text for race in START_RACES):
+                    break  # try again on another port
+                raise RuntimeError(f"the app exited: {text[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        return process, url
+            except OSError:
+                time.sleep(0.5)
+        else:
+            stop_app(process)
+            raise TimeoutError(f"the app did not answer within {timeout_s}s: {log_path.read_text()[-3000:]}")
+    raise AssertionError("unreachable")
 
 
 def stop_app(process: subprocess.Popen) -> None:

@@ -144,7 +144,9 @@ def test_benchmarks_draw_plotly_charts(page, tmp_path):
     open_tab(page, "Benchmarks")
     page.wait_for_selector("#bench-fig2 .js-plotly-plot .main-svg", timeout=WAIT_MS)
     page.wait_for_selector("#bench-tradeoff .js-plotly-plot .main-svg", timeout=WAIT_MS)
-    assert page.locator("#bench-fig2 .js-plotly-plot .bars path").count() > 10
+    # plotly draws the bars after the svg's frame: wait for them rather than count at once
+    page.wait_for_function("document.querySelectorAll('#bench-fig2 .js-plotly-plot .bars path').length > 10",
+                           timeout=WAIT_MS)
     assert "111.4" in page.inner_text("#bench-table")  # Table 1: LLaVA-v1.5-7B full fine-tuning CIDEr
     screenshot(page, "benchmarks", tmp_path)
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from captionlab.paths import PROJECT_ROOT
 from captionlab.training.checkpoint import load_checkpoint
@@ -31,7 +32,8 @@ SETTINGS = dict(strategy="full", batch_size=8, micro_batch_size=2, epochs=2, max
 def launch_fsdp(run_dir: Path, processes: int = 2, resume: bool = False) -> None:
     """The 2-process gloo launch of test_trainer's DDP test; the run's `distributed: fsdp` picks FSDP2."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+               "--dynamo_backend", "no",
                "-m", "train", "run", "--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})

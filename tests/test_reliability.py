@@ -16,7 +16,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -78,47 +77,20 @@ class ServedApp:
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory, tiny_llava_dir):
-    import urllib.request
+    from test_app import start_app, stop_app  # start: on another port if the first was taken; stop: SIGTERM the
+    # app's process group, SIGKILL if it lingers
 
     home = tmp_path_factory.mktemp("app-home")
     empty = tmp_path_factory.mktemp("no-checkpoints")
-    port = free_port()
-    env = {**os.environ, "CAPTIONLAB_HOME": str(home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log = (home / "app.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), "--model",
-         str(tiny_llava_dir), "--checkpoints", str(empty), "--device", "cpu", "--max-new-tokens", "4",
-         "--auth", ":".join(AUTH), "--max-upload-mb", str(UPLOAD_LIMIT_MB)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
+    process, url = start_app(["--model", str(tiny_llava_dir), "--checkpoints", str(empty), "--device", "cpu",
+                              "--max-new-tokens", "4", "--auth", ":".join(AUTH), "--max-upload-mb", str(UPLOAD_LIMIT_MB)],
+                             home, timeout_s=180, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the app exited: {(home / 'app.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError((home / "app.log").read_text()[-3000:]) from None
-                time.sleep(0.3)
         yield ServedApp(process, url, home)
     finally:
-        from test_app import stop_app  # SIGTERM the app's process group, SIGKILL if it lingers
-
         stop_app(process)
-        log.close()
 
 
 # --- 1. uploads -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from captionlab.paths import PROJECT_ROOT
 from captionlab.training.checkpoint import CheckpointError, checkpoint_step, latest_good_checkpoint, load_checkpoint
@@ -190,7 +191,8 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_llava_dir, tin
     double = make_run(tmp_path, tiny_llava_dir, tiny_world, "double", **settings)
     # --multi_gpu selects accelerate's torchrun launcher; the trainer's Accelerator(cpu=True) then runs DDP on gloo
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+               "--dynamo_backend", "no",
                "-m", "train", "run", "--run-dir", str(double)]
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
