@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never touch the user's workspace or Hugging Face cache (a cached llava-1.5-7b would turn the tests of its
+# "not downloaded" message): both point at folders of this test session, which tests may narrow further.
+_SESSION = tempfile.mkdtemp(prefix="captionlab-tests-")
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
+os.environ["CAPTIONLAB_HOME"] = os.path.join(_SESSION, "home")
+os.environ["HF_HUB_CACHE"] = os.path.join(_SESSION, "hf-cache")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from captionlab.models.tiny import TINY_TEXTS  # noqa: E402
