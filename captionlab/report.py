@@ -129,9 +129,24 @@ def checks(study: dict, checkpoints: Path) -> list[str]:
     return out
 
 
+def clip_line(study: dict) -> str:
+    """Which CLIP the study's CLIP-S values come from, and that the paper's came from another."""
+    from captionlab.evaluation.clip_names import EMBEDDED_CLIP_NAME, PAPER_CLIP_NAME
+
+    names = sorted({row.get("clip_encoder") or "an unrecorded CLIP" for row in study.values()
+                    if row["metrics"].get("CLIP-Score") is not None})
+    if not names:
+        return "CLIP-S: not computed."
+    described = ", ".join("embedded-tiny-clip (the embedded world's 48-pixel CLIP)" if n == EMBEDDED_CLIP_NAME else n
+                          for n in names)
+    paper = "" if names == [PAPER_CLIP_NAME] else " The paper's CLIP-S used ViT-B/32: the two scales differ."
+    return f"CLIP-S computed with {described}.{paper}"
+
+
 def render(checkpoints: Path) -> str:
     study = load_study(checkpoints)
     parts = [
+        clip_line(study),
         "#### Table 1: in-domain (coco test)", metrics_table(study, ("coco",)),
         "#### Tables 2-3: out-of-domain", metrics_table(study, ("nocaps", "cc3m")), "",
         metrics_table(study, ("vizwiz", "textcaps")),

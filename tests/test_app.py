@@ -355,7 +355,8 @@ def test_your_results_sit_beside_the_papers_and_drill_down(home, tmp_path):
     assert len(mine) == 1 and cells[mine[0]][6] == "**80.0** ★"
     records, where = benchmarks.drilldown(keys[mine[0]]["rows"]["coco"])
     assert [r["image"] for r in records] == ["img0", "img1", "img2"]
-    assert records[0]["caption"] == "a red ball 0" and records[0]["CIDEr"] == 90.0 and records[2]["CIDEr"] is None
+    assert records[0]["caption"] == "a red ball 0" and records[0]["CIDEr (image)"] == 90.0
+    assert records[2]["CIDEr (image)"] is None and "do not average to the table's corpus scores" in where
     assert mine == [0]  # your rows come first, above the paper's
     paper_line = next(k for k in keys if k["source"] == "paper")
     assert benchmarks.drilldown(paper_line["rows"]["coco"])[0] == []  # the paper has no per-image data
@@ -548,7 +549,7 @@ def test_shipped_results_are_read_with_their_predictions(home, tmp_path):
     (found,) = benchmarks.your_rows(tmp_path / "ckpt")
     assert found["origin"] == "shipped" and found["metrics"]["CIDEr"] == 42.0
     records, _ = benchmarks.drilldown(found)
-    assert records == [{"image": "n1", "caption": "a crown on a lake", "CIDEr": 42.0, "references": ""}]
+    assert records == [{"image": "n1", "caption": "a crown on a lake", "CIDEr (image)": 42.0, "references": ""}]
 
 
 def test_a_run_launched_from_the_form_is_watched_from_its_folder(home):

@@ -185,3 +185,22 @@ def test_the_shipped_runs_are_plotted_with_their_shipped_results(home):
     assert points == {key: coco[key] for key in ("prompt_learning", "prefix_tuning", "lora", "dora", "full",
                                                    "clip_captioner")}
     assert points["lora"] == 88.1 and energy.unevaluated_runs(runs, results) == []
+
+
+def test_clip_scores_of_another_clip_are_marked_and_ranked_only_among_themselves(home, tmp_path):
+    """The embedded tiny CLIP scores ~1.5 where ViT-B/32 gives ~0.8: one star across both would compare scales."""
+    from captionlab.evaluation import results
+    from captionlab.service import benchmarks
+
+    for strategy, clip, value in (("lora", "open_clip:ViT-B-32/openai", 0.81), ("dora", "embedded-tiny-clip", 1.52),
+                                  ("full", "embedded-tiny-clip", 1.49)):
+        results.record_result(model="embedded", strategy=strategy, dataset="coco", split="test", n_images=250,
+                              metrics={"CIDEr": 80.0, "CLIP-Score": value}, clip_encoder=clip, extra={"limit": None})
+    rows = benchmarks.your_rows(tmp_path / "no-checkpoints")
+    _, cells, _ = benchmarks.table_rows(rows, ["coco"])
+    clip_s = {c[2]: c[8] for c in cells}
+    assert clip_s == {"LoRA": "**0.810** ★", "DoRA": "**1.520** ★ †", "Full fine-tuning": "1.490 †"}
+    note = benchmarks.clip_encoder_note(rows)
+    assert note.startswith("† CLIP-S computed with embedded-tiny-clip (the embedded world's 48-pixel CLIP), not the "
+                           "paper's ViT-B/32")
+    assert benchmarks.clip_encoder_note([r for r in rows if r["strategy"] == "lora"]) == ""

@@ -216,6 +216,9 @@ def format_grid(grid, datasets: list[str], label) -> str:
     tables = [(title, [d for d in ds if d in datasets]) for title, ds in TABLES]
     tables += [(f"Other: {d}", [d]) for d in datasets if d not in known]
     out = [f"Model: {grid.model}  (B-4, M, R, C, S x100; CLIP-S as is; n/a = unavailable, - = not run)"]
+    encoders = sorted({r.clip_encoder for r in grid.results if r.clip_encoder and r.metrics.get("CLIP-Score") is not None})
+    if encoders:
+        out.append(f"CLIP-S computed with {', '.join(encoders)}")
     reasons: dict[str, str] = {}
     for title, table_datasets in tables:
         if not table_datasets:

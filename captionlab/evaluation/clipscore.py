@@ -27,12 +27,13 @@ from typing import Hashable, Mapping, Sequence
 
 import torch
 
+from captionlab.evaluation.clip_names import EMBEDDED_CLIP_NAME, PAPER_CLIP_NAME  # noqa: F401 (re-exported)
+
 CLIP_SCORE_WEIGHT = 2.5
 CLIP_SCORE_PREFIX = "A photo depicts "
 OPENCLIP_WEIGHTS_ENV = "CAPTIONLAB_OPENCLIP_WEIGHTS"
 OPENAI_VITB32_HF_REPO = "timm/vit_base_patch32_clip_224.openai"
 OPENCLIP_WEIGHT_FILES = ("open_clip_model.safetensors",)  # never the pickled .bin: safetensors only
-EMBEDDED_CLIP_NAME = "embedded-tiny-clip"
 
 
 class ClipWeightsNotFound(RuntimeError):
@@ -128,7 +129,7 @@ class OpenClipEncoder(ClipEncoder):
                  device: str | torch.device | None = None):
         self.weights, self.cache_dir = weights, cache_dir
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.name = "open_clip:ViT-B-32/openai"
+        self.name = PAPER_CLIP_NAME
         self._model = self._preprocess = self._tokenizer = None
 
     def _load(self) -> None:

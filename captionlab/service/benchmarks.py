@@ -18,6 +18,7 @@ import json
 import re
 from pathlib import Path
 
+from captionlab.evaluation.clip_names import EMBEDDED_CLIP_NAME, PAPER_CLIP_NAME
 from captionlab.service.catalog import (DATASET_LABELS, IN_DOMAIN, METRICS, OUT_OF_DOMAIN,
                                         PAPER_STRATEGIES, strategy_label)
 
@@ -273,8 +274,8 @@ def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[l
                 value = row["metrics"].get(metric)
                 if value is None:
                     continue
-                for store, group in ((best_model, (key[0], key[1], dataset, metric)),
-                                     (best_source, (key[0], dataset, metric))):
+                for store, group in ((best_model, (key[0], key[1], dataset, metric, _scorer(row, metric))),
+                                     (best_source, (key[0], dataset, metric, _scorer(row, metric)))):
                     store[group] = max(store.get(group, value), value)
     cells, keys = [], []
     for key in order:
@@ -286,12 +287,34 @@ def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[l
             for _, metric in METRICS:
                 value = None if row is None else row["metrics"].get(metric)
                 marked = row is not None and _whole_split(row)
-                line.append(_mark(value, metric, best_model.get((source, model, dataset, metric)) if marked else None,
-                                  best_source.get((source, dataset, metric)) if marked else None, model))
+                scorer = None if row is None else _scorer(row, metric)
+                cell = _mark(value, metric, best_model.get((source, model, dataset, metric, scorer)) if marked else None,
+                             best_source.get((source, dataset, metric, scorer)) if marked else None, model)
+                line.append(cell + (" †" if value is not None and scorer not in (None, PAPER_CLIP_NAME) else ""))
         cells.append(line)
         keys.append({"source": source, "model": model, "strategy": strategy, "label": labels[key],
                      "rows": {d: lines[key][d] for d in datasets if d in lines[key]}})
     return table_columns(datasets), cells, keys
+
+
+def _scorer(row: dict, metric: str) -> str | None:
+    """The CLIP a CLIP-Score was computed with (the paper's: ViT-B/32), so that only scores of one CLIP are ranked
+    together; None for the other metrics."""
+    if metric not in ("CLIP-Score", "RefCLIP-Score"):
+        return None
+    return PAPER_CLIP_NAME if row["source"] == PAPER else (row.get("clip_encoder") or "an unrecorded CLIP")
+
+
+def clip_encoder_note(rows: list[dict]) -> str:
+    """A line naming the CLIPs of the rows' CLIP-S that are not the paper's ViT-B/32 (marked † in the table), or ''."""
+    others = sorted({_scorer(r, "CLIP-Score") for r in rows if r["metrics"].get("CLIP-Score") is not None}
+                    - {PAPER_CLIP_NAME})
+    if not others:
+        return ""
+    named = ", ".join("embedded-tiny-clip (the embedded world's 48-pixel CLIP)" if name == EMBEDDED_CLIP_NAME else name
+                      for name in others)
+    return (f"† CLIP-S computed with {named}, not the paper's ViT-B/32: comparable only with other † values of the "
+            "same CLIP, and ranked only among them.")
 
 
 def _mark(value: float | None, metric: str, best_in_model: float | None, best_overall: float | None, model: str) -> str:
@@ -386,12 +409,16 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
         line = {"image": image_id, "caption": entry.get("caption", "")}
         for metric, scores in per_image.items():
             value = scores.get(image_id)
-            line[metric] = None if value is None else round(float(value), 3)
+            line[f"{metric} (image)"] = None if value is None else round(float(value), 3)
         line["references"] = " | ".join(entry.get("references", [])[:2])
         out.append(line)
     source = f"{_about(row)}{len(ids)} images from {row.get('predictions_path') or results_json}"
     if len(ids) > MAX_DRILLDOWN_ROWS:
         source += f" (first {MAX_DRILLDOWN_ROWS} shown)"
+    if per_image:
+        source += (". Scores are per image (each caption against its own references; CIDEr-D with the split's "
+                   "document frequencies): BLEU-4 of one caption is 0 without a 4-gram in common, so they do not "
+                   "average to the table's corpus scores")
     return out, source
 
 

@@ -33,8 +33,10 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     gr.Markdown("Scores are on the paper's scale (BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; CLIP-S unscaled). "
                 "**Bold**: best of a model (per source); ★: best of the source overall. *Yours*: the evaluations in "
                 "this workspace and those shipped with the checkpoints (the embedded study); a row of another "
-                "checkpoint names its run or folder after the strategy, and one scored on the first N images only "
-                "says so (never marked best). Click one of your rows to see its per-image captions and scores.")
+                "checkpoint names its run or folder after the strategy, and one scored on part of its split (the "
+                "first N images, or images left out as missing or broken) says how many (never marked best). †: a "
+                "CLIP-S from another CLIP than the paper's ViT-B/32 (named above the table), ranked only with its own "
+                "kind. Click one of your rows to see its per-image captions and scores.")
     with gr.Row():
         table_choice = gr.Radio(list(PAPER_TABLES), value=list(PAPER_TABLES)[0], label="Table", scale=3)
         source_choice = gr.Radio(list(SOURCES), value=list(SOURCES)[0], label="Rows", scale=2)
@@ -70,6 +72,8 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         rows = [r for r in rows if r["source"] in SOURCES[source_name]]
         datasets = PAPER_TABLES[table_name]
         columns, cells, row_keys = benchmarks.table_rows(rows, datasets)
+        clip_note = benchmarks.clip_encoder_note([r for r in rows if r["dataset"] in datasets])
+        message = "\n".join(part for part in (message, f"- {clip_note}" if clip_note else "") if part)
         frame = pd.DataFrame(cells, columns=columns)
         bars = charts.cider_bars(benchmarks.cider_series(rows, FIG2_DATASETS))
         scatter = charts.generalisation_scatter(benchmarks.generalisation_points(rows))
