@@ -76,7 +76,8 @@ def test_a_run_started_from_a_terminal_is_live_stoppable_and_logged(home, tmp_pa
             launcher.resume_run(row["run_id"])  # a second trainer in the same folder is refused
         stopped = launcher.stop_run(row["run_id"], grace_s=60)
         assert stopped["state"] == "stopped"
-        assert process.wait(timeout=30) == 0  # it checkpointed and left on the signal
+        process.wait(timeout=30)  # gone; its exit status is not ours to read (stop_run reaped the pid it watched),
+        # so what the trainer wrote says how it left: checkpointed and stopped on the signal
         status = json.loads((run_dir / "status.json").read_text())
         assert status["state"] == "stopped" and (run_dir / "last").is_dir()
         log = (run_dir / "log.txt").read_text()
