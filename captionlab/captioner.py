@@ -30,6 +30,8 @@ class Captioner(Protocol):
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]: ...
 
+    # optional: `last_cut`, a list of bools per caption of the last call (True: cut at the token limit, unfinished)
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -92,6 +94,7 @@ class LlavaCaptioner:
         self.key = strategy.name
         self.name = strategy.label
         self._decoder: GreedyDecoder | None = None
+        self.last_cut: list[bool] = []  # per caption of the last caption() call: cut at max_new_tokens
 
     @property
     def model(self) -> torch.nn.Module:
@@ -119,6 +122,7 @@ class LlavaCaptioner:
         tokenizer = processor.tokenizer
         prompt = build_prompt(self.loaded.spec, self.settings.prompt, self.strategy.prefix_slots, tokenizer.unk_token)
         captions: list[str] = []
+        self.last_cut = []
         for start in range(0, len(images), self.settings.batch_size):
             batch = [image.convert("RGB") for image in images[start:start + self.settings.batch_size]]
             inputs = processor(images=batch, text=[prompt] * len(batch), return_tensors="pt", padding=True)
@@ -128,7 +132,17 @@ class LlavaCaptioner:
             new_tokens = self.decoder(inputs, max_new_tokens=self.settings.max_new_tokens,
                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             captions.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            self.last_cut.extend(cut_short(new_tokens, self.settings.max_new_tokens, tokenizer.eos_token_id))
         return captions
+
+
+def cut_short(new_tokens: torch.Tensor, max_new_tokens: int, eos_token_id: int | None) -> list[bool]:
+    """Per row of `new_tokens` (the decoder's output): True where the caption used all `max_new_tokens` without an
+    end token, so it was cut, not finished (a cap that cuts many captions changes BLEU's brevity penalty and CIDEr-D's
+    length penalty: evaluations count them)."""
+    if new_tokens.shape[1] < max_new_tokens or eos_token_id is None:
+        return [False] * new_tokens.shape[0]
+    return [bool(x) for x in (new_tokens != eos_token_id).all(dim=1).tolist()]
 
 
 def load_captioners(spec: ModelSpec, artifacts: dict[str, Path | None], settings: GenerationSettings = GenerationSettings(),

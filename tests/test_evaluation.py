@@ -221,6 +221,32 @@ def test_an_evaluation_leaving_images_out_records_what_part_of_the_split_it_scor
     assert row["label"] == "2 of 4 images (1 missing, 1 broken)"
 
 
+def test_captions_cut_at_the_token_limit_are_counted_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    annotations = _karpathy(tmp_path)
+
+    class CuttingCaptioner(FixedCaptioner):
+        def caption(self, images):
+            captions = super().caption(images)
+            self.last_cut = [len(c.split()) >= 6 for c in captions]  # the long ones ran out of tokens
+            return captions
+
+    stub = CuttingCaptioner({(40, 30): "a red square", (30, 40): "two blue cups on a wooden table by",
+                             (50, 50): "a square", (60, 30): "a green tree next to a house and"})
+    result = ev.evaluate("llava-1.5-7b", "lora", f"karpathy:{annotations}", captioner=stub, clip_encoder=HashClip())
+    assert result.extra["cut_at_max_new_tokens"] == 2
+    assert any(note.startswith("2 of 4 caption(s) reached max_new_tokens=40 unfinished") for note in result.notes)
+    rows = [json.loads(line) for line in result.predictions_path.read_text().splitlines()]
+    assert sorted(row["cut"] for row in rows) == [False, False, True, True]
+    again = ev.evaluate("llava-1.5-7b", "lora", f"karpathy:{annotations}", captioner=FixedCaptioner({}),
+                        clip_encoder=HashClip(), record=False)
+    assert again.resumed == 4 and again.extra["cut_at_max_new_tokens"] == 2  # read back from the file
+    # a captioner that does not tell leaves the count unknown, not zero
+    plain = ev.evaluate("llava-1.5-7b", "dora", f"karpathy:{annotations}", captioner=FixedCaptioner(stub.by_size),
+                        clip_encoder=HashClip(), record=False)
+    assert plain.extra["cut_at_max_new_tokens"] is None
+
+
 def test_clip_score_unavailable_is_reported_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CAPTIONLAB_OPENCLIP_WEIGHTS", str(tmp_path / "absent.safetensors"))

@@ -186,3 +186,23 @@ def test_shared_base_switches_between_strategies(tiny_llava_dir, tiny_images, tm
             alone.model = strategy.load(alone.model, alone.spec, artifacts[name], alone.tokenizer)
         expected = LlavaCaptioner(alone, strategy, settings).caption(tiny_images[:2])
         assert captioners[name].caption(tiny_images[:2]) == expected, name
+
+
+def test_captions_cut_at_the_token_limit_are_told_apart_from_finished_ones(tiny_llava_dir, tiny_images):
+    """last_cut: per caption, whether it used every allowed token without an end token (the real decoder's rows)."""
+    import torch
+
+    from captionlab.captioner import cut_short
+
+    loaded = load_model(get_model_spec(tiny_llava_dir), device="cpu")
+    eos = loaded.processor.tokenizer.eos_token_id
+    tokens = torch.tensor([[5, 6, 7], [5, eos, 0], [eos, 0, 0]])
+    assert cut_short(tokens, 3, eos) == [True, False, False]
+    assert cut_short(tokens[:, :2], 3, eos) == [False] * 3  # every row ended before the limit
+    captioner = LlavaCaptioner(loaded, get_strategy("zero_shot"), GenerationSettings(max_new_tokens=3))
+    captions = captioner.caption(tiny_images)
+    assert len(captioner.last_cut) == len(captions) == 3
+    long = LlavaCaptioner(loaded, get_strategy("zero_shot"), GenerationSettings(max_new_tokens=60))
+    finished = long.caption(tiny_images)
+    for short, cut, whole in zip(captions, captioner.last_cut, finished):
+        assert cut == (short != whole)  # a caption cut at 3 tokens is the start of a longer one; a finished one is all

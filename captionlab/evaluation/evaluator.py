@@ -353,6 +353,16 @@ class LazyCaptioner:
         self.prepare()
         return self._captioner.caption(images)
 
+    @property
+    def last_cut(self):
+        """The loaded captioner's per-caption "cut at the token limit" flags of its last call, if it keeps them."""
+        return getattr(self._captioner, "last_cut", None)
+
+    def release(self) -> None:
+        release = getattr(self._captioner, "release", None)
+        if callable(release):
+            release()
+
 
 class CaptionerPool:
     """The LLaVA captioners of one model on one shared base, loaded together on first use."""
@@ -643,6 +653,10 @@ def evaluate(
         notes.append(f"earlier predictions made with other settings moved to {predictions.stale_file}")
     if predictions.skipped:
         notes.append(f"skipped {len(predictions.skipped)} broken image(s), e.g. {predictions.skipped[0].path}")
+    if predictions.cut:
+        notes.append(f"{predictions.cut} of {len(predictions)} caption(s) reached max_new_tokens="
+                     f"{settings.max_new_tokens} unfinished and were cut (this shortens them, which BLEU's brevity "
+                     "and CIDEr-D's length penalties feel): raise --max-new-tokens to let them end")
     energy = meter.describe()
     seconds = predictions.seconds + metric_report.seconds + clip_seconds
     extra = {
@@ -654,6 +668,7 @@ def evaluate(
                     "mean_reference_words": metric_report.lengths.mean_reference_words},
         "n_scored_images": metric_report.n_images, "excluded_no_references": [str(k) for k in metric_report.excluded_no_references],
         "resumed": predictions.resumed, "generated": predictions.generated,
+        "cut_at_max_new_tokens": predictions.cut,
         "skipped": [s.__dict__ for s in predictions.skipped],
         "seconds_generation": predictions.seconds, "seconds_metrics": metric_report.seconds,
         "seconds_clip": clip_seconds, "seconds_wall_this_call": time.perf_counter() - started,

@@ -7,9 +7,10 @@
   tile count instead of padding every image to the largest one. The result is keyed by image
   id, so the order of generation never shows.
 - Every finished batch is appended to `out_jsonl` as one JSON line per image,
-  `{"image_id", "caption", "seconds", "joules", "references"}` (`seconds` / `joules`: the
-  batch's time and energy shared out equally over its images; `references` for the app's
-  drill-down), flushed and fsynced. Run again after an interruption and the images whose line
+  `{"image_id", "caption", "seconds", "joules", "cut", "references"}` (`seconds` / `joules`: the
+  batch's time and energy shared out equally over its images; `cut`: true where the caption
+  reached the token limit unfinished, from a captioner that tells (`last_cut`), absent where it
+  does not; `references` for the app's drill-down), flushed and fsynced. Run again after an interruption and the images whose line
   is complete are read back, not recomputed; a torn last line (a crash mid-write) is cut off and
   its image captioned again. Lines are UTF-8 JSON with every line-breaking character escaped,
   so a caption can hold anything (emoji, U+2028, newlines) and still be one line.
@@ -62,6 +63,7 @@ class Predictions(dict):
         self.joules: float | None = None  # energy of every prediction, when every line has it
         self.stale_file: Path | None = None  # an existing file made with other settings, moved aside
         self.torn_lines: int = 0  # unreadable lines ignored (a torn last line is one)
+        self.cut: int | None = None  # captions cut at the token limit, when the captioner told for every one
 
 
 @dataclass
@@ -70,6 +72,7 @@ class _Line:
     caption: str
     seconds: float | None
     joules: float | None
+    cut: bool | None = None
 
 
 def dumps_line(row: dict[str, Any]) -> str:
@@ -105,8 +108,9 @@ def read_predictions(path: Path) -> tuple[dict[str, _Line], int, int]:
                 and isinstance(row.get("caption"), str)):
             bad += 1
             continue
+        cut = row.get("cut")
         lines[row["image_id"]] = _Line(row["image_id"], row["caption"], _number(row.get("seconds")),
-                                       _number(row.get("joules")))
+                                       _number(row.get("joules")), cut if isinstance(cut, bool) else None)
     return lines, complete_end, bad
 
 
@@ -197,6 +201,8 @@ def _caption_batches(captioner, ordered, batch_size, out_jsonl, skip_broken, pre
             started = time.perf_counter()
             captions = list(captioner.caption(images))
             seconds = (time.perf_counter() - started) / len(batch)
+            cut = getattr(captioner, "last_cut", None)
+            cut = list(cut) if cut is not None and len(cut) == len(captions) else [None] * len(captions)
             if len(captions) != len(batch):
                 raise GenerationError(f"captioner {getattr(captioner, 'key', captioner)!r} returned "
                                       f"{len(captions)} captions for {len(batch)} images")
@@ -205,12 +211,15 @@ def _caption_batches(captioner, ordered, batch_size, out_jsonl, skip_broken, pre
                 now = energy_meter.joules()
                 joules, last_joules = (now - last_joules) / len(batch), now
             lines = []
-            for record, caption in zip(batch, captions):
+            for record, caption, was_cut in zip(batch, captions, cut):
                 caption = "" if caption is None else str(caption)
-                generated[record.image_id] = _Line(record.image_id, caption, seconds, joules)
+                was_cut = None if was_cut is None else bool(was_cut)
+                generated[record.image_id] = _Line(record.image_id, caption, seconds, joules, was_cut)
                 row = {"image_id": record.image_id, "caption": caption, "seconds": seconds}
                 if joules is not None:
                     row["joules"] = joules
+                if was_cut is not None:
+                    row["cut"] = was_cut
                 row["references"] = list(record.references)
                 lines.append(dumps_line(row) + "\n")
             handle.write("".join(lines))
@@ -301,4 +310,6 @@ def generate_predictions(
     predictions.seconds = sum(line.seconds or 0.0 for line in lines)
     if lines and all(line.joules is not None for line in lines):
         predictions.joules = sum(line.joules for line in lines)
+    if lines and all(line.cut is not None for line in lines):
+        predictions.cut = sum(line.cut for line in lines)
     return predictions
