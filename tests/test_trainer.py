@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import free_port
 
 from captionlab.paths import PROJECT_ROOT
@@ -307,3 +308,30 @@ def test_a_diverging_run_fails_saying_so_and_keeps_no_nan_checkpoint(tmp_path, t
     if run.last_dir.exists():  # what was checkpointed came before the divergence
         _, trainable, _ = load_checkpoint(run.last_dir)
         assert all(bool(torch.isfinite(t).all()) for t in trainable.values())
+
+
+@pytest.mark.parametrize("packing", [{}, {"epoch_unit": "image_captions", "share_prefix": True}],
+                         ids=["per_caption", "share_prefix"])
+def test_validation_builds_one_global_batch_at_a_time(tmp_path, tiny_llava_dir, tiny_world, packing):
+    """A whole split's micro-batches on the device at once would not fit at real scale (Karpathy val's pixels alone
+    are ~34 GB on LLaVA-1.5): validation builds a batch_size of captions, runs it and lets it go, to the same loss."""
+    from captionlab.training.samples import caption_samples, image_groups
+    from captionlab.training.trainer import Trainer
+
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="lora", batch_size=5, micro_batch_size=5,
+                       max_val_images=6, **packing)
+    trainer = Trainer(run_dir, resume=False)
+    samples = caption_samples(trainer.val_records)
+    assert len(samples) == 25  # 5 validation images (the tiny world has 5) x 5 captions
+    built = []
+    real = trainer._batches
+    trainer._batches = lambda groups: built.append(sum(len(g) for g in groups)) or real(groups)
+    loss = trainer.validation_loss()
+    assert sum(built) == 25 and max(built) <= 5 and len(built) == 5
+
+    groups = image_groups(samples) if trainer.packed else [[s] for s in samples]
+    with torch.no_grad():  # the whole split at once, as before
+        trainer.model.eval()
+        batches = real(groups)
+        whole = sum(float(trainer._forward_loss_sum(b)) for b in batches) / sum(trainer._token_count(b) for b in batches)
+    assert loss == pytest.approx(whole, rel=1e-5)

@@ -362,12 +362,16 @@ class Trainer:
         # packed: every caption of an image together (the same pairs, so the same loss)
         groups = image_groups(samples) if self.packed else [[s] for s in samples]
         loss_sum, tokens = 0.0, 0
-        batches = self._batches(groups)
-        for batch, counts in self._passes(batches, groups):
-            loss = float(self._forward_loss_sum(batch))
-            if counts:
-                loss_sum += loss
-                tokens += self._token_count(batch)
+        # one global batch at a time, as a training step: the micro-batches of a whole split, built and moved to the
+        # device at once, would not fit (~34 GB of pixels for Karpathy val on LLaVA-1.5, ~170 GB on LLaVA-1.6)
+        for chunk in split_steps(groups, self.config.batch_size):
+            batches = self._batches(chunk)
+            for batch, counts in self._passes(batches, chunk):
+                loss = float(self._forward_loss_sum(batch))
+                if counts:
+                    loss_sum += loss
+                    tokens += self._token_count(batch)
+            del batches
         self.model.train()
         return self._global_sum(loss_sum) / max(1.0, self._global_sum(tokens))
 
