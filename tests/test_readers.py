@@ -94,6 +94,16 @@ def test_karpathy_split_filter_and_unknown_split():
         read_fixture("karpathy", split="testing")
 
 
+def test_splits_joined_by_plus_read_together():
+    """train+restval: Karpathy's 113,287 training images, what captioning papers train on."""
+    records = read_fixture("karpathy", split="train+restval")
+    assert sorted((r.image_id, r.split) for r in records) == [("184613", "restval"), ("57870", "train")]
+    with pytest.raises(DatasetError, match=r"no split 'restvall'"):
+        read_fixture("karpathy", split="train+restvall")
+    with pytest.raises(DatasetError, match=r"split 'train\+' has an empty name"):
+        read_fixture("karpathy", split="train+")
+
+
 def test_karpathy_falls_back_to_imgid_tokens_and_the_files_dataset_name(tmp_path):
     def flickr_style(data):
         data["dataset"] = "flickr8k"

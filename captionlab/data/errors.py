@@ -192,13 +192,18 @@ def drop_missing_images(records: list[CaptionRecord], source: Path, images: Path
 
 
 def select_split(records: list[CaptionRecord], split: str | None, source: Path) -> list[CaptionRecord]:
-    """Records of `split` (all when None); a split the file does not hold is an error."""
+    """Records of `split` (all when None), or of several joined by '+' (`train+restval`: Karpathy's 113,287
+    training images, as captioning papers train on); a split the file does not hold is an error."""
     if split is None:
         return records
+    wanted = [part.strip() for part in split.split("+")]
+    if not all(wanted):
+        raise DatasetError(f"{source}: split '{split}' has an empty name; give one or several joined by '+'")
     available = sorted({record.split for record in records})
-    if records and split not in available:
-        raise DatasetError(f"{source} has no split '{split}'; it holds: {', '.join(available)}")
-    return [record for record in records if record.split == split]
+    absent = [part for part in wanted if part not in available]
+    if records and absent:
+        raise DatasetError(f"{source} has no split '{absent[0]}'; it holds: {', '.join(available)}")
+    return [record for record in records if record.split in wanted]
 
 
 def finish_read(records: list[CaptionRecord], *, source: Path, images: Path, split: str | None,

@@ -40,6 +40,7 @@ class TrainConfig:
     images: str | None = None
     """Image root for a FORMAT:PATH dataset."""
     train_split: str = "train"
+    """The split(s) trained on; several joined by '+' (the 7B recipes: Karpathy's train+restval, 113,287 images)."""
     val_split: str = "val"
     epochs: int = 4
     batch_size: int = 32
