@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -335,3 +336,30 @@ def test_validation_builds_one_global_batch_at_a_time(tmp_path, tiny_llava_dir, 
         batches = real(groups)
         whole = sum(float(trainer._forward_loss_sum(b)) for b in batches) / sum(trainer._token_count(b) for b in batches)
     assert loss == pytest.approx(whole, rel=1e-5)
+
+
+def test_full_fine_tuning_of_a_half_precision_model_keeps_float32_master_weights(tmp_path, tiny_llava_dir, tiny_world,
+                                                                                 monkeypatch, capsys):
+    """On a GPU the model loads in bf16; SGD on bf16 weights would round most small updates away."""
+    from captionlab.models import loading
+    from captionlab.training.samples import caption_samples
+    from captionlab.training.trainer import Trainer
+
+    monkeypatch.setattr(loading, "default_dtype", lambda device: torch.bfloat16)  # as on CUDA
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="full", lr_max=1e-5, lr_min=1e-5,
+                       batch_size=4, micro_batch_size=4)
+    trainer = Trainer(run_dir, resume=False)
+    assert trainer.loaded.dtype == torch.bfloat16
+    assert {p.dtype for p in trainer.params.values()} == {torch.float32}
+    vision = trainer.loaded.model.model.vision_tower
+    assert {p.dtype for p in vision.parameters()} == {torch.bfloat16}  # frozen parts stay as loaded
+    assert "trainable parameters kept in float32 (master weights), the forward under bfloat16 autocast" in capsys.readouterr().out
+    before = {name: p.detach().clone() for name, p in trainer.params.items()}
+    groups = [[s] for s in caption_samples(trainer.train_records)[:4]]
+    metrics = trainer.train_step(groups)
+    assert math.isfinite(metrics["loss"])
+    changed = [(before[n] != p.detach()) for n, p in trainer.params.items()]
+    moved = sum(int(c.sum()) for c in changed)
+    total = sum(c.numel() for c in changed)
+    # in bf16 an update of 1e-5 x grad moves almost no weight (an audit found 99.8% of them lost); in float32 most move
+    assert moved / total > 0.5, (moved, total)
