@@ -206,3 +206,20 @@ def test_captions_cut_at_the_token_limit_are_told_apart_from_finished_ones(tiny_
     finished = long.caption(tiny_images)
     for short, cut, whole in zip(captions, captioner.last_cut, finished):
         assert cut == (short != whole)  # a caption cut at 3 tokens is the start of a longer one; a finished one is all
+
+
+def test_prompt_learning_refuses_inputs_of_another_prompt_instead_of_overwriting_their_tokens(tiny_llava_dir,
+                                                                                                tiny_images):
+    """Its learned vectors stand for the paper's prompt: another prompt's tokens (or a caption's) must not be replaced."""
+    from captionlab.strategies.base import StrategyError
+    from captionlab.training.config import ConfigError, resolve_config
+
+    loaded, strategy = fresh(tiny_llava_dir, "prompt_learning")
+    assert LlavaCaptioner(loaded, strategy, GenerationSettings(max_new_tokens=2)).caption(tiny_images[:1])
+    for prompt, error in (("Tell me, in one short sentence, what this image shows", "these inputs carry another prompt"),
+                          ("Caption", "expects 63 prompt tokens per row, found")):  # longer, then shorter
+        with pytest.raises(StrategyError, match=error):
+            LlavaCaptioner(loaded, strategy, GenerationSettings(max_new_tokens=2, prompt=prompt)).caption(tiny_images[:1])
+    with pytest.raises(ConfigError, match="prompt: prompt learning learns the paper's prompt"):
+        resolve_config(None, {"model": str(tiny_llava_dir), "strategy": "prompt_learning", "prompt": "Caption"})
+    resolve_config(None, {"model": str(tiny_llava_dir), "strategy": "lora", "prompt": "Caption"})  # others may

@@ -26,9 +26,12 @@ CONTROLLER = "captionlab_prompt_learning"
 class PromptEmbeddings(torch.nn.Module):
     """The learned prompt (P x d) and the hooks that put it in place of the prompt's embeddings."""
 
-    def __init__(self, init: torch.Tensor, image_token_id: int, bos_token_id: int | None):
+    def __init__(self, init: torch.Tensor, image_token_id: int, bos_token_id: int | None,
+                 token_ids: list[int] | None = None):
         super().__init__()
         self.prompt = torch.nn.Parameter(init.clone())
+        # the ids of the prompt tokens it stands for (None: unknown, a shape-only build): inputs must carry them
+        self.register_buffer("token_ids", None if token_ids is None else torch.tensor(token_ids), persistent=False)
         self.image_token_id = image_token_id
         self.bos_token_id = -1 if bos_token_id is None else bos_token_id
         self.enabled = True
@@ -56,6 +59,12 @@ class PromptEmbeddings(torch.nn.Module):
             raise StrategyError(
                 f"prompt learning expects {self.prompt.shape[0]} prompt tokens per row, found {counts.tolist()}"
             )
+        if self.token_ids is not None:
+            found = input_ids[mask].view(input_ids.shape[0], -1)
+            if not torch.equal(found, self.token_ids.to(found.device).expand_as(found)):
+                raise StrategyError("prompt learning learned the embeddings of the prompt it was trained with (the "
+                                    "paper's, in the model's template); these inputs carry another prompt, whose "
+                                    "tokens it would overwrite: caption with the default prompt")
         self._mask = mask
         return None
 
@@ -96,10 +105,10 @@ class PromptLearning(ControllerStrategy):
             bos = tokenizer.bos_token_id
         elif spec.prompt_token_count is not None:  # shape only (parameter counts on the meta device)
             init = torch.empty(spec.prompt_token_count, embedding.weight.shape[1], device=embedding.weight.device)
-            bos = None
+            bos, ids = None, None
         else:
             raise StrategyError(f"{spec.name}: prompt learning needs the tokenizer to know the prompt tokens")
-        controller = PromptEmbeddings(init.float(), base.config.image_token_index, bos)
+        controller = PromptEmbeddings(init.float(), base.config.image_token_index, bos, token_ids=ids)
         base.add_module(CONTROLLER, controller)
         controller.attach(base)
         return model

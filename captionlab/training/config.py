@@ -131,6 +131,9 @@ class TrainConfig:
             ("lora_alpha", self.lora_alpha is None or self.lora_alpha > 0, "must be positive"),
             ("dataset", bool(str(self.dataset).strip()), "must name a dataset"),
             ("model", bool(str(self.model).strip()), "must name a model"),
+            ("prompt", self.strategy != "prompt_learning" or self.prompt == ZERO_SHOT_PROMPT,
+             f"prompt learning learns the paper's prompt ({ZERO_SHOT_PROMPT!r} in the model's template, 48 tokens on "
+             "LLaVA-1.5), initialised from its tokens; another prompt is not supported by it"),
         ]
         for name, ok, why in checks:
             if not ok:
