@@ -223,3 +223,29 @@ def test_prompt_learning_refuses_inputs_of_another_prompt_instead_of_overwriting
     with pytest.raises(ConfigError, match="prompt: prompt learning learns the paper's prompt"):
         resolve_config(None, {"model": str(tiny_llava_dir), "strategy": "prompt_learning", "prompt": "Caption"})
     resolve_config(None, {"model": str(tiny_llava_dir), "strategy": "lora", "prompt": "Caption"})  # others may
+
+
+def test_prefix_tuning_takes_no_slot_in_a_decoding_step_that_generated_the_placeholder(tiny_llava_dir, tiny_images):
+    """A cached step whose new token is <unk> (the slot's placeholder) must run as any other step."""
+    import torch
+
+    loaded, strategy = fresh(tiny_llava_dir, "prefix_tuning")
+    perturb(strategy, loaded.model, seed=3)
+    unk = loaded.processor.tokenizer.unk_token_id
+    captioner = LlavaCaptioner(loaded, strategy, GenerationSettings(max_new_tokens=1))
+    inputs = loaded.processor(images=tiny_images[:1], text=[captioner_prompt(loaded, strategy)], return_tensors="pt")
+    with torch.no_grad():
+        prefill = loaded.model(**inputs, use_cache=True)
+        step_ids = torch.tensor([[unk]])
+        mask = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=inputs["attention_mask"].dtype)], dim=1)
+        cached = loaded.model(input_ids=step_ids, attention_mask=mask, past_key_values=prefill.past_key_values,
+                              use_cache=True).logits[0, -1]
+        whole = loaded.model(input_ids=torch.cat([inputs["input_ids"], step_ids], dim=1), attention_mask=mask,
+                             pixel_values=inputs["pixel_values"]).logits[0, -1]
+    assert torch.allclose(cached, whole, atol=1e-4), float((cached - whole).abs().max())
+
+
+def captioner_prompt(loaded, strategy) -> str:
+    from captionlab.models.prompting import build_prompt
+
+    return build_prompt(loaded.spec, GenerationSettings().prompt, strategy.prefix_slots, loaded.processor.tokenizer.unk_token)

@@ -42,7 +42,9 @@ class LayerPrefixes(torch.nn.Module):
     def _find_slot(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         self._mask = None
-        if not self.enabled or input_ids is None:
+        if not self.enabled or input_ids is None or input_ids.shape[1] == 1:
+            # one token per row: a cached decoding step, whose slot is in the cache already; a generated <unk> there
+            # is a token like any other (taking it for the slot replaced its hidden state with the prefix)
             return None
         is_slot = input_ids == self.placeholder_id
         attended = kwargs.get("attention_mask")
