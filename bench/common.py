@@ -13,8 +13,8 @@ Models (`--model`):
 
 No processor or tokenizer exists offline for the 7B models, so every input is made as tensors, the
 same way for every model: input_ids = BOS, [prefix-tuning placeholder], prompt text, N image tokens,
-prompt text (P prompt tokens in all: the registry's 48 for the 7B models, the tokenizer's count for
-tiny ones, so prompt learning finds exactly its P tokens), then caption tokens ending in EOS; random
+prompt text (P prompt tokens in all: the registry's 48 random ones for the 7B models, the real prompt's
+tokens for tiny ones, so prompt learning finds exactly its P tokens), then caption tokens ending in EOS; random
 text ids that are never a special token; random pixel values; `image_sizes` for LLaVA-NeXT, with the
 image-token count computed the way LlavaNextProcessor computes it (checked against it in the tests).
 """
@@ -166,12 +166,14 @@ def make_setup(name: str, device: str | torch.device, seed: int = 0, dtype: torc
         spec = get_model_spec(folder)
         loaded = load_model(spec, device=device, dtype=dtype)
         model, tokenizer = loaded.model, loaded.tokenizer
-        prompt_count = len(prompt_token_ids(spec, tokenizer))
+        real_prompt = torch.tensor(prompt_token_ids(spec, tokenizer))  # prompt learning checks it sees these
+        prompt_count = len(real_prompt)
         specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
                     tokenizer.convert_tokens_to_ids("<image>")}
         vocab = len(tokenizer)
         bos, eos, pad, unk = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
     elif name in REAL_MODELS:
+        real_prompt = None  # no tokenizer offline: random text ids of the registry's prompt length
         from captionlab.models.loading import build_random_model
         from captionlab.models.registry import get_model_spec
 
@@ -205,6 +207,8 @@ def make_setup(name: str, device: str | torch.device, seed: int = 0, dtype: torc
     generator = torch.Generator().manual_seed(seed)
     text_ids = torch.tensor([i for i in range(vocab) if i not in specials])
     prompt_text = text_ids[torch.randint(len(text_ids), (prompt_count,), generator=generator)]
+    if real_prompt is not None:
+        prompt_text = real_prompt
     setup = Setup(name=spec.name if (shrink and name in REAL_MODELS) else name, spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype,
                   image_tokens=image_tokens, pixel_shape=pixel_shape, image_size=image_size, prompt_text=prompt_text,
                   bos_id=bos, eos_id=eos, pad_id=pad, image_id=image_id, placeholder_id=unk, text_ids=text_ids,

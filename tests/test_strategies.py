@@ -249,3 +249,27 @@ def captioner_prompt(loaded, strategy) -> str:
     from captionlab.models.prompting import build_prompt
 
     return build_prompt(loaded.spec, GenerationSettings().prompt, strategy.prefix_slots, loaded.processor.tokenizer.unk_token)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_lora_a_starts_gaussian_where_the_spec_says_so_as_the_paper_does(tiny_llava_dir, name):
+    """The paper (Sec. 3.2): A Gaussian, B zero. peft's default A is Kaiming-uniform, bounded by 1/sqrt(fan_in)."""
+    from dataclasses import replace
+
+    from captionlab.models.registry import PAPER_LORA
+
+    assert get_model_spec("llava-1.5-7b").lora == get_model_spec("llava-1.6-7b").lora == PAPER_LORA
+    assert PAPER_LORA == {"r": 128, "alpha": 256, "init": "gaussian"}
+    spec = get_model_spec(tiny_llava_dir)
+    outside = {}
+    for init in ("gaussian", True):
+        torch.manual_seed(0)
+        loaded = load_model(spec, device="cpu")
+        model = get_strategy(name).apply(loaded.model, replace(spec, lora={"r": 8, "alpha": 16, "init": init}),
+                                         loaded.tokenizer)
+        a = [p for n, p in model.named_parameters() if "lora_A" in n]
+        b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        assert a and all(float(p.abs().max()) == 0 for p in b)
+        bound = max(1 / p.shape[1] ** 0.5 for p in a)
+        outside[init] = sum(int((p.abs() > bound).sum()) for p in a) / sum(p.numel() for p in a)
+    assert outside[True] == 0 and outside["gaussian"] > 0.1  # a uniform never passes its bound; a Gaussian does

@@ -20,6 +20,9 @@ VICUNA_SYSTEM_PROMPT = (
 )
 VICUNA_TEMPLATE = "{system} USER: <image>\n{prompt} ASSISTANT:"
 ZERO_SHOT_PROMPT = "Briefly caption the image"
+# LoRA as the paper sets it on LLaVA: r=128, alpha=256, A Gaussian and B zero (Sec. 3.2), for registry and folder models
+# that name no other (the embedded model's card names r=8, alpha=16 and peft's default init, as its study was trained)
+PAPER_LORA = {"r": 128, "alpha": 256, "init": "gaussian"}
 ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 
 
@@ -39,7 +42,7 @@ class ModelSpec:
     system_prompt: str = VICUNA_SYSTEM_PROMPT
     prompt_template: str = VICUNA_TEMPLATE
     prompt_token_count: int | None = None  # system + user prompt tokens, when known without a tokenizer
-    lora: dict = field(default_factory=lambda: {"r": 128, "alpha": 256})
+    lora: dict = field(default_factory=lambda: dict(PAPER_LORA))
     notes: str = ""
 
     @property
@@ -80,7 +83,7 @@ def _spec_from_file(path: Path) -> ModelSpec:
         system_prompt=data.get("system_prompt", VICUNA_SYSTEM_PROMPT),
         prompt_template=data.get("prompt_template", VICUNA_TEMPLATE),
         prompt_token_count=data.get("prompt_token_count"),
-        lora=data.get("lora", {"r": 128, "alpha": 256}),
+        lora=data.get("lora", PAPER_LORA),
         notes=data.get("notes", ""),
     )
 
@@ -107,7 +110,7 @@ def _spec_from_folder(folder: Path) -> ModelSpec:
         system_prompt=extra.get("system_prompt", VICUNA_SYSTEM_PROMPT),
         prompt_template=extra.get("prompt_template", VICUNA_TEMPLATE),
         prompt_token_count=extra.get("prompt_token_count"),
-        lora=extra.get("lora", {"r": 128, "alpha": 256}),
+        lora=extra.get("lora", PAPER_LORA),
         notes=extra.get("notes", ""),
     )
 

@@ -26,11 +26,13 @@ LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 TARGET_MODULES = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
 
 
-def lora_config(rank: int, alpha: int, use_dora: bool):
+def lora_config(rank: int, alpha: int, use_dora: bool, init: str | bool = True):
+    """`init`: how A starts (B starts at zero either way): "gaussian" as the paper (and LoRA) describe it, the
+    registry's setting for the 7B models; True is peft's default, Kaiming-uniform, which the embedded study used."""
     from peft import LoraConfig
 
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGET_MODULES, lora_dropout=0.0, bias="none",
-                      use_dora=use_dora)
+                      use_dora=use_dora, init_lora_weights=init)
 
 
 class LoRA(Strategy):
@@ -54,7 +56,7 @@ class LoRA(Strategy):
 
         rank, alpha = self._settings(spec)
         freeze(model)
-        config = lora_config(rank, alpha, self.use_dora)
+        config = lora_config(rank, alpha, self.use_dora, spec.lora.get("init", True))
         if isinstance(model, PeftModel):  # a shared base that already holds other adapters
             model.add_adapter(self.adapter_name, config)
             model.set_adapter(self.adapter_name)
