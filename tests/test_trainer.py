@@ -59,6 +59,12 @@ def test_every_strategy_lowers_validation_loss(tmp_path, tiny_llava_dir, tiny_wo
         assert (folder / "artifact" / "strategy.json").exists()
     energy = run.read_energy()
     assert energy["method"] and energy["processes"] == 1 and energy["trainable_parameters"] > 0
+    # the untrained model's validation pass is told apart: the epochs hold only what the paper's protocol runs
+    assert energy["initial_validation_kwh"] > 0 and "not in the epochs" in energy["initial_validation_note"]
+    first_row = next(r for r in run.read_metrics() if r.get("event") == "val" and r["epoch"] == 0)
+    assert energy["initial_validation_kwh"] * 3.6e6 == pytest.approx(first_row["energy_j"], rel=0.05)
+    after_epochs = run.read_metrics()[-1]["energy_j"] - first_row["energy_j"]  # the last row: the last validation
+    assert energy["kwh_all_epochs"] * 3.6e6 == pytest.approx(after_epochs, rel=0.05)
     rows = [r for r in run.read_metrics() if "loss" in r]
     for key in ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "energy_j"):
         assert key in rows[-1]

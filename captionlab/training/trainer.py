@@ -150,7 +150,7 @@ class Trainer:
         self.packed = bool(self.config.share_prefix) and own_batch is None
         self.state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_val_loss": None, "best_epoch": None,
                       "val_losses": [], "initial_val_loss": None, "epoch_energy_j": [], "energy_j": 0.0, "elapsed_s": 0.0,
-                      "energy_at_epoch_start_j": 0.0}
+                      "energy_at_epoch_start_j": 0.0, "initial_val_energy_j": None}
         if resume:
             self._restore()
         from captionlab.training.energy import EnergyMeter
@@ -412,6 +412,10 @@ class Trainer:
             # the untrained model's validation loss: the curve's starting point (zero-shot for adapters)
             self.state["initial_val_loss"] = self.validation_loss()
             _check_finite(self.state["initial_val_loss"], "the untrained model's validation loss", config)
+            # the paper validates after each epoch only: this extra pass is not counted in epoch 1's energy
+            energy_now = self._energy_j()
+            self.state["initial_val_energy_j"] = self._global_sum(energy_now - self.state["energy_at_epoch_start_j"])
+            self.state["energy_at_epoch_start_j"] = energy_now
             if self.main:
                 self.run.append_metrics({"event": "val", "epoch": 0, "val_loss": self.state["initial_val_loss"],
                                          "step": 0, "energy_j": self._energy_j(), "elapsed_s": self._elapsed_s(),
@@ -489,11 +493,16 @@ class Trainer:
 
     def write_energy(self) -> None:
         from captionlab import atomic
-        from captionlab.training.energy import summarize_energy
+        from captionlab.training.energy import JOULES_PER_KWH, summarize_energy
 
         summary = summarize_energy(self.state["epoch_energy_j"], self.state["best_epoch"], **self.energy.describe())
         summary.update({"trainable_parameters": sum(p.numel() for p in self.params.values()),
                         "strategy": self.config.strategy, "model": self.config.model, "processes": self.world})
+        initial = self.state.get("initial_val_energy_j")
+        if initial is not None:
+            summary["initial_validation_kwh"] = initial / JOULES_PER_KWH
+            summary["initial_validation_note"] = ("the untrained model's validation pass (the loss curve's starting "
+                                                  "point), which the paper's protocol does not run: not in the epochs")
         atomic.write_json(self.run.energy_path, summary)
 
 
