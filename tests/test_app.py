@@ -297,6 +297,27 @@ def test_run_view_reads_progress_curves_energy_and_log(home):
     assert format_duration(30) == "30s" and format_duration(3725) == "1h02m"
 
 
+def test_a_finished_run_counts_the_initial_validation_pass_in_its_energy_but_not_in_its_epochs(home):
+    from captionlab.service import runs
+    from captionlab.training.run_folder import RunFolder
+    from captionlab.ui.train_tab import _stats_markdown
+
+    folder = RunFolder(make_run(home))  # the metrics' last row: 10800 J = 0.003 kWh
+    energy = json.loads(folder.energy_path.read_text())
+    # as the trainer writes it: the untrained model's validation pass (0.0005 kWh) is kept out of the epochs
+    energy.update(kwh_all_epochs=0.0025, kwh_best=0.0025, initial_validation_kwh=0.0005)
+    folder.energy_path.write_text(json.dumps(energy))
+    folder.write_status(state="finished", step=3)
+    view = runs.run_view("r1")
+    assert view.energy.so_far_kwh == pytest.approx(0.003) and view.energy.through_step is None
+    assert view.energy.completed_kwh == pytest.approx(0.0025) and not view.energy.has_partial_epoch
+    (listed,) = runs.runs_table(runs.list_runs())
+    assert listed["kWh"].startswith("0.003 ")
+    stats = _stats_markdown(view)
+    assert "**energy:** 0.003 kWh (" in stats and "completed epochs" not in stats
+    assert "validation pass, 0.0005 kWh, which Table 4 leaves out" in stats
+
+
 def test_a_run_stopped_mid_epoch_shows_one_energy_so_far_and_labels_the_completed_epochs(home):
     from captionlab.service import runs
     from captionlab.training.run_folder import RunFolder

@@ -244,7 +244,8 @@ def _kwh_text(kwh: float | None, method: str | None) -> str:
 
 def _listed_energy(run: dict) -> RunEnergy:
     return run_energy(run.get("energy_kwh_completed"), run.get("energy_epochs_completed"),
-                      run.get("energy_j_logged"), run.get("energy_step_logged"))
+                      run.get("energy_j_logged"), run.get("energy_step_logged"),
+                      run.get("energy_kwh_initial_validation"))
 
 
 @dataclass(frozen=True)
@@ -254,26 +255,32 @@ class RunEnergy:
     energy.json holds whole epochs only (every process's meter, as the paper's Table 4 counts them); each
     metrics row holds the energy up to its step (the main process's meter). A run stopped or watched mid-epoch
     has used more than its completed epochs: `so_far_kwh` is the larger of the two, `completed_kwh` the first.
+    The untrained model's validation pass before epoch 1 (`initial_validation_kwh`) is in `so_far_kwh` but not in
+    `completed_kwh`, as Table 4 leaves it out.
     """
 
     so_far_kwh: float | None
     through_step: int | None  # the step so_far_kwh was logged at (None: it is the completed epochs' total)
     completed_kwh: float | None
     completed_epochs: int | None
+    initial_validation_kwh: float | None = None
 
     @property
     def has_partial_epoch(self) -> bool:
         """Whether the energy so far includes steps after the last completed epoch (so the figures differ)."""
         return self.completed_kwh is not None and self.so_far_kwh is not None and (
-            format_kwh(self.so_far_kwh) != format_kwh(self.completed_kwh))
+            format_kwh(self.so_far_kwh) != format_kwh(self.completed_kwh + (self.initial_validation_kwh or 0.0)))
 
 
 def run_energy(completed_kwh: float | None, completed_epochs: int | None, logged_j: float | None,
-               logged_step: int | None) -> RunEnergy:
-    """Both figures of a run's energy from energy.json's total and the newest metrics row's energy_j."""
-    so_far = energy_so_far_kwh(completed_kwh, logged_j)
-    from_the_log = so_far is not None and so_far != completed_kwh
-    return RunEnergy(so_far, logged_step if from_the_log else None, completed_kwh, completed_epochs)
+               logged_step: int | None, initial_validation_kwh: float | None = None) -> RunEnergy:
+    """Both figures of a run's energy from energy.json's totals and the newest metrics row's energy_j."""
+    so_far = energy_so_far_kwh(completed_kwh, logged_j, initial_validation_kwh)
+    completed_total = None if completed_kwh is None else completed_kwh + (initial_validation_kwh or 0.0)
+    # "through step N" only where the log adds what the completed epochs do not hold, as printed
+    from_the_log = so_far is not None and (completed_total is None or format_kwh(so_far) != format_kwh(completed_total))
+    return RunEnergy(so_far, logged_step if from_the_log else None, completed_kwh, completed_epochs,
+                     initial_validation_kwh)
 
 
 def format_kwh(kwh: float) -> str:
@@ -330,7 +337,8 @@ def run_view(run_id: str, log_lines: int = 40) -> RunView:
     if state == "running" and elapsed and step and total and step < total:
         eta = elapsed / step * (total - step)
     logged = next((m for m in reversed(metrics) if m.get("energy_j") is not None), {})
-    figures = run_energy(energy.get("kwh_all_epochs"), energy.get("epochs"), logged.get("energy_j"), logged.get("step"))
+    figures = run_energy(energy.get("kwh_all_epochs"), energy.get("epochs"), logged.get("energy_j"), logged.get("step"),
+                         energy.get("initial_validation_kwh"))
     kwh = figures.so_far_kwh
     method = (energy.get("label") or energy.get("method") or status.get("energy_label")
               or status.get("energy_method") or "")

@@ -94,14 +94,17 @@ def summarize_energy(per_epoch_joules: Sequence[float] | Mapping[int, float], be
     }
 
 
-def energy_so_far_kwh(completed_kwh: float | None, logged_j: float | None) -> float | None:
-    """A run's energy so far: its completed epochs' total (energy.json, every process's meter), or the newest
-    metrics row's energy (the main process's meter, up to its step) where that is more, as after a stop or while
-    watched mid-epoch. The one rule the runs listing, the CLI and the Train tab all show."""
+def energy_so_far_kwh(completed_kwh: float | None, logged_j: float | None,
+                      initial_validation_kwh: float | None = None) -> float | None:
+    """A run's energy so far: its completed epochs' total (energy.json, every process's meter) plus the untrained
+    model's validation pass before them (kept out of the epochs, as the paper's protocol does not run it), or the
+    newest metrics row's energy (the main process's meter, up to its step, that pass included) where that is more,
+    as after a stop or while watched mid-epoch. The one rule the runs listing, the CLI and the Train tab all show."""
     logged_kwh = None if logged_j is None else logged_j / JOULES_PER_KWH
-    if logged_kwh is not None and (completed_kwh is None or logged_kwh > completed_kwh):
+    completed_total = None if completed_kwh is None else completed_kwh + (initial_validation_kwh or 0.0)
+    if logged_kwh is not None and (completed_total is None or logged_kwh > completed_total):
         return logged_kwh
-    return completed_kwh
+    return completed_total
 
 
 # --- readers: one per method -------------------------------------------------------------------

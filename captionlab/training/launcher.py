@@ -403,7 +403,8 @@ def run_with_status(row: dict) -> dict:
     status, energy = folder.read_status(), folder.read_energy()
     rows = tail_metrics(folder)
     logged = next((m for m in reversed(rows) if m.get("energy_j") is not None), {})
-    energy_kwh = energy_so_far_kwh(energy.get("kwh_all_epochs"), logged.get("energy_j"))
+    energy_kwh = energy_so_far_kwh(energy.get("kwh_all_epochs"), logged.get("energy_j"),
+                                   energy.get("initial_validation_kwh"))
     return {**row, "live_state": status.get("state"), "step": status.get("step"),
             "total_steps": status.get("total_steps"), "epoch": status.get("epoch"),
             "best_epoch": status.get("best_epoch"), "best_val_loss": status.get("best_val_loss"),
@@ -413,6 +414,7 @@ def run_with_status(row: dict) -> dict:
             # the two figures energy_kwh is picked from, for who shows both: completed epochs (energy.json, every
             # process) and the newest metrics row (the main process's meter, up to its step)
             "energy_kwh_completed": energy.get("kwh_all_epochs"), "energy_epochs_completed": energy.get("epochs"),
+            "energy_kwh_initial_validation": energy.get("initial_validation_kwh"),
             "energy_j_logged": logged.get("energy_j"), "energy_step_logged": logged.get("step")}
 
 
