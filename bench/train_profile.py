@@ -18,7 +18,7 @@ import torch
 
 from bench.common import environment, free_memory, make_setup, write_report
 from bench.prefill_profile import kernel_profile, timed
-from bench.train_throughput import PRESETS, attach_with_sgd, detach, packed_batch
+from bench.train_throughput import PRESETS, attach_with_sgd, detach, forward_context, packed_batch
 
 
 def profile_steps(setup, strategies: list[str], *, repeats: int, seed: int = 0) -> dict:
@@ -30,11 +30,12 @@ def profile_steps(setup, strategies: list[str], *, repeats: int, seed: int = 0) 
     captions = setup.random_captions(preset["images"], preset["captions_per_image"], preset["caption_tokens"], generator)
     out = {}
     for name in strategies:
-        model, strategy, params, optimizer, prefix = attach_with_sgd(setup, name)
+        model, strategy, params, optimizer, prefix, precision = attach_with_sgd(setup, name)
         batch = packed_batch(setup, prefix, pixels, captions, preset["packed_images"])
 
         def step():
-            loss, tokens = packed_loss_sum(model, batch)
+            with forward_context(precision):
+                loss, tokens = packed_loss_sum(model, batch)
             (loss / tokens).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -50,7 +51,7 @@ def profile_steps(setup, strategies: list[str], *, repeats: int, seed: int = 0) 
                      "kernels": kernel_profile(step, setup.device, top=40)}
         optimizer.zero_grad(set_to_none=True)
         del optimizer, params, batch
-        detach(setup, model, strategy)
+        detach(setup, model, strategy, precision)
         del model
         free_memory(setup.device)
     first = strategies[0]

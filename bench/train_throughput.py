@@ -11,7 +11,11 @@ captionlab  `packed_images` images per step, each with all its captions packed a
             (`captionlab.strategies.dora_fast`: same outputs and gradients).
 
 Both use the same model, strategy and SGD (plain SGD, no momentum, as the paper); captions/s, J/caption
-(`EnergyMeter`) and peak memory (`torch.cuda.max_memory_allocated`, CUDA only) per method.
+(`EnergyMeter`) and peak memory (`torch.cuda.max_memory_allocated`, CUDA only) per method. Trainable weights
+loaded in half precision (full fine-tuning of the bf16 7B models) are kept in float32 under bf16 autocast in both
+rows, as captionlab's trainer keeps them (`keep_float32_masters`). Before timing, each strategy's plain loss and
+packed loss are computed on the same captions (`loss_plain`, `loss_captionlab`, `loss_rel_diff` on the captionlab
+row): "the same loss" is checked in the run, not only assumed from the CPU tests.
 
     python -m bench.train_throughput --device cuda --model llava-1.5-7b --out bench/out
 """
@@ -57,18 +61,60 @@ def attach(setup: Setup, name: str):
     return model, strategy
 
 
+def keep_float32_masters(params: list[torch.nn.Parameter]) -> tuple[torch.dtype | None, list]:
+    """What captionlab's trainer does (`Trainer._keep_float32_masters`) with trainable weights loaded in half
+    precision (full fine-tuning of the bf16-loaded 7B models): keep them in float32 and run the forward under
+    autocast to the model's dtype. Both rows of a strategy train this way, so each row measures what that way costs
+    in float32 master weights and gradients (SGD on the bf16 weights themselves rounds most updates away).
+    Returns (the autocast dtype or None, [(param, its original dtype)] for `detach` to put back)."""
+    half = [p for p in params if p.dtype in (torch.bfloat16, torch.float16)]
+    restore = [(p, p.dtype) for p in half]
+    with torch.no_grad():
+        for param in half:
+            param.data = param.data.float()
+    return (restore[0][1] if restore else None), restore
+
+
+def forward_context(precision: tuple):
+    """The forward's context for `precision` (from `attach_with_sgd`): autocast where master weights are kept."""
+    import contextlib
+
+    dtype, _ = precision
+    return contextlib.nullcontext() if dtype is None else torch.autocast(_device_type(precision), dtype=dtype)
+
+
+def _device_type(precision: tuple) -> str:
+    _, restore = precision
+    return restore[0][0].device.type
+
+
 def attach_with_sgd(setup: Setup, name: str):
-    """(model, strategy, trainable params, plain SGD over them, the image+prompt prefix ids) for strategy `name`."""
+    """(model, strategy, trainable params, plain SGD over them, the image+prompt prefix ids, precision) for strategy
+    `name`; precision = (autocast dtype or None, params to put back in half precision), see `keep_float32_masters`."""
     model, strategy = attach(setup, name)
     params = [p for _, p in strategy.trainable_parameters(model)]
+    precision = keep_float32_masters(params)
     optimizer = torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.0)
-    return model, strategy, params, optimizer, setup.prefix_ids(strategy.prefix_slots)
+    return model, strategy, params, optimizer, setup.prefix_ids(strategy.prefix_slots), precision
 
 
-def detach(setup: Setup, model, strategy) -> None:
-    """Remove the strategy again, leaving the (frozen, eval-mode) base model in `setup.model`."""
+def precision_setting(precision: tuple) -> str:
+    dtype, restore = precision
+    if dtype is None:
+        return ""
+    return (f", {sum(p.numel() for p, _ in restore):,} trainable weights in float32 (master weights, as captionlab's "
+            f"trainer keeps them), forward under {str(dtype).removeprefix('torch.')} autocast")
+
+
+def detach(setup: Setup, model, strategy, precision: tuple | None = None) -> None:
+    """Remove the strategy again, leaving the (frozen, eval-mode) base model in `setup.model`, its weights back in
+    the dtype they were loaded in."""
     from captionlab.models.prompting import unwrap
     from captionlab.strategies.base import freeze
+
+    for param, dtype in (precision[1] if precision else []):
+        with torch.no_grad():
+            param.data = param.data.to(dtype)
 
     if strategy.name in ("lora", "dora"):
         base = model.unload()  # peft: the base model with the adapter layers taken out (not merged)
@@ -125,63 +171,120 @@ def run_train(setup: Setup, meter, strategies: list[str], *, images: int, captio
     captions = setup.random_captions(images, captions_per_image, caption_tokens, generator)
     rows = []
     for name in strategies:
-        model, strategy, params, optimizer, prefix = attach_with_sgd(setup, name)
-        trainable = sum(p.numel() for p in params)
-
-        def run_plain(pairs: int) -> dict:
-            batch = per_caption_batch(setup, prefix, pixels, captions, pairs)
-
-            def step():
-                loss = model(**batch).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            try:
-                return measure(step, batch["input_ids"].shape[0], setup.device, meter, warmup, iters, min_seconds)
-            finally:
-                optimizer.zero_grad(set_to_none=True)
-
-        def run_packed(count: int) -> dict:
-            batch = packed_batch(setup, prefix, pixels, captions, count)
-            captions_per_step = int(batch["caption_counts"].sum())
-
-            def step():
-                loss, tokens = packed_loss_sum(model, batch)
-                (loss / tokens).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            try:
-                return measure(step, captions_per_step, setup.device, meter, warmup, iters, min_seconds)
-            finally:
-                optimizer.zero_grad(set_to_none=True)
-
-        from captionlab.strategies.dora_fast import use_fast_dora, use_peft_dora
-
-        use_peft_dora(model)  # plain: peft's own DoRA forward
-        plain = with_oom_fallback(run_plain, plain_batch, setup.device)
-        free_memory(setup.device)
-        use_fast_dora(model)  # captionlab: DoRA's row norms the short way (captionlab.strategies.dora_fast)
-        ours = with_oom_fallback(run_packed, packed_images, setup.device)
-        free_memory(setup.device)
-        common = {"model": setup.name, "work": "train", "strategy": name, "unit": "captions",
-                  "trainable_parameters": trainable}
-        rows.append({**common, "method": "plain", "setting": f"one sequence per caption, {plain['batch']} per step",
-                     **plain})
-        ours_setting = (f"prefix sharing: {ours['batch']} image(s) x {captions_per_image} captions packed per step "
-                        f"({ours['units'] // max(1, ours['steps'])} captions)")
-        rows.append({**common, "method": "captionlab", "setting": ours_setting, **ours})
-        if larger_packed_images and name in larger_for and larger_packed_images <= images:
-            larger = with_oom_fallback(run_packed, larger_packed_images, setup.device)
+        model, strategy, params, optimizer, prefix, precision = attach_with_sgd(setup, name)
+        try:
+            rows += _strategy_rows(setup, meter, name, model, params, optimizer, prefix, precision, pixels, captions,
+                                   captions_per_image=captions_per_image, plain_batch=plain_batch,
+                                   packed_images=packed_images, warmup=warmup, iters=iters, min_seconds=min_seconds,
+                                   larger_packed_images=larger_packed_images if name in larger_for else None,
+                                   images=images)
+        finally:  # a failed strategy (out of memory at batch 1...) must not leave its adapter on the shared base model
+            optimizer.zero_grad(set_to_none=True)
+            del optimizer, params
+            detach(setup, model, strategy, precision)
+            del model
             free_memory(setup.device)
-            rows.append({**common, "method": "captionlab-larger", **larger, "setting": (
-                f"prefix sharing: {larger['batch']} image(s) x {captions_per_image} captions packed per step "
-                f"({larger['units'] // max(1, larger['steps'])} captions)")})
-        del optimizer, params
-        detach(setup, model, strategy)
-        del model
+    return rows
+
+
+@torch.no_grad()
+def plain_loss(setup: Setup, model, prefix: torch.Tensor, pixels: torch.Tensor, captions, images: int,
+               pairs_per_pass: int, precision: tuple) -> tuple[float, int]:
+    """(loss, caption tokens) the plain way on every caption of the first `images` images: `model(..., labels=...).loss`,
+    one sequence per caption, `pairs_per_pass` per forward, token-weighted over the forwards."""
+    flat = [(i, cap) for i in range(images) for cap in captions[i]]
+    total, count = 0.0, 0
+    for start in range(0, len(flat), pairs_per_pass):
+        part = flat[start:start + pairs_per_pass]
+        batch = per_caption_batch(setup, prefix, pixels[[i for i, _ in part]], [[cap] for _, cap in part], len(part))
+        with forward_context(precision):
+            loss = model(**batch).loss
+        tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += float(loss) * tokens
+        count += tokens
+    return total / count, count
+
+
+@torch.no_grad()
+def packed_loss(setup: Setup, model, prefix: torch.Tensor, pixels: torch.Tensor, captions, images: int,
+                precision: tuple) -> tuple[float, int]:
+    """(loss, caption tokens) captionlab's way on the same captions: one packed forward, summed loss / tokens."""
+    with forward_context(precision):
+        loss, tokens = packed_loss_sum(model, packed_batch(setup, prefix, pixels, captions, images))
+    return float(loss) / float(tokens), int(tokens)
+
+
+def _strategy_rows(setup: Setup, meter, name: str, model, params, optimizer, prefix, precision, pixels, captions, *,
+                   captions_per_image: int, plain_batch: int, packed_images: int, warmup: int, iters: int,
+                   min_seconds: float, larger_packed_images: int | None, images: int) -> list[dict]:
+    trainable = sum(p.numel() for p in params)
+
+    def run_plain(pairs: int) -> dict:
+        batch = per_caption_batch(setup, prefix, pixels, captions, pairs)
+
+        def step():
+            with forward_context(precision):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        try:
+            return measure(step, batch["input_ids"].shape[0], setup.device, meter, warmup, iters, min_seconds)
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+
+    def run_packed(count: int) -> dict:
+        batch = packed_batch(setup, prefix, pixels, captions, count)
+        captions_per_step = int(batch["caption_counts"].sum())
+
+        def step():
+            with forward_context(precision):
+                loss, tokens = packed_loss_sum(model, batch)
+            (loss / tokens).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        try:
+            return measure(step, captions_per_step, setup.device, meter, warmup, iters, min_seconds)
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+
+    from captionlab.strategies.dora_fast import use_fast_dora, use_peft_dora
+
+    # before any step moves the weights: both ways' losses on the same captions, each through its own forward
+    # (peft's DoRA for the plain rows, the short-way norms for captionlab's)
+    # (the rows train at equal loss only if these agree: recorded on the captionlab row, `loss_rel_diff`)
+    use_peft_dora(model)
+    loss_a, tokens_a = plain_loss(setup, model, prefix, pixels, captions, packed_images, plain_batch, precision)
+    use_fast_dora(model)
+    loss_b, tokens_b = packed_loss(setup, model, prefix, pixels, captions, packed_images, precision)
+    assert tokens_a == tokens_b, (tokens_a, tokens_b)
+    losses = {"loss_plain": loss_a, "loss_captionlab": loss_b, "loss_tokens": tokens_a,
+              "loss_rel_diff": abs(loss_b - loss_a) / max(abs(loss_a), 1e-12)}
+    free_memory(setup.device)
+
+    use_peft_dora(model)  # plain: peft's own DoRA forward
+    plain = with_oom_fallback(run_plain, plain_batch, setup.device)
+    free_memory(setup.device)
+    use_fast_dora(model)  # captionlab: DoRA's row norms the short way (captionlab.strategies.dora_fast)
+    ours = with_oom_fallback(run_packed, packed_images, setup.device)
+    free_memory(setup.device)
+    extra = precision_setting(precision)
+    common = {"model": setup.name, "work": "train", "strategy": name, "unit": "captions",
+              "trainable_parameters": trainable,
+              "master_weights": "float32" if precision[0] is not None else None}
+    rows = [{**common, "method": "plain", "setting": f"one sequence per caption, {plain['batch']} per step{extra}",
+             **plain}]
+    ours_setting = (f"prefix sharing: {ours['batch']} image(s) x {captions_per_image} captions packed per step "
+                    f"({ours['units'] // max(1, ours['steps'])} captions){extra}")
+    rows.append({**common, "method": "captionlab", "setting": ours_setting, **ours, **losses})
+    if larger_packed_images and larger_packed_images <= images:
+        larger = with_oom_fallback(run_packed, larger_packed_images, setup.device)
         free_memory(setup.device)
+        rows.append({**common, "method": "captionlab-larger", **larger, "setting": (
+            f"prefix sharing: {larger['batch']} image(s) x {captions_per_image} captions packed per step "
+            f"({larger['units'] // max(1, larger['steps'])} captions){extra}")})
     return rows
 
 
@@ -202,15 +305,18 @@ def interleaved_step_times(setup: Setup, strategies: list[str], *, repeats: int,
     pairs = packed_images * captions_per_image
     out = []
     for name in strategies:
-        model, strategy, params, optimizer, prefix = attach_with_sgd(setup, name)
+        model, strategy, params, optimizer, prefix, precision = attach_with_sgd(setup, name)
         plain_batch = per_caption_batch(setup, prefix, pixels, captions, pairs)
         packed = packed_batch(setup, prefix, pixels, captions, packed_images)
 
         def plain_step():
-            model(**plain_batch).loss.backward()
+            with forward_context(precision):
+                loss = model(**plain_batch).loss
+            loss.backward()
 
         def packed_step():
-            loss, tokens = packed_loss_sum(model, packed)
+            with forward_context(precision):
+                loss, tokens = packed_loss_sum(model, packed)
             (loss / tokens).backward()
 
         times = {"plain": [], "captionlab": []}
@@ -233,7 +339,7 @@ def interleaved_step_times(setup: Setup, strategies: list[str], *, repeats: int,
         print(f"  {setup.name} {name}: per-caption step {plain_s * 1e3:.1f} ms, packed step {packed_s * 1e3:.1f} ms "
               f"(median of {repeats}, {pairs} captions each): {plain_s / packed_s:.2f}x", flush=True)
         del optimizer, params
-        detach(setup, model, strategy)
+        detach(setup, model, strategy, precision)
         del model
     return out
 

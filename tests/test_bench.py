@@ -29,6 +29,11 @@ def check_rows(report, model, works, strategies):
     assert pairs == {k[:3] for k in expected if k[0] == model} | {p for p in pairs if p[0] != model}
     for c in report["comparisons"]:
         assert math.isfinite(c["speedup"]) and c["speedup"] > 0
+    # training at equal loss: both ways' losses on the same captions agree (fp32 on the CPU: to rounding)
+    for key in expected:
+        if key[1] == "train" and key[3] == "captionlab":
+            row = rows[key]
+            assert row["loss_tokens"] > 0 and row["loss_rel_diff"] < 1e-5, (key, row["loss_plain"], row["loss_captionlab"])
 
 
 def test_run_all_on_the_cpu_with_tiny_models(tmp_path):
@@ -140,7 +145,8 @@ def test_a_failing_section_is_recorded_and_the_others_kept(tmp_path, monkeypatch
     report = run_all.main(["--device", "cpu", "--models", "tiny", "--out", str(out), "--warmup", "0", "--iters", "1",
                            "--keep-going"])
     check_rows(report, "tiny", ("caption",), [])
-    assert report["errors"] == [{"model": "tiny", "work": "train", "error": "RuntimeError: planted failure"}]
+    assert report["errors"] == [{"model": "tiny", "work": f"train {s}", "error": "RuntimeError: planted failure"}
+                                for s in TRAIN_STRATEGIES]
     assert "planted failure" in (out / "results.md").read_text()
     with pytest.raises(RuntimeError, match="planted"):  # without --keep-going the failure stops the run
         run_all.main(["--device", "cpu", "--models", "tiny", "--out", str(out), "--warmup", "0", "--iters", "1"])
@@ -236,3 +242,74 @@ def test_prefill_profile_says_when_the_steps_were_below_the_timing_noise(tmp_pat
     assert steps["exact_over_masked"] is None and steps["compiled_over_exact"] is None
     text = (tmp_path / "prefill_profile-tiny.md").read_text()
     assert text.count("not measurable (the caption was no slower than its prefill") == 3
+
+
+def test_one_failing_strategy_loses_only_its_rows_and_leaves_the_base_clean(tmp_path, monkeypatch):
+    """A strategy that fails mid-way (out of memory at batch 1 on a GPU) costs only its own rows, and its adapter does
+    not stay on the shared base model for the strategies after it."""
+    from bench import run_all, train_throughput
+
+    real = train_throughput.plain_loss
+
+    def failing_for_lora(setup, model, *args, **kwargs):
+        if any("lora_" in name for name, _ in model.named_modules()):
+            raise RuntimeError("planted failure")
+        return real(setup, model, *args, **kwargs)
+
+    monkeypatch.setattr(train_throughput, "plain_loss", failing_for_lora)
+    report = run_all.main(["--device", "cpu", "--models", "tiny", "--works", "train", "--strategies", "lora,full",
+                           "--out", str(tmp_path), "--warmup", "0", "--iters", "1", "--keep-going"])
+    assert report["errors"] == [{"model": "tiny", "work": "train lora", "error": "RuntimeError: planted failure"}]
+    full = {r["method"]: r for r in report["rows"] if r["strategy"] == "full"}
+    assert set(full) == {"plain", "captionlab"}
+    # full fine-tuning trained the base itself (projector + LLM), not a base still wrapped in the failed LoRA
+    from bench.common import make_setup
+
+    base = make_setup("tiny", "cpu").model
+    expected = sum(p.numel() for n, p in base.named_parameters() if "vision_tower" not in n)
+    assert full["captionlab"]["trainable_parameters"] == expected
+
+
+def test_an_interrupted_run_keeps_the_sections_it_finished(tmp_path, monkeypatch):
+    """The report is written after every section: a run killed by its time box (gpu_session_perf.sh) keeps them."""
+    from bench import run_all, train_throughput
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what a time box's kill looks like from inside: not an Exception, never kept going
+
+    monkeypatch.setattr(train_throughput, "run_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_all.main(["--device", "cpu", "--models", "tiny", "--out", str(tmp_path), "--warmup", "0", "--iters", "1",
+                      "--keep-going"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {r["method"] for r in saved["rows"] if r["work"] == "caption"} >= {"plain", "captionlab"}
+
+
+def test_full_fine_tuning_rows_keep_float32_master_weights_as_the_trainer_does(tmp_path):
+    """On a GPU the base is bf16; captionlab's trainer keeps full fine-tuning's weights in float32 under bf16 autocast
+    (`Trainer._keep_float32_masters`). Both rows train that way, and the base is bf16 again afterwards."""
+    import torch
+
+    from bench.common import make_setup
+    from bench.train_throughput import attach_with_sgd, detach, run_train
+
+    setup = make_setup("tiny", "cpu", dtype=torch.bfloat16)
+    model, strategy, params, optimizer, prefix, precision = attach_with_sgd(setup, "full")
+    assert params and all(p.dtype == torch.float32 for p in params) and precision[0] == torch.bfloat16
+    detach(setup, model, strategy, precision)
+    assert {p.dtype for p in setup.model.parameters()} == {torch.bfloat16}
+    # LoRA's adapters are float32 already (peft): nothing to keep, no autocast
+    model, strategy, params, optimizer, prefix, precision = attach_with_sgd(setup, "lora")
+    assert precision[0] is None
+    detach(setup, model, strategy, precision)
+
+    from captionlab.training.energy import EnergyMeter
+
+    rows = run_train(setup, EnergyMeter("cpu").start(), ["full"], images=2, captions_per_image=2, caption_tokens=4,
+                     plain_batch=2, packed_images=1, warmup=0, iters=1)
+    assert [r["method"] for r in rows] == ["plain", "captionlab"]
+    for row in rows:
+        assert row["master_weights"] == "float32" and "float32 (master weights" in row["setting"]
+    assert rows[1]["loss_rel_diff"] < 2e-2  # bf16 autocast: the same loss to bf16 rounding
+    assert {p.dtype for p in setup.model.parameters()} == {torch.bfloat16}
+
