@@ -140,7 +140,11 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
                 synchronize(setup.device)
                 checks["first_call_s"] = time.perf_counter() - started
                 checks["tokens_equal_plain"] = bool(torch.equal(got, want))
-                del want, got
+                same = got == want  # how far they agree, so that a difference can be judged, not just labelled
+                checks["tokens_agreement"] = float(same.float().mean())
+                differing = (~same).any(dim=0).nonzero()
+                checks["first_differing_token"] = int(differing[0]) if len(differing) else None
+                del want, got, same
 
             def step():
                 for chunk in chunks:

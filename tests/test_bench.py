@@ -77,6 +77,14 @@ def test_caption_script_alone(tmp_path):
     # the decoder's tokens are plain generate()'s (fp32 on the CPU: exactly), both step kinds
     assert all(r["tokens_equal_plain"] is True for r in report["rows"] if r["method"].startswith("captionlab"))
     assert "tokens = plain generate's" in (tmp_path / "caption_throughput.md").read_text()
+    assert all(r["tokens_agreement"] == 1.0 and r["first_differing_token"] is None
+               for r in report["rows"] if r["method"].startswith("captionlab"))
+    # the speed-up over plain at plain's batch, and over plain at captionlab's own batch (the batch alone)
+    (c,) = report["comparisons"]
+    assert (c["plain_batch"], c["captionlab_batch"]) == (2, 4)
+    assert c["speedup"] == rows["captionlab"]["per_s"] / rows["plain"]["per_s"]
+    assert c["speedup_same_batch"] == rows["captionlab"]["per_s"] / rows["plain-large-batch"]["per_s"]
+    assert "speed-up vs plain at our batch" in (tmp_path / "caption_throughput.md").read_text()
 
 
 def test_prefill_profile_splits_the_time_and_compares_the_compiled_prefill(tmp_path):
@@ -313,3 +321,11 @@ def test_full_fine_tuning_rows_keep_float32_master_weights_as_the_trainer_does(t
     assert rows[1]["loss_rel_diff"] < 2e-2  # bf16 autocast: the same loss to bf16 rounding
     assert {p.dtype for p in setup.model.parameters()} == {torch.bfloat16}
 
+
+def test_tokens_note_reports_agreement_without_claiming_a_cause():
+    from bench.common import _tokens_note
+
+    assert _tokens_note({}) == ""
+    assert _tokens_note({"tokens_equal_plain": True}) == "tokens = plain generate's"
+    note = _tokens_note({"tokens_equal_plain": False, "tokens_agreement": 0.25, "first_differing_token": 3})
+    assert note == "tokens differ from plain generate's (25% of tokens equal, first difference at new token 3)"
