@@ -187,7 +187,7 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
     return rows
 
 
-def parser(defaults_from: str = "caption") -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", default=None, help="llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")

@@ -21,7 +21,6 @@ import transformers
 from PIL import Image
 
 from captionlab.embedded.shapes import LLAVA_SHAPE
-from captionlab.models.prompting import build_prompt
 from captionlab.models.registry import get_model_spec
 from captionlab.models.tiny import save_tiny_llava, tiny_config
 from captionlab.training.batching import build_training_batch
@@ -113,14 +112,3 @@ def _train_stage(model, spec, processor, samples: list[Conversation], images: di
             schedule.step()
             losses.append(float(loss.detach()))
         progress(f"epoch {epoch + 1}/{epochs}: caption loss {np.mean(losses):.3f} ({time.monotonic() - started:.0f}s)")
-
-
-def sample_answer(folder: Path, image, prompt: str = "Briefly caption the image", max_new_tokens: int = 80) -> str:
-    """Greedy answer of a saved base (a quick look at what pretraining produced)."""
-    spec = get_model_spec(folder)
-    processor = transformers.AutoProcessor.from_pretrained(folder)
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(folder, use_safetensors=True).eval()
-    inputs = processor(images=[image], text=[build_prompt(spec, prompt)], return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -265,15 +265,3 @@ def clip_score(
     report.n_images_with_references = len(report.per_image_ref)
     report.ref_clip_score = sum(report.per_image_ref.values()) / len(report.per_image_ref)
     return report
-
-
-def default_clip_encoder(device: str | None = None) -> ClipEncoder:
-    """ViT-B/32 (OpenAI) when its weights are here, else the embedded tiny CLIP, else the reason."""
-    try:
-        openclip_weights_path()
-        return OpenClipEncoder(device=device)
-    except ClipWeightsNotFound as missing:
-        folder = embedded_clip_folder()
-        if (folder / "config.json").is_file():
-            return embedded_clip_encoder(folder, device=device or "cpu")
-        raise ClipWeightsNotFound(f"{missing}; the embedded tiny CLIP ({folder}) is not built either") from None

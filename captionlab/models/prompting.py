@@ -25,11 +25,3 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def language_model(model: torch.nn.Module) -> torch.nn.Module:
     """The LLM decoder (LlamaModel) of a LLaVA / LLaVA-NeXT model."""
     return unwrap(model).model.language_model
-
-
-def projector(model: torch.nn.Module) -> torch.nn.Module:
-    return unwrap(model).model.multi_modal_projector
-
-
-def count_parameters(params) -> int:
-    return sum(p.numel() for p in params)
