@@ -383,6 +383,21 @@ def test_your_results_sit_beside_the_papers_and_drill_down(home, tmp_path):
     assert benchmarks.drilldown(paper_line["rows"]["coco"])[0] == []  # the paper has no per-image data
 
 
+def test_an_unreadable_results_source_is_named_and_the_other_kept(home, monkeypatch):
+    """What the Benchmarks and Energy tabs show: a source that fails is said, never silently dropped."""
+    from captionlab.service import benchmarks
+
+    def broken(checkpoints=None):
+        raise OSError("database disk image is malformed")
+
+    rows, problems = benchmarks.all_rows(None)
+    assert problems == [] and {r["source"] for r in rows} == {"paper"}
+    monkeypatch.setattr(benchmarks, "your_rows", broken)
+    rows, problems = benchmarks.all_rows(None)
+    assert rows == benchmarks.paper_rows()
+    assert problems == ["your results are unavailable: OSError: database disk image is malformed"]
+
+
 def test_fig2_and_tradeoff_data_from_the_paper():
     from captionlab.service.benchmarks import cider_series, generalisation_points, paper_rows
     from captionlab.ui import charts

@@ -49,6 +49,18 @@ def your_rows(checkpoints: Path | None = None) -> list[dict]:
                                        r["dataset"]))
 
 
+def all_rows(checkpoints: Path | None = None) -> tuple[list[dict], list[str]]:
+    """The paper's rows and yours, and one problem per source that could not be read (said, not hidden:
+    a tab that shows fewer rows tells the user why)."""
+    rows, problems = [], []
+    for source, load in (("the paper's numbers", paper_rows), ("your results", lambda: your_rows(checkpoints))):
+        try:
+            rows += load()
+        except Exception as exc:  # a damaged results database or reference file: report it, keep the other source
+            problems.append(f"{source} are unavailable: {type(exc).__name__}: {exc}")
+    return rows, problems
+
+
 def _evaluated_thing(row: dict) -> tuple:
     return row["model"], row["strategy"], row["dataset"], row["split"], row["checkpoint_key"], _part(row)
 

@@ -13,19 +13,11 @@ SOURCES = {"Yours and the paper's": ("yours", "paper"), "The paper's": ("paper",
 
 
 def _load_rows(settings: AppSettings) -> tuple[list[dict], str]:
-    notes = []
-    try:
-        paper = benchmarks.paper_rows()
-    except Exception as exc:
-        paper, _ = [], notes.append(f"the paper's numbers are unavailable: {exc}")
-    try:
-        yours = benchmarks.your_rows(settings.checkpoints)
-    except Exception as exc:
-        yours, _ = [], notes.append(f"your results are unavailable: {exc}")
-    if not yours:
+    rows, notes = benchmarks.all_rows(settings.checkpoints)
+    if not any(r["source"] == benchmarks.YOURS for r in rows):
         notes.append("No evaluations of yours yet: run one below (or `python -m captionlab evaluate`); "
                      "the embedded study's results appear here once `python -m train zoo` has built them.")
-    return paper + yours, "\n".join(f"- {n}" for n in notes)
+    return rows, "\n".join(f"- {n}" for n in notes)
 
 
 def create_benchmarks_tab(settings: AppSettings) -> None:

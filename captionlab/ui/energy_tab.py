@@ -47,17 +47,14 @@ def create_energy_tab(settings: AppSettings) -> None:
     def show():
         paper = energy.paper_table()
         runs = energy.run_energy_rows(settings.checkpoints)
-        try:
-            results = benchmarks.paper_rows() + benchmarks.your_rows(settings.checkpoints)
-        except Exception:
-            results = benchmarks.paper_rows()
+        results, problems = benchmarks.all_rows(settings.checkpoints)
         note = "" if runs else "*No run has written energy.json yet: train one in the Train tab.*"
         return (pd.DataFrame([[r[c] for c in PAPER_COLUMNS] for r in paper], columns=PAPER_COLUMNS),
                 pd.DataFrame([[_kwh(r[c]) if c.startswith("kWh") else r[c] for c in RUN_COLUMNS] for r in runs],
                              columns=RUN_COLUMNS), note,
                 charts.energy_bars(energy.energy_bars(paper, runs)),
                 charts.quality_vs_energy(energy.quality_points(paper, runs, results)),
-                energy.quality_note(runs, results),
+                "\n\n".join(filter(None, [energy.quality_note(runs, results), *(f"⚠️ {p}" for p in problems)])),
                 _counted_frame(energy.counted_parameters("llava-1.5-7b"), "llava-1.5-7b"))
 
     def on_count():
