@@ -4,9 +4,6 @@ HF format and loaded through HFClipEncoder; open_clip without weights fails fast
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 import torch
 from PIL import Image

@@ -143,12 +143,13 @@ def test_preallocated_cache_writes_in_place():
 
 def test_exact_length_view_returns_views_of_exactly_the_written_tokens():
     cache = PreallocatedCache(6, torch.device("cpu"), (2, 1, 3, 3), layers=2, dtype=torch.float32)
-    prompt = torch.randn(2, 1, 4, 3)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randn(2, 1, 4, 3, generator=generator)
     cache.write(prompt, -prompt, 1)
     cache.advance(4)
     view = ExactLengthView(cache)
     assert view.get_seq_length() == view.get_query_offset() == 4 and view.get_mask_sizes(1) == (5, 0)
-    step = torch.randn(2, 1, 1, 3)
+    step = torch.randn(2, 1, 1, 3, generator=generator)
     keys, values = view.update(step, -step, 1)
     assert keys.shape == values.shape == (2, 1, 5, 3)
     # views of the buffers, not copies: the step's token written in place, nothing beyond it visible

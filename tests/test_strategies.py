@@ -232,7 +232,6 @@ def test_prefix_tuning_takes_no_slot_in_a_decoding_step_that_generated_the_place
     loaded, strategy = fresh(tiny_llava_dir, "prefix_tuning")
     perturb(strategy, loaded.model, seed=3)
     unk = loaded.processor.tokenizer.unk_token_id
-    captioner = LlavaCaptioner(loaded, strategy, GenerationSettings(max_new_tokens=1))
     inputs = loaded.processor(images=tiny_images[:1], text=[captioner_prompt(loaded, strategy)], return_tensors="pt")
     with torch.no_grad():
         prefill = loaded.model(**inputs, use_cache=True)
