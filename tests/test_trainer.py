@@ -369,3 +369,15 @@ def test_full_fine_tuning_of_a_half_precision_model_keeps_float32_master_weights
     total = sum(c.numel() for c in changed)
     # in bf16 an update of 1e-5 x grad moves almost no weight (an audit found 99.8% of them lost); in float32 most move
     assert moved / total > 0.5, (moved, total)
+
+
+@pytest.mark.parametrize("strategy", ["lora", "dora"])
+def test_a_configs_lora_rank_and_alpha_reach_the_low_rank_strategies(tiny_llava_dir, strategy):
+    """The strategy says it takes (rank, alpha) (`takes_lora_settings`); the trainer does not list names."""
+    from captionlab.training.trainer import load_for_training
+
+    config = resolve_config(None, dict(model=str(tiny_llava_dir), strategy=strategy, lora_rank=3, lora_alpha=5,
+                                       device="cpu"))
+    loaded, built = load_for_training(config, torch.device("cpu"))
+    adapter = loaded.model.peft_config[built.adapter_name]
+    assert (built.rank, built.alpha, adapter.r, adapter.lora_alpha) == (3, 5, 3, 5)

@@ -32,6 +32,8 @@ class Strategy(ABC):
     prefix_slots: ClassVar[int] = 0  # placeholder tokens the prompt must start with
     needs_cuda: ClassVar[bool] = False
     supports_fsdp: ClassVar[bool] = False  # trains under `distributed: fsdp` (its save takes a gathered state_dict)
+    takes_lora_settings: ClassVar[bool] = False  # built with (rank, alpha): a config's lora_rank / lora_alpha
+    loads_4bit_base: ClassVar[bool] = False  # the base model is loaded quantized (NF4) before `apply`
 
     @abstractmethod
     def apply(self, model: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> torch.nn.Module:

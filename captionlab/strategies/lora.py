@@ -39,6 +39,7 @@ class LoRA(Strategy):
     name = "lora"
     label = "LoRA"
     use_dora = False
+    takes_lora_settings = True
 
     def __init__(self, rank: int | None = None, alpha: int | None = None):
         self.rank, self.alpha = rank, alpha
@@ -116,6 +117,7 @@ class QLoRA(LoRA):
     name = "qlora"
     label = "QLoRA (4-bit)"
     needs_cuda = True
+    loads_4bit_base = True
 
     def apply(self, model, spec, tokenizer=None):
         if not torch.cuda.is_available():

@@ -88,14 +88,14 @@ def load_for_training(config: TrainConfig, device: torch.device):
         return load_baseline(config, device)
     from captionlab.models.loading import load_model
     from captionlab.models.registry import get_model_spec
-    from captionlab.strategies import get_strategy
+    from captionlab.strategies import STRATEGIES, get_strategy
 
     spec = get_model_spec(config.model)
     settings = {}
-    if config.strategy in ("lora", "dora", "qlora"):
+    if config.strategy in STRATEGIES and STRATEGIES[config.strategy].takes_lora_settings:
         settings = {"rank": config.lora_rank, "alpha": config.lora_alpha}
     strategy = get_strategy(config.strategy, **settings)
-    loaded = load_model(spec, device=device, load_in_4bit=config.strategy == "qlora")
+    loaded = load_model(spec, device=device, load_in_4bit=strategy.loads_4bit_base)
     torch.manual_seed(config.seed)
     loaded.model = strategy.apply(loaded.model, spec, loaded.tokenizer)
     loaded.model.train()
