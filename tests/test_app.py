@@ -142,20 +142,50 @@ def test_bad_uploads_get_a_clear_message(tmp_path):
 
 
 class FakePool:
-    """Captions with zero-shot only, the batch in 30 ms, without any model."""
+    """Captions with zero-shot only, the batch in 30 ms, without any model; `cut`: the captions cut at the token
+    limit; `load_seconds`: what the first call spends loading (later calls load nothing)."""
 
-    load_seconds = 0.0
+    def __init__(self, cut: list[bool] | None = None, load_seconds: float = 0.0):
+        self.cut, self.load_seconds, self.loaded = cut, load_seconds, False
 
-    def caption(self, images):
-        return {"zero_shot": [f"caption {i}" for i in range(len(images))]}, {"zero_shot": 30.0 / len(images)}, {}
+    def caption_details(self, images):
+        from captionlab.service.compare import Captioned
+
+        loaded_now, self.loaded = not self.loaded, True
+        return Captioned(captions={"zero_shot": [f"caption {i}" for i in range(len(images))]},
+                         latency={"zero_shot": 30.0 / len(images)},
+                         cut={"zero_shot": self.cut} if self.cut is not None else {},
+                         load_seconds=self.load_seconds if loaded_now else 0.0)
 
 
-def compare_without_models(monkeypatch, tmp_path, files, references=None):
+def compare_without_models(monkeypatch, tmp_path, files, references=None, pool=None):
     from captionlab.service import compare
     from captionlab.service.settings import settings_for
 
-    monkeypatch.setattr(compare, "get_pool", lambda settings: FakePool())
+    pool = pool or FakePool()
+    monkeypatch.setattr(compare, "get_pool", lambda settings: pool)
     return compare.compare_images(settings_for(str(tmp_path / "no-model")), files, references, score=False)
+
+
+def test_captions_cut_at_the_token_limit_are_marked_and_explained(home, tmp_path, monkeypatch):
+    from captionlab.ui.compare_tab import _table
+
+    files = [str(write_png(tmp_path / f"{name}.png")) for name in ("one", "two")]
+    result = compare_without_models(monkeypatch, tmp_path, files, pool=FakePool(cut=[True, False]))
+    captions = list(_table(result)["Caption"])
+    assert captions[0] == "caption 0 [cut]"  # unfinished: marked where it is read
+    assert "caption 1" in captions and "caption 1 [cut]" not in captions
+    (note,) = [n for n in result.notes if n.startswith("[cut]")]
+    assert "Zero-shot" in note and "40 new tokens" in note and "--max-new-tokens" in note
+
+
+def test_model_loading_time_is_noted_only_on_the_request_that_loaded(home, tmp_path, monkeypatch):
+    files = [str(write_png(tmp_path / "one.png"))]
+    pool = FakePool(load_seconds=28.6)
+    first = compare_without_models(monkeypatch, tmp_path, files, pool=pool)
+    second = compare_without_models(monkeypatch, tmp_path, files, pool=pool)
+    assert any("28.6 s" in note for note in first.notes)
+    assert not any("loaded" in note for note in second.notes)  # it did not wait for any loading
 
 
 def test_uploads_sharing_a_file_name_get_distinct_labels(home, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from captionlab.service.settings import AppSettings
 
 ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, without importing torch
 LATENCY_LABEL = "ms per image (batch mean)"  # the latency column: a batch's time over its images, not one image's
+CUT_MARK = "[cut]"  # after a caption that reached max_new_tokens unfinished (table) and before the note saying so
 MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
 
 
@@ -252,9 +253,15 @@ class CaptionerPool:
 
     def caption(self, images: list) -> tuple[dict[str, list[str]], dict[str, float], dict[str, str]]:
         """(captions per key, milliseconds per image per key, error per key) for `images`."""
+        done = self.caption_details(images)
+        return done.captions, done.latency, done.errors
+
+    def caption_details(self, images: list) -> "Captioned":
+        """What `caption` returns, plus which captions hit the token limit and whether this call loaded the models."""
         with self.lock:
+            loaded_now = self.captioners is None
             captioners = self.load()
-            captions, latency, errors = {}, {}, dict(self.load_errors)
+            done = Captioned(errors=dict(self.load_errors), load_seconds=self.load_seconds if loaded_now else 0.0)
             from captionlab.models.vision_sharing import shared_vision_passes
 
             # every LLaVA captioner's vision tower is frozen and equal: one tower pass per image for all of them
@@ -263,12 +270,27 @@ class CaptionerPool:
                 for key, captioner in captioners.items():
                     started = time.perf_counter()
                     try:
-                        captions[key] = list(captioner.caption(images))
+                        done.captions[key] = list(captioner.caption(images))
                     except Exception as exc:
-                        errors[key] = f"captioning failed: {type(exc).__name__}: {exc}"
+                        done.errors[key] = f"captioning failed: {type(exc).__name__}: {exc}"
                         continue
-                    latency[key] = (time.perf_counter() - started) * 1000 / max(1, len(images))
-            return captions, latency, errors
+                    done.latency[key] = (time.perf_counter() - started) * 1000 / max(1, len(images))
+                    cut = getattr(captioner, "last_cut", None)  # LLaVA captioners keep it; the baseline does not
+                    if cut is not None and len(cut) == len(images):
+                        done.cut[key] = [bool(flag) for flag in cut]
+            return done
+
+
+@dataclass
+class Captioned:
+    """One `CaptionerPool.caption_details` call: captions, ms per image and errors per key; `cut`: per key, which
+    captions used all max_new_tokens unfinished; `load_seconds`: the model loading this call did (0: loaded before)."""
+
+    captions: dict[str, list[str]] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    cut: dict[str, list[bool]] = field(default_factory=dict)
+    load_seconds: float = 0.0
 
 
 _pools: dict[AppSettings, CaptionerPool] = {}
@@ -315,12 +337,17 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
         raise ImageError("; ".join(errors))
     names = image_labels([files[index] for index in kept])
     kept_refs = [references[index] if references is not None and index < len(references) else None for index in kept]
-    pool = get_pool(settings)
-    captions, latency, errors_by_key = pool.caption(images)
+    done = get_pool(settings).caption_details(images)
+    captions, latency, errors_by_key = done.captions, done.latency, done.errors
     result = CompareResult(names=names, captions=captions, rows=[], skipped=list(errors),
                            files=[str(files[index]) for index in kept])
-    if pool.load_seconds and captions:
-        result.notes.append(f"models loaded in {pool.load_seconds:.1f} s (once per app start)")
+    if done.load_seconds and captions:  # only on the request that loaded them: later ones did not wait for it
+        result.notes.append(f"this request first loaded the models: {done.load_seconds:.1f} s (once per app start)")
+    cut_labels = [strategy_label(key) for key in COMPARE_ORDER if any(done.cut.get(key, []))]
+    if cut_labels:
+        result.notes.append(f"{CUT_MARK} {', '.join(cut_labels)}: caption(s) used all {settings.max_new_tokens} new "
+                            f"tokens unfinished and were cut there (so their word counts are short); the app's "
+                            f"--max-new-tokens sets the limit")
     if len(images) > 1 and captions:
         result.notes.append(batch_latency_note(len(images)))
     scores: dict[str, dict[str, list]] = {}
@@ -335,10 +362,11 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
             result.references[name] = list(kept_refs[index])
         for slot in slots:
             row = {"image": name, "key": slot.key, "strategy": slot.label, "caption": "", "words": None,
-                   "latency_ms": None, "CIDEr": None, "CLIP-S": None}
+                   "latency_ms": None, "CIDEr": None, "CLIP-S": None, "cut": False}
             if slot.key in captions:
                 text = captions[slot.key][index]
-                row.update(caption=text, words=len(text.split()), latency_ms=round(latency[slot.key], 1))
+                cut = done.cut.get(slot.key, [False] * len(names))[index]
+                row.update(caption=text, words=len(text.split()), latency_ms=round(latency[slot.key], 1), cut=cut)
                 for metric, digits in (("CIDEr", 1), ("CLIP-S", 3)):  # as the paper prints them
                     values = scores.get(metric, {}).get(slot.key)
                     row[metric] = None if values is None or values[index] is None else round(values[index], digits)

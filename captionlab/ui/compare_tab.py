@@ -25,9 +25,15 @@ def _strategies_markdown(settings: AppSettings) -> str:
     return "\n".join(lines)
 
 
+def _cell(row: dict, column: str):
+    if column == "caption" and row.get("cut"):  # unfinished at the token limit: say so where it is read
+        return f"{row['caption']} {compare.CUT_MARK}"
+    return row[column]
+
+
 def _table(result: compare.CompareResult | None) -> pd.DataFrame:
     rows = result.rows if result else []
-    return pd.DataFrame([[r[c] for c in TABLE_COLUMNS] for r in rows], columns=TABLE_HEADERS)
+    return pd.DataFrame([[_cell(r, c) for c in TABLE_COLUMNS] for r in rows], columns=TABLE_HEADERS)
 
 
 def _references_markdown(result: compare.CompareResult) -> str:
