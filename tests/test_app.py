@@ -428,6 +428,46 @@ def test_an_unreadable_results_source_is_named_and_the_other_kept(home, monkeypa
     assert problems == ["your results are unavailable: OSError: database disk image is malformed"]
 
 
+def benchmarks_tab(tmp_path):
+    """The Benchmarks tab built as the app builds it: (components by elem_id, callbacks by function name)."""
+    import gradio as gr
+
+    from captionlab.service.settings import settings_for
+    from captionlab.ui.benchmarks_tab import create_benchmarks_tab
+
+    with gr.Blocks() as demo:
+        create_benchmarks_tab(settings_for(str(tmp_path / "no-model"), str(tmp_path / "none")))
+    components = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    callbacks = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn is not None}
+    return components, callbacks
+
+
+def test_evaluation_limit_starts_empty_and_empty_means_the_whole_split(home, tmp_path):
+    from captionlab.service.jobs import validate_evaluation
+
+    limit = benchmarks_tab(tmp_path)[0]["bench-eval-limit"]
+    # a gr.Number drawn empty shows 0 in the browser and submits it, which the job refuses (at least 1)
+    assert not isinstance(limit, __import__("gradio").Number)
+    assert limit.value == "" and validate_evaluation("zero_shot", "coco", None, limit.preprocess(""))[3] is None
+
+
+def test_drilldown_of_a_paper_row_and_no_jobs_keep_their_column_names(home, tmp_path):
+    import gradio as gr
+
+    from captionlab.service import benchmarks
+    from captionlab.service.catalog import PAPER_TABLES
+
+    components, callbacks = benchmarks_tab(tmp_path)
+    _, _, keys = benchmarks.table_rows(benchmarks.paper_rows(), PAPER_TABLES[list(PAPER_TABLES)[0]])
+    row = next(i for i, k in enumerate(keys) if k["strategy"] == "zero_shot")
+    event = gr.SelectData(None, {"index": [row, 6], "value": "", "selected": True})
+    title, frame = callbacks["on_select"](event, list(PAPER_TABLES)[0], keys)
+    assert list(frame.columns) == ["image", "caption", "references"]  # not gradio's 1, 2, 3 of a column-less frame
+    assert "Zero-shot" in title and "publishes corpus scores only" in title  # the table's label, not zero_shot
+    assert list(callbacks["_jobs_frame"]().columns) == ["job", "state", "last log line"]
+    assert list(components["bench-jobs"].value["headers"]) == ["job", "state", "last log line"]
+
+
 def test_fig2_and_tradeoff_data_from_the_paper():
     from captionlab.service.benchmarks import cider_series, generalisation_points, paper_rows
     from captionlab.ui import charts

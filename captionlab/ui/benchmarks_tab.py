@@ -10,6 +10,18 @@ from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
 
 SOURCES = {"Yours and the paper's": ("yours", "paper"), "The paper's": ("paper",), "Yours": ("yours",)}
+DRILL_COLUMNS = ["image", "caption", "references"]
+JOB_COLUMNS = ["job", "state", "last log line"]  # captionlab.service.jobs.list_jobs's keys
+
+
+def _frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
+    """`records` as a table; with none, an empty table that keeps its column names (an empty DataFrame without
+    columns is drawn by gradio with headers 1, 2, 3)."""
+    return pd.DataFrame(records) if records else pd.DataFrame(columns=columns)
+
+
+def _jobs_frame() -> pd.DataFrame:
+    return _frame(jobs.list_jobs(), JOB_COLUMNS)
 
 
 def _load_rows(settings: AppSettings) -> tuple[list[dict], str]:
@@ -39,7 +51,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     keys = gr.State([])
     with gr.Accordion("Per-image drill-down", open=True):
         drill_note = gr.Markdown("*Click a row of your results above.*")
-        drill = gr.Dataframe(pd.DataFrame(columns=["image", "caption", "references"]), interactive=False, wrap=True,
+        drill = gr.Dataframe(_frame([], DRILL_COLUMNS), interactive=False, wrap=True,
                              max_height=400, elem_id="bench-drill")
     with gr.Row():
         fig2 = gr.Plot(label="CIDEr per dataset (Fig. 2)", elem_id="bench-fig2")
@@ -52,12 +64,14 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
             eval_dataset = gr.Dropdown(DATASETS, value="coco", label="Dataset", allow_custom_value=True)
             eval_checkpoint = gr.Textbox(
                 "", label="Checkpoint: run id (or its start), run folder or artifact (empty: zero-shot)")
-            eval_limit = gr.Number(None, label="Only the first N images (empty: all)", precision=0)
+            # a Textbox, not a Number: gradio draws an empty Number as 0, which the job refuses ("at least 1")
+            eval_limit = gr.Textbox("", label="Only the first N images (empty: all)", elem_id="bench-eval-limit")
         with gr.Row():
             eval_button = gr.Button("Start evaluation job", variant="primary")
             jobs_button = gr.Button("Refresh jobs")
         eval_message = gr.Markdown()
-        eval_jobs = gr.Dataframe(interactive=False, wrap=True, label="Evaluation jobs")
+        eval_jobs = gr.Dataframe(_frame([], JOB_COLUMNS), interactive=False, wrap=True,
+                                 label="Evaluation jobs (newest first; Refresh jobs updates them)", elem_id="bench-jobs")
 
     def show(table_name: str, source_name: str):
         rows, message = _load_rows(settings)
@@ -80,15 +94,15 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         dataset = benchmarks.dataset_for_column(column, datasets)
         chosen = line["rows"].get(dataset) or next(iter(line["rows"].values()), None)
         if chosen is None:
-            return "*Nothing evaluated for this row.*", pd.DataFrame()
+            return "*Nothing evaluated for this row.*", _frame([], DRILL_COLUMNS)
         records, where = benchmarks.drilldown(chosen)
-        title = f"**{line['model']} · {chosen['strategy']} · {chosen['dataset']}** — {where}"
-        return title, pd.DataFrame(records)
+        title = f"**{line['model']} · {strategy_label(chosen['strategy'])} · {chosen['dataset']}** — {where}"
+        return title, _frame(records, DRILL_COLUMNS)
 
     def on_evaluate(strategy: str, dataset: str, checkpoint: str, limit):
         message = jobs.start_evaluation(settings, (strategy or "").strip(), (dataset or "").strip(),
                                         (checkpoint or "").strip() or None, limit)
-        return message, pd.DataFrame(jobs.list_jobs())
+        return message, _jobs_frame()
 
     outputs = [table, keys, notes, fig2, tradeoff]
     # triggers=None: on every page load and whenever the table or source choice changes.
@@ -97,4 +111,4 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     table.select(on_select, [table_choice, keys], [drill_note, drill], api_visibility="private")
     eval_button.click(on_evaluate, [eval_strategy, eval_dataset, eval_checkpoint, eval_limit],
                       [eval_message, eval_jobs], api_visibility="private")
-    jobs_button.click(lambda: pd.DataFrame(jobs.list_jobs()), None, eval_jobs, api_visibility="private")
+    jobs_button.click(_jobs_frame, None, eval_jobs, api_visibility="private")
