@@ -246,6 +246,25 @@ def test_form_defaults_are_the_papers():
     assert (defaults["lr_max"], defaults["lr_min"], defaults["batch_size"], defaults["epochs"]) == (0.02, 1e-5, 32, 4)
 
 
+def test_train_tab_names_the_recipe_its_form_starts_from_and_how_it_departs_from_the_paper(home, tmp_path):
+    import gradio as gr
+
+    from captionlab.ui.train_tab import _defaults_markdown
+
+    embedded = _defaults_markdown("embedded", "lora")  # lr_max 0.2 in the form: it must not pass for the paper's
+    assert "`embedded/lora`" in embedded and "max learning rate 0.2 (paper: 0.02)" in embedded
+    assert "micro-batch" not in embedded  # not a paper setting: it only splits the batch for memory
+    assert "the paper's settings" in _defaults_markdown("llava-1.5-7b", "lora")
+    from captionlab.service.settings import settings_for
+    from captionlab.ui.train_tab import create_train_tab
+
+    with gr.Blocks() as demo:
+        create_train_tab(settings_for(str(tmp_path / "no-model"), str(tmp_path / "none")))
+    texts = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
+    assert any("The form starts from the recipe" in text for text in texts)
+    assert not any("Defaults are the paper's" in text for text in texts)
+
+
 @pytest.mark.parametrize("changes, field", [
     ({"lr_max": -1}, "max learning rate"), ({"lr_min": 0.5}, "min learning rate"), ({"batch_size": 0}, "batch size"),
     ({"micro_batch_size": 64}, "micro-batch size"), ({"epochs": 1.5}, "epochs"), ({"gpus": 0}, "GPUs"),

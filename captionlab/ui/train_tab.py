@@ -76,6 +76,24 @@ def _stats_markdown(view: runs.RunView) -> str:
     return "\n\n".join(lines)
 
 
+def _defaults_markdown(model: str, strategy: str) -> str:
+    """Where the form's values come from: the recipe it starts from, and how that recipe departs from the paper."""
+    recipe = runs.recipe_for(model, strategy)
+    values = runs.form_defaults(model, strategy)
+    if recipe is None:
+        return "*The form starts from the paper's settings (no recipe for this model and strategy).*"
+    labels = {key: label for key, label, _ in runs.FORM_FIELDS}
+    differs = [f"{labels[key]} {_shown(values[key])} (paper: {_shown(runs.PAPER_DEFAULTS[key])})"
+               for key in labels if key != "micro_batch_size" and values[key] != runs.PAPER_DEFAULTS[key]]
+    # (the micro-batch only splits the batch for memory: the paper does not set it, and the updates are the same)
+    text = f"*The form starts from the recipe `{recipe}` (`train/recipes/{recipe}.yaml`)"
+    return text + (f"; it departs from the paper in: {', '.join(differs)}.*" if differs else ", the paper's settings.*")
+
+
+def _shown(value) -> str:
+    return "all" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _optional(value) -> str:
     return "" if value is None else str(value)
 
@@ -95,9 +113,10 @@ def create_train_tab(settings: AppSettings) -> None:
     default_model = settings.model
     defaults = runs.form_defaults(default_model, "lora")
 
-    gr.Markdown("Fine-tune a model with one personalization strategy. Defaults are the paper's (SGD, cosine "
-                "schedule 2e-2 → 1e-5, batch 32 by gradient accumulation, 4 epochs, best checkpoint by validation "
-                "loss). The run is its own process: it keeps going if you close this page.")
+    gr.Markdown("Fine-tune a model with one personalization strategy. The paper's recipe: SGD, cosine schedule "
+                "2e-2 → 1e-5, batch 32 by gradient accumulation, 4 epochs, best checkpoint by validation loss; the "
+                "form starts from this model's recipe for the strategy (named below the fields). The run is its own "
+                "process: it keeps going if you close this page.")
     with gr.Row():
         model = gr.Dropdown(runs.model_choices(default_model), value=default_model, label="Model",
                             allow_custom_value=True, elem_id="train-model")
@@ -115,6 +134,7 @@ def create_train_tab(settings: AppSettings) -> None:
                 fields[key] = gr.Textbox(_optional(defaults[key]), label=f"{label} (empty: all)", elem_id=elem_id)
             else:
                 fields[key] = _number_field(defaults[key], label, elem_id)
+    defaults_note = gr.Markdown(_defaults_markdown(default_model, "lora"), elem_id="train-defaults")
     with gr.Row():
         preview_button = gr.Button("Preview command")
         launch_button = gr.Button("Launch training", variant="primary", elem_id="train-launch")
@@ -164,9 +184,10 @@ def create_train_tab(settings: AppSettings) -> None:
         return f"✅ Started **{new_id}**", line, new_id
 
     def on_defaults(model_value, strategy_value):
-        values = runs.form_defaults(model_value or default_model, strategy_value or "lora")
+        model_value, strategy_value = model_value or default_model, strategy_value or "lora"
+        values = runs.form_defaults(model_value, strategy_value)
         return [_optional(values[key]) if runs.PAPER_DEFAULTS[key] is None else values[key]
-                for key, _, _ in runs.FORM_FIELDS]
+                for key, _, _ in runs.FORM_FIELDS] + [_defaults_markdown(model_value, strategy_value)]
 
     def refresh(current: str):
         all_runs = runs.list_runs()
@@ -208,7 +229,8 @@ def create_train_tab(settings: AppSettings) -> None:
     preview_button.click(on_preview, form_inputs, [form_message, command], api_visibility="private")
     launch_button.click(on_launch, form_inputs, [form_message, command, run_id], api_visibility="private").then(
         refresh, run_id, watch_outputs, api_visibility="private")
-    gr.on([model.change, strategy.change], on_defaults, [model, strategy], field_list, api_visibility="private")
+    gr.on([model.change, strategy.change], on_defaults, [model, strategy], [*field_list, defaults_note],
+          api_visibility="private")
     runs_table.select(on_pick, runs_table, run_id, api_visibility="private").then(
         refresh, run_id, watch_outputs, api_visibility="private")
     stop_button.click(on_stop, run_id, form_message, api_visibility="private").then(
