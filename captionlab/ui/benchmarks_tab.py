@@ -70,8 +70,8 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
             eval_button = gr.Button("Start evaluation job", variant="primary")
             jobs_button = gr.Button("Refresh jobs")
         eval_message = gr.Markdown()
-        eval_jobs = gr.Dataframe(_frame([], JOB_COLUMNS), interactive=False, wrap=True,
-                                 label="Evaluation jobs (newest first; Refresh jobs updates them)", elem_id="bench-jobs")
+        eval_jobs = gr.Dataframe(_frame([], JOB_COLUMNS), interactive=False, wrap=True, elem_id="bench-jobs",
+                                 label="Evaluation jobs (newest first; Refresh jobs updates them)")
 
     def show(table_name: str, source_name: str):
         rows, message = _load_rows(settings)
