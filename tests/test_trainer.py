@@ -381,3 +381,26 @@ def test_a_configs_lora_rank_and_alpha_reach_the_low_rank_strategies(tiny_llava_
     loaded, built = load_for_training(config, torch.device("cpu"))
     adapter = loaded.model.peft_config[built.adapter_name]
     assert (built.rank, built.alpha, adapter.r, adapter.lora_alpha) == (3, 5, 3, 5)
+
+
+def test_a_starting_run_says_what_it_prepares_before_its_first_step(tmp_path, tiny_llava_dir, tiny_world, monkeypatch):
+    """A queued run's status names the model load and the dataset read (a first-use world takes a while), not
+    the launcher's 'launching' until the first step."""
+    from captionlab.training import trainer as trainer_module
+
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="lora")
+    run = RunFolder(run_dir)
+    run.write_status(state="queued", message="launching")
+    seen = []
+    for name in ("load_for_training", "load_split"):
+        real = getattr(trainer_module, name)
+
+        def spy(*args, _real=real, **kwargs):
+            seen.append(run.read_status()["message"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, name, spy)
+    trainer_module.Trainer(run_dir, resume=False).close()
+    assert seen[0].startswith("loading ") and seen[0].endswith(" for lora")
+    assert seen[1].startswith("reading dataset ") and "first use" in seen[1] and seen[2] == seen[1]
+    assert run.read_status()["state"] == "queued"

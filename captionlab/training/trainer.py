@@ -129,6 +129,7 @@ class Trainer:
                                        fsdp_plugin=plugin, mixed_precision="bf16" if self.fsdp and not cpu else None)
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self._say_preparing(f"loading {self.config.model} for {self.config.strategy}")
         self.loaded, self.strategy = load_for_training(self.config, self.accelerator.device)
         if self.fsdp:
             self._shard(plugin)
@@ -138,6 +139,8 @@ class Trainer:
             self.optimizer = self._make_optimizer()
             self.model = self.accelerator.prepare_model(self.loaded.model)
         self.names = {id(p): n for n, p in self.params.items()}
+        self._say_preparing(f"reading dataset {self.config.dataset} (the embedded world is generated on first use, "
+                            "under a minute)")
         self.train_records = load_split(self.config, self.config.train_split, self.config.max_train_images)
         self.val_records = load_split(self.config, self.config.val_split, self.config.max_val_images)
         # steps per epoch, from each epoch's own split (image_captions steps hold whole images, so the
@@ -395,6 +398,12 @@ class Trainer:
             del batches
         self.model.train()
         return self._global_sum(loss_sum) / max(1.0, self._global_sum(tokens))
+
+    def _say_preparing(self, what: str) -> None:
+        """What a run still queued is doing before its first step, for the Train tab and `train runs` (the
+        launcher's 'launching' otherwise stays up through the model load and a first-use world)."""
+        if self.main and not self.run.read_status().get("state") == "running":
+            self.run.write_status(message=what)
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self) -> str:
