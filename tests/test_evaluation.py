@@ -12,6 +12,7 @@ from PIL import Image
 
 from captionlab.data.records import CaptionRecord
 from captionlab.evaluation import evaluator as ev
+from captionlab.evaluation import targets
 from captionlab.evaluation.generation import (GenerationError, generate_predictions, read_predictions)
 from captionlab.evaluation.results import list_results, load_results_json
 
@@ -255,7 +256,7 @@ def test_clip_score_unavailable_is_reported_with_a_reason(tmp_path, monkeypatch)
 
 
 def test_checkpoint_resolution(tmp_path):
-    target = ev.ModelTarget(label="m", embedded=False)
+    target = targets.ModelTarget(label="m", embedded=False)
     run = tmp_path / "run"
     artifact = run / "best" / "artifact"
     artifact.mkdir(parents=True)
@@ -263,17 +264,17 @@ def test_checkpoint_resolution(tmp_path):
     (run / "last" / "artifact").mkdir(parents=True)
     (run / "last" / "artifact" / "strategy.json").write_text(json.dumps({"strategy": "lora"}))
     (run / "last" / "COMPLETE").write_text("")
-    assert ev.resolve_checkpoint(target, "lora", run) == (run / "last" / "artifact").resolve()  # best incomplete
+    assert targets.resolve_checkpoint(target, "lora", run) == (run / "last" / "artifact").resolve()  # best incomplete
     (run / "best" / "COMPLETE").write_text("")
-    assert ev.resolve_checkpoint(target, "lora", run) == artifact.resolve()
-    assert ev.resolve_checkpoint(target, "lora", artifact) == artifact.resolve()
-    with pytest.raises(ev.EvaluationError, match="'lora' artifact"):
-        ev.resolve_checkpoint(target, "dora", run)
-    with pytest.raises(ev.EvaluationError, match=str(tmp_path / "nowhere")):
-        ev.resolve_checkpoint(target, "lora", tmp_path / "nowhere")
-    with pytest.raises(ev.EvaluationError, match="--checkpoint"):
-        ev.resolve_checkpoint(target, "lora", None)
-    assert ev.resolve_checkpoint(target, "zero_shot", None) is None
+    assert targets.resolve_checkpoint(target, "lora", run) == artifact.resolve()
+    assert targets.resolve_checkpoint(target, "lora", artifact) == artifact.resolve()
+    with pytest.raises(targets.EvaluationError, match="'lora' artifact"):
+        targets.resolve_checkpoint(target, "dora", run)
+    with pytest.raises(targets.EvaluationError, match=str(tmp_path / "nowhere")):
+        targets.resolve_checkpoint(target, "lora", tmp_path / "nowhere")
+    with pytest.raises(targets.EvaluationError, match="--checkpoint"):
+        targets.resolve_checkpoint(target, "lora", None)
+    assert targets.resolve_checkpoint(target, "zero_shot", None) is None
 
 
 def test_a_checkpoint_may_be_a_unique_prefix_of_a_run_id(tmp_path, monkeypatch):
@@ -281,7 +282,7 @@ def test_a_checkpoint_may_be_a_unique_prefix_of_a_run_id(tmp_path, monkeypatch):
     from captionlab.training import runs_db
 
     monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
-    target = ev.ModelTarget(label="m", embedded=False)
+    target = targets.ModelTarget(label="m", embedded=False)
     artifacts = {}
     for run_id in ("launched-20250101-000000", "lora-a-1", "lora-a-2"):
         run = tmp_path / "elsewhere" / run_id
@@ -290,12 +291,12 @@ def test_a_checkpoint_may_be_a_unique_prefix_of_a_run_id(tmp_path, monkeypatch):
         (artifacts[run_id] / "strategy.json").write_text(json.dumps({"strategy": "lora"}))
         (run / "best" / "COMPLETE").write_text("")
         runs_db.register_run(run_id, name=run_id, run_dir=run)
-    assert ev.resolve_checkpoint(target, "lora", "launched") == artifacts["launched-20250101-000000"].resolve()
-    assert ev.resolve_checkpoint(target, "lora", "lora-a-1") == artifacts["lora-a-1"].resolve()
-    with pytest.raises(ev.EvaluationError, match="'lora-a' matches 2 runs: .*lora-a-.*lora-a-"):
-        ev.resolve_checkpoint(target, "lora", "lora-a")
-    with pytest.raises(ev.EvaluationError, match="checkpoint not found"):
-        ev.resolve_checkpoint(target, "lora", "nothing-like-it")
+    assert targets.resolve_checkpoint(target, "lora", "launched") == artifacts["launched-20250101-000000"].resolve()
+    assert targets.resolve_checkpoint(target, "lora", "lora-a-1") == artifacts["lora-a-1"].resolve()
+    with pytest.raises(targets.EvaluationError, match="'lora-a' matches 2 runs: .*lora-a-.*lora-a-"):
+        targets.resolve_checkpoint(target, "lora", "lora-a")
+    with pytest.raises(targets.EvaluationError, match="checkpoint not found"):
+        targets.resolve_checkpoint(target, "lora", "nothing-like-it")
 
 
 def test_each_checkpoint_is_evaluated_into_its_own_folder(tmp_path, monkeypatch):
@@ -303,7 +304,7 @@ def test_each_checkpoint_is_evaluated_into_its_own_folder(tmp_path, monkeypatch)
     monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
     annotations = _karpathy(tmp_path)
     stub = FixedCaptioner({(40, 30): "a red box", (30, 40): "blue cups", (50, 50): "a square", (60, 30): "a tree"})
-    shipped = ev._embedded_dir() / "strategies" / "lora"
+    shipped = targets._embedded_dir() / "strategies" / "lora"
     run_artifact = tmp_path / "home" / "runs" / "lora-20250101-000000" / "best" / "artifact"
     run_artifact.mkdir(parents=True)
     other = tmp_path / "elsewhere" / "lora"
@@ -326,13 +327,13 @@ def test_each_checkpoint_is_evaluated_into_its_own_folder(tmp_path, monkeypatch)
 
 def test_a_missing_embedded_checkpoint_gets_advice_that_holds(tmp_path, monkeypatch):
     """The zoo builds the study's five strategies on the CPU; QLoRA is not one of them (it needs CUDA)."""
-    monkeypatch.setattr(ev, "_embedded_dir", lambda: tmp_path / "embedded")  # nothing shipped
-    target = ev.ModelTarget(label="embedded", embedded=True)
-    with pytest.raises(ev.EvaluationError) as lora:
-        ev.resolve_checkpoint(target, "lora", None)
+    monkeypatch.setattr(targets, "_embedded_dir", lambda: tmp_path / "embedded")  # nothing shipped
+    target = targets.ModelTarget(label="embedded", embedded=True)
+    with pytest.raises(targets.EvaluationError) as lora:
+        targets.resolve_checkpoint(target, "lora", None)
     assert "build the embedded study with `python -m train zoo`" in str(lora.value)
-    with pytest.raises(ev.EvaluationError) as qlora:
-        ev.resolve_checkpoint(target, "qlora", None)
+    with pytest.raises(targets.EvaluationError) as qlora:
+        targets.resolve_checkpoint(target, "qlora", None)
     message = str(qlora.value)
     assert "build the embedded study" not in message and "CUDA GPU with bitsandbytes" in message
     assert "`python -m train run --recipe embedded/lora strategy=qlora device=cuda`" in message

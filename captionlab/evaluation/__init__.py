@@ -6,6 +6,10 @@
 - `clipscore`: CLIP-S and RefCLIP-S (Hessel et al., 2021) behind a small encoder interface.
 - `results`: every evaluation as a row in the SQLite database, plus an atomic `results.json`.
 - `reference_data`: the paper's published Tables 1-4, shipped in `reference/`.
+- `targets`: what is evaluated: the model and the strategy's checkpoint (run folder, run id,
+  artifact, or the embedded study's shipped ones), resolved before anything is loaded.
+- `evaluator`: runs one evaluation (or a grid of them) on what `targets` resolved: captions
+  (`generation`), metrics, CLIP-Score, and the results store.
 
 Importing this package is cheap; the submodules import torch / pycocoevalcap where needed.
 """

@@ -6,11 +6,10 @@
     evaluate_grid("embedded", datasets=["coco", "nocaps"])   # every strategy x every dataset
 
 What is evaluated:
-- the Captioner: zero-shot needs no checkpoint; every other strategy needs its artifact, given as
-  a run folder (its `best/artifact/`, else `last/artifact/`), a run id (or a unique prefix of one),
-  an artifact folder, or a checkpoints folder holding `strategies/<key>/`; for the embedded model
-  the shipped `checkpoints/embedded/strategies/<key>/` is used when none is given. The CLIP-Captioner
-  baseline is `strategy="clip_captioner"` with its folder as the checkpoint.
+- the Captioner: the model and its strategy's checkpoint (a run folder, a run id, an artifact or
+  checkpoints folder; none for zero-shot; the shipped ones for the embedded model), resolved by
+  `captionlab.evaluation.targets`, which says how. The CLIP-Captioner baseline is
+  `strategy="clip_captioner"` with its folder as the checkpoint.
 - the dataset: a config name or `FORMAT:PATH` (`captionlab.data.datasets.resolve_dataset`); the
   split defaults to the config's, then `test` for COCO Karpathy, else every record.
 
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -43,19 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from captionlab import paths
+# What is evaluated (model, checkpoint) is resolved in `targets`; EvaluationError, raised there
+# first, is this module's error too (callers import it from either).
+from captionlab.evaluation.targets import (CLIP_CAPTIONER, EMBEDDED_MODEL, EvaluationError, ModelTarget,
+                                           discover_checkpoint, is_embedded_model, is_shipped_checkpoint,
+                                           resolve_checkpoint, resolve_model)
 
-EMBEDDED_MODEL = "embedded"
-CLIP_CAPTIONER = "clip_captioner"
 CLIP_CAPTIONER_LABEL = "CLIP-Captioner"
 # The metrics an evaluation reports, under the names the paper's tables and the results store use.
 REPORTED_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CLIP-Score")
 PREDICTIONS_NAME = "predictions.jsonl"
-ARTIFACT_CARD = "strategy.json"
 DEFAULT_DATASETS = ("coco", "nocaps", "cc3m", "vizwiz", "textcaps")
-
-
-class EvaluationError(Exception):
-    """An evaluation that cannot run as asked (model, checkpoint or dataset); the message says why."""
 
 
 @dataclass
@@ -111,224 +107,6 @@ class EvaluationResult:
             "predictions_path": str(self.predictions_path), "results_path": str(self.results_path),
             "result_id": self.result_id,
         }
-
-
-# --- what is evaluated ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelTarget:
-    """A resolved model: its label in results, whether it is the embedded one, and its spec."""
-
-    label: str
-    embedded: bool
-    spec: Any = None  # captionlab.models.registry.ModelSpec (None for the CLIP-Captioner)
-
-
-def _embedded_dir() -> Path:
-    return paths.CHECKPOINTS_DIR / EMBEDDED_MODEL
-
-
-def is_embedded_model(model: str | Path) -> bool:
-    text = str(model)
-    if text == EMBEDDED_MODEL:
-        return True
-    try:
-        return Path(text).expanduser().resolve() == (_embedded_dir() / "base").resolve()
-    except OSError:
-        return False
-
-
-def resolve_model(model: str | Path, *, need_weights: bool = True) -> ModelTarget:
-    """The model's spec (and, with `need_weights`, a check that its weights are on this machine)."""
-    from captionlab.models.registry import ModelNotFoundError, get_model_spec, list_models
-
-    text = str(model)
-    embedded = is_embedded_model(text)
-    source: str | Path = text
-    if text == EMBEDDED_MODEL and EMBEDDED_MODEL not in list_models():
-        source = _embedded_dir() / "base"
-        if not (source / "config.json").is_file():
-            raise EvaluationError(f"the embedded model is not built yet ({source} is missing): "
-                                  "run `python -m train zoo` to build the embedded study")
-    try:
-        spec = get_model_spec(source)
-        if need_weights:
-            from captionlab.models.loading import weights_folder
-
-            weights_folder(spec)
-    except ModelNotFoundError as exc:
-        raise EvaluationError(str(exc)) from None
-    if embedded:
-        label = EMBEDDED_MODEL
-    elif Path(text).expanduser().is_dir():
-        label = spec.name
-    else:
-        label = text
-    return ModelTarget(label=label, embedded=embedded, spec=spec)
-
-
-def _card_strategy(folder: Path) -> str | None:
-    card = folder / ARTIFACT_CARD
-    if not card.is_file():
-        return None
-    try:
-        return json.loads(card.read_text()).get("strategy")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-
-
-def _artifact_candidates(folder: Path, strategy: str) -> list[Path]:
-    """Where an artifact of `strategy` can be under `folder`, best first."""
-    from captionlab.training.run_folder import is_complete_checkpoint
-
-    runs = []
-    for sub in ("best", "last"):
-        if is_complete_checkpoint(folder / sub):
-            runs.append(folder / sub / "artifact")
-    runs += [folder / "best" / "artifact", folder / "last" / "artifact", folder / "artifact"]
-    nested = []
-    for parent in (folder / "strategies" / strategy, folder / strategy):
-        nested += [parent, parent / "best" / "artifact", parent / "last" / "artifact", parent / "artifact"]
-    return list(dict.fromkeys([folder, *runs, *nested]))
-
-
-def find_artifact(folder: str | Path, strategy: str) -> Path:
-    """The artifact folder of `strategy` in a run folder, artifact folder or checkpoints folder."""
-    folder = Path(folder).expanduser().resolve()
-    if not folder.exists():
-        raise EvaluationError(f"checkpoint not found: {folder}")
-    if not folder.is_dir():
-        raise EvaluationError(f"checkpoint is not a folder: {folder}")
-    others = []
-    for candidate in _artifact_candidates(folder, strategy):
-        found = _card_strategy(candidate)
-        if found == strategy:
-            return candidate
-        if found is not None:
-            others.append(f"{candidate} holds a {found!r} artifact")
-    if others:
-        raise EvaluationError(f"no {strategy!r} artifact in {folder}: {'; '.join(others)}")
-    raise EvaluationError(f"no {strategy!r} artifact in {folder} (looked for {ARTIFACT_CARD} in it, in "
-                          f"best/artifact/ and last/artifact/ of a run folder, and in strategies/{strategy}/)")
-
-
-def _checkpoint_path(checkpoint: str | Path) -> Path:
-    """A path, or a run id (or a unique prefix of one, as `runs show` takes) of the workspace's runs."""
-    path = Path(checkpoint).expanduser()
-    if path.exists():
-        return path.resolve()
-    if len(path.parts) == 1:
-        run = paths.runs_dir() / str(checkpoint)
-        if run.exists():
-            return run.resolve()
-        found = _registered_run(str(checkpoint))
-        if found is not None:
-            return found
-    raise EvaluationError(f"checkpoint not found: {path.resolve()} (give a run folder, a run id under "
-                          f"{paths.runs_dir()}, or an artifact folder)")
-
-
-def _registered_run(prefix: str) -> Path | None:
-    """The folder of the one registered run whose id starts with `prefix` (None if no run does)."""
-    from captionlab.training import runs_db
-
-    try:
-        run_dir = runs_db.find_run_dir(prefix)
-    except runs_db.AmbiguousRunError as exc:
-        raise EvaluationError(f"checkpoint {exc}: give more of the id") from None
-    return None if run_dir is None else run_dir.resolve()
-
-
-def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Path | None) -> Path | None:
-    """The artifact folder to load for `strategy` (None for zero-shot)."""
-    if strategy == "zero_shot":
-        if checkpoint is not None:
-            raise EvaluationError("zero_shot uses the base model as is: it takes no --checkpoint")
-        return None
-    if strategy == CLIP_CAPTIONER:
-        if checkpoint is not None:
-            return _checkpoint_path(checkpoint)
-        shipped = _embedded_dir() / CLIP_CAPTIONER
-        if target.embedded and shipped.is_dir():
-            return shipped
-        raise EvaluationError("the CLIP-Captioner needs its trained folder: pass --checkpoint FOLDER"
-                              + (f" (the embedded one, {shipped}, is not built: run `python -m train zoo`)"
-                                 if target.embedded else ""))
-    if checkpoint is not None:
-        return find_artifact(_checkpoint_path(checkpoint), strategy)
-    shipped = _embedded_dir() / "strategies" / strategy
-    if target.embedded:
-        if _card_strategy(shipped) == strategy:
-            return shipped
-        raise EvaluationError(f"no trained {strategy} checkpoint for the embedded model ({shipped} is missing): "
-                              f"pass --checkpoint RUN_OR_FOLDER, or {_how_to_train_embedded(strategy)}")
-    raise EvaluationError(f"strategy {strategy} needs a trained checkpoint: pass --checkpoint RUN_OR_FOLDER "
-                          f"(a run folder, a run id, or an artifact folder)")
-
-
-def _how_to_train_embedded(strategy: str) -> str:
-    """Advice that holds for `strategy`: the zoo rebuilds only the strategies the embedded study ships."""
-    from captionlab.strategies import STRATEGIES
-    from captionlab.zoo import PERSONALIZED
-
-    if strategy in PERSONALIZED:
-        return "build the embedded study with `python -m train zoo`"
-    command = f"python -m train run --recipe embedded/lora strategy={strategy}"
-    if getattr(STRATEGIES.get(strategy), "needs_cuda", False):  # QLoRA's 4-bit base: bitsandbytes, on CUDA only
-        return (f"train one on a CUDA GPU with bitsandbytes (which {strategy} needs, so `python -m train zoo`, "
-                f"on the CPU, never builds it): `{command} device=cuda`")
-    return f"train one with `{command}` (`python -m train zoo` does not build {strategy})"
-
-
-def discover_checkpoint(target: ModelTarget, strategy: str, checkpoints: str | Path | None = None,
-                        model_arg: str | None = None) -> tuple[Path | None, str | None]:
-    """(artifact, None) or (None, why there is none) for grid mode: a checkpoints folder
-    (`<dir>/strategies/<key>/` or `<dir>/<key>/`), the shipped embedded ones, then the newest
-    finished run of this model and strategy in the workspace."""
-    if strategy == "zero_shot":
-        return None, None
-    looked = []
-    if checkpoints is not None:
-        root = Path(checkpoints).expanduser().resolve()
-        names = [CLIP_CAPTIONER] if strategy == CLIP_CAPTIONER else [f"strategies/{strategy}", strategy]
-        for name in names:
-            folder = root / name
-            if folder.is_dir():
-                if strategy == CLIP_CAPTIONER:
-                    return folder, None
-                try:
-                    return find_artifact(folder, strategy), None
-                except EvaluationError as exc:
-                    looked.append(str(exc))
-        looked.append(f"nothing under {root}/{{{','.join(names)}}}")
-    if target.embedded:
-        try:
-            return resolve_checkpoint(target, strategy, None), None
-        except EvaluationError as exc:
-            looked.append(str(exc))
-    if strategy != CLIP_CAPTIONER:
-        run = _newest_finished_run({target.label, model_arg or target.label}, strategy)
-        if run is not None:
-            return run, None
-        looked.append(f"no finished {strategy} run of {target.label} in the workspace")
-    return None, "; ".join(looked)
-
-
-def _newest_finished_run(models: set[str], strategy: str) -> Path | None:
-    try:
-        from captionlab.training.runs_db import list_runs
-
-        runs = list_runs()
-    except Exception:  # no runs database yet, or an older one: nothing to find
-        return None
-    for run in runs:  # newest first
-        if run.get("strategy") == strategy and run.get("model") in models and run.get("state") == "finished":
-            try:
-                return find_artifact(run["run_dir"], strategy)
-            except EvaluationError:
-                continue
-    return None
 
 
 # --- captioners ----------------------------------------------------------------------------------
@@ -488,7 +266,7 @@ def checkpoint_folder_name(artifact: Path | None) -> str | None:
     if artifact is None:
         return None
     artifact = Path(artifact).expanduser().resolve()
-    if artifact.is_relative_to(_embedded_dir().resolve()):
+    if is_shipped_checkpoint(artifact):
         return None
     runs = paths.runs_dir().resolve()
     if artifact.is_relative_to(runs):
