@@ -329,3 +329,56 @@ def test_tokens_note_reports_agreement_without_claiming_a_cause():
     assert _tokens_note({"tokens_equal_plain": True}) == "tokens = plain generate's"
     note = _tokens_note({"tokens_equal_plain": False, "tokens_agreement": 0.25, "first_differing_token": 3})
     assert note == "tokens differ from plain generate's (25% of tokens equal, first difference at new token 3)"
+
+
+def _gpu_session_commands():
+    """Every `python3 -m bench.X ...` line of the one-command GPU scripts, as (script, module, argv)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("gpu_session.sh", "gpu_session_perf.sh"):
+        text = (root / "bench" / script).read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            found = re.search(r"python3 -m (bench\.\w+)(.*)", line.split("#", 1)[0])
+            if found:
+                args = re.split(r"\s(?:2>&1|\||>)", found.group(2))[0].replace('"$out"', "OUT").replace('"$@"', "")
+                yield script, found.group(1), shlex.split(args)
+
+
+@pytest.mark.parametrize("script, module, argv", list(_gpu_session_commands()),
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_the_gpu_session_scripts_call_the_bench_with_flags_and_names_it_knows(script, module, argv, monkeypatch):
+    """A lent GPU gives one 15-minute session: a misspelt flag, model or strategy in the one command would spend
+    it on an error. Each command's arguments go through its own parser (stopped right after parsing), and its model
+    and strategy names through the registry and the bench's list."""
+    import argparse
+    import importlib
+
+    from bench.common import TINY_MODELS
+    from captionlab.models.registry import get_model_spec
+
+    class Parsed(Exception):
+        pass
+
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(real_parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(Parsed) as parsed:
+        importlib.import_module(module).main(argv)
+    args = vars(parsed.value.args[0])
+    models = [m for key in ("models", "model") for m in (args.get(key) or "").split(",") if m]
+    if not models and module == "bench.run_all":
+        from bench.run_all import DEFAULT_MODELS
+
+        models = DEFAULT_MODELS["cuda"].split(",")
+    for model in models:
+        assert model in TINY_MODELS or get_model_spec(model)
+    for strategy in (args.get("strategies") or "").split(","):
+        assert not strategy or strategy in TRAIN_STRATEGIES, f"{script}: unknown strategy {strategy!r}"
+    for work in (args.get("works") or "").split(","):
+        assert not work or work in ("caption", "train"), f"{script}: unknown work {work!r}"
