@@ -436,7 +436,7 @@ def test_an_unreadable_results_source_is_named_and_the_other_kept(home, monkeypa
     """What the Benchmarks and Energy tabs show: a source that fails is said, never silently dropped."""
     from captionlab.service import benchmarks
 
-    def broken(checkpoints=None):
+    def broken(checkpoints=None, problems=None):
         raise OSError("database disk image is malformed")
 
     rows, problems = benchmarks.all_rows(None)
@@ -675,6 +675,24 @@ def test_shipped_results_are_read_with_their_predictions(home, tmp_path):
     assert found["origin"] == "shipped" and found["metrics"]["CIDEr"] == 42.0
     records, _ = benchmarks.drilldown(found)
     assert records == [{"image": "n1", "caption": "a crown on a lake", "CIDEr (image)": 42.0, "references": ""}]
+
+
+def test_a_damaged_shipped_results_file_is_named_and_the_rest_kept(home, tmp_path):
+    from captionlab.evaluation import results
+    from captionlab.service import benchmarks
+
+    shipped = tmp_path / "ckpt" / "results"
+    good = shipped / "lora" / "coco"
+    good.mkdir(parents=True)
+    results.write_results_json(good, results.ResultRow(model="embedded", strategy="lora", dataset="coco", split="test",
+                                                       metrics={"CIDEr": 80.0}, n_images=1))
+    (shipped / "dora" / "coco").mkdir(parents=True)
+    (shipped / "dora" / "coco" / results.RESULTS_JSON_NAME).write_text("{not json")
+    (shipped / "old.db").write_bytes(b"this is not an sqlite database" * 100)
+    rows, problems = benchmarks.all_rows(tmp_path / "ckpt")
+    assert [r["strategy"] for r in rows if r["source"] != "paper"] == ["lora"]
+    assert len(problems) == 2 and all(p.startswith("shipped results ") and " skipped: " in p for p in problems)
+    assert any("old.db" in p for p in problems) and any("dora" in p for p in problems)
 
 
 def test_a_run_launched_from_the_form_is_watched_from_its_folder(home):

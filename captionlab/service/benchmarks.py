@@ -34,14 +34,15 @@ def paper_rows() -> list[dict]:
     return [{"source": PAPER, **row} for row in paper_results()]
 
 
-def your_rows(checkpoints: Path | None = None) -> list[dict]:
+def your_rows(checkpoints: Path | None = None, problems: list[str] | None = None) -> list[dict]:
     """The newest evaluation of each (model, strategy, dataset, split, checkpoint, images), the
-    workspace's over the shipped ones; each row labelled (`label`) with what sets it apart."""
+    workspace's over the shipped ones; each row labelled (`label`) with what sets it apart. A shipped results
+    file that cannot be read is left out and, where `problems` is given, named there."""
     from captionlab.evaluation.results import list_results
 
     found: dict[tuple, dict] = {}
     workspace = [_row(r, "workspace", checkpoints) for r in reversed(list_results())]
-    for row in _shipped_results(checkpoints) + workspace:
+    for row in _shipped_results(checkpoints, problems if problems is not None else []) + workspace:
         found[_evaluated_thing(row)] = row  # oldest first: the newest wins, the workspace's over the shipped
     rows = list(found.values())
     _label(rows, checkpoints)
@@ -53,7 +54,8 @@ def all_rows(checkpoints: Path | None = None) -> tuple[list[dict], list[str]]:
     """The paper's rows and yours, and one problem per source that could not be read (said, not hidden:
     a tab that shows fewer rows tells the user why)."""
     rows, problems = [], []
-    for source, load in (("the paper's numbers", paper_rows), ("your results", lambda: your_rows(checkpoints))):
+    for source, load in (("the paper's numbers", paper_rows),
+                         ("your results", lambda: your_rows(checkpoints, problems))):
         try:
             rows += load()
         except Exception as exc:  # a damaged results database or reference file: report it, keep the other source
@@ -194,9 +196,13 @@ def checkpoint_label(checkpoint_key: str | None, served: Path | None, runs: dict
     return f"{path.parent.name}/{path.name}" if path.name == "artifact" else path.name
 
 
-def _shipped_results(checkpoints: Path | None) -> list[dict]:
+def _shipped_results(checkpoints: Path | None, problems: list[str]) -> list[dict]:
+    """The rows of the results shipped under `checkpoints`/results (databases and results.json files); one that
+    cannot be read is skipped and named in `problems`."""
     if checkpoints is None or not (Path(checkpoints) / "results").is_dir():
         return []
+    import sqlite3
+
     from captionlab.evaluation import results as store
 
     folder = Path(checkpoints) / "results"
@@ -204,12 +210,13 @@ def _shipped_results(checkpoints: Path | None) -> list[dict]:
     for db_file in sorted(folder.glob("*.db")):
         try:
             rows += [_row(r, "shipped", checkpoints) for r in reversed(store.list_results(db_path=db_file))]
-        except Exception:
-            continue
+        except (sqlite3.Error, ValueError, KeyError, TypeError, OSError) as exc:
+            problems.append(f"shipped results {db_file} skipped: {type(exc).__name__}: {exc}")
     for path in sorted(folder.rglob(store.RESULTS_JSON_NAME)):
         try:
             row = _row(store.load_results_json(path).result, "shipped", checkpoints, path)
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError):
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError) as exc:
+            problems.append(f"shipped results {path} skipped: {type(exc).__name__}: {exc}")
             continue
         row["predictions_path"] = _shipped_predictions(row["predictions_path"], path.parent)
         rows.append(row)
