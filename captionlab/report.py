@@ -131,14 +131,13 @@ def checks(study: dict, checkpoints: Path) -> list[str]:
 
 def clip_line(study: dict) -> str:
     """Which CLIP the study's CLIP-S values come from, and that the paper's came from another."""
-    from captionlab.evaluation.clip_names import EMBEDDED_CLIP_NAME, PAPER_CLIP_NAME
+    from captionlab.evaluation.clip_names import PAPER_CLIP_NAME, describe_clip
 
     names = sorted({row.get("clip_encoder") or "an unrecorded CLIP" for row in study.values()
                     if row["metrics"].get("CLIP-Score") is not None})
     if not names:
         return "CLIP-S: not computed."
-    described = ", ".join("embedded-tiny-clip (the embedded world's 48-pixel CLIP)" if n == EMBEDDED_CLIP_NAME else n
-                          for n in names)
+    described = ", ".join(describe_clip(name) for name in names)
     paper = "" if names == [PAPER_CLIP_NAME] else " The paper's CLIP-S used ViT-B/32: the two scales differ."
     return f"CLIP-S computed with {described}.{paper}"
 

@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from captionlab.evaluation.clip_names import EMBEDDED_CLIP_NAME, PAPER_CLIP_NAME
+from captionlab.evaluation.clip_names import PAPER_CLIP_NAME, describe_clip
 from captionlab.service.catalog import (DATASET_LABELS, IN_DOMAIN, METRICS, OUT_OF_DOMAIN,
                                         PAPER_STRATEGIES, strategy_label)
 
@@ -330,8 +330,7 @@ def clip_encoder_note(rows: list[dict]) -> str:
                     - {PAPER_CLIP_NAME})
     if not others:
         return ""
-    named = ", ".join("embedded-tiny-clip (the embedded world's 48-pixel CLIP)" if name == EMBEDDED_CLIP_NAME else name
-                      for name in others)
+    named = ", ".join(describe_clip(name) for name in others)
     return (f"† CLIP-S computed with {named}, not the paper's ViT-B/32: comparable only with other † values of the "
             "same CLIP, and ranked only among them.")
 
