@@ -121,7 +121,7 @@ def test_artifacts_are_found_in_strategies_folders_and_run_folders(tmp_path):
 
 
 def test_bad_uploads_get_a_clear_message(tmp_path):
-    from captionlab.service.compare import ImageError, compare_images, open_image, open_images
+    from captionlab.service.compare import ImageError, compare_images, image_labels, open_image, open_images
     from captionlab.service.settings import settings_for
 
     text = tmp_path / "notes.txt"
@@ -133,8 +133,9 @@ def test_bad_uploads_get_a_clear_message(tmp_path):
         open_image(text)
     with pytest.raises(ImageError, match="cut.png"):
         open_image(truncated)
-    images, names, errors = open_images([text, good, truncated])
-    assert names == ["ok.png"] and len(errors) == 2
+    files = [text, good, truncated]
+    images, kept, errors = open_images(files)
+    assert image_labels([files[index] for index in kept]) == ["ok.png"] and len(images) == 1 and len(errors) == 2
     with pytest.raises(ImageError, match="no image given"):
         compare_images(settings_for(None), [])
     with pytest.raises(ImageError, match="not an image"):

@@ -163,13 +163,7 @@ def open_image(path: str | Path):
         raise ImageError(str(exc)) from None
 
 
-def open_images(files: list[str | Path]) -> tuple[list, list[str], list[str]]:
-    """(images, their distinct labels, one message per file that could not be used)."""
-    images, kept, errors = _open_files(files)
-    return images, image_labels([files[index] for index in kept]), errors
-
-
-def _open_files(files: list[str | Path]) -> tuple[list, list[int], list[str]]:
+def open_images(files: list[str | Path]) -> tuple[list, list[int], list[str]]:
     """(images, the index in `files` of each, one message per file that could not be used)."""
     images, kept, errors = [], [], []
     for index, file in enumerate(files):
@@ -332,7 +326,7 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
         raise ImageError("no image given: upload one or more images, or pick one from the gallery")
     if len(files) > MAX_IMAGES:
         raise ImageError(f"{len(files)} images at once is too many; at most {MAX_IMAGES}")
-    images, kept, errors = _open_files(files)
+    images, kept, errors = open_images(files)
     if not images:
         raise ImageError("; ".join(errors))
     names = image_labels([files[index] for index in kept])
