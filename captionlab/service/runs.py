@@ -10,6 +10,7 @@ view survives a page reload or an app restart.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import yaml
 
 from captionlab import paths
 from captionlab.service.catalog import TRAINABLE_STRATEGIES
-from captionlab.training.energy import energy_so_far_kwh
+from captionlab.training.energy import completed_run_kwh, energy_so_far_kwh
 
 MAX_GPUS = 64  # one node's worth, and then some: the launcher runs one accelerate job on one machine
 NO_METHOD_YET = "method not reported yet: the trainer records it in energy.json after the first epoch"
@@ -268,19 +269,20 @@ class RunEnergy:
     @property
     def has_partial_epoch(self) -> bool:
         """Whether the energy so far includes steps after the last completed epoch (so the figures differ)."""
-        return self.completed_kwh is not None and self.so_far_kwh is not None and (
-            format_kwh(self.so_far_kwh) != format_kwh(self.completed_kwh + (self.initial_validation_kwh or 0.0)))
+        completed = completed_run_kwh(self.completed_kwh, self.initial_validation_kwh)
+        return completed is not None and self.so_far_kwh is not None and (
+            format_kwh(self.so_far_kwh) != format_kwh(completed))
 
 
 def run_energy(completed_kwh: float | None, completed_epochs: int | None, logged_j: float | None,
                logged_step: int | None, initial_validation_kwh: float | None = None) -> RunEnergy:
     """Both figures of a run's energy from energy.json's totals and the newest metrics row's energy_j."""
     so_far = energy_so_far_kwh(completed_kwh, logged_j, initial_validation_kwh)
-    completed_total = None if completed_kwh is None else completed_kwh + (initial_validation_kwh or 0.0)
+    figures = RunEnergy(so_far, None, completed_kwh, completed_epochs, initial_validation_kwh)
     # "through step N" only where the log adds what the completed epochs do not hold, as printed
-    from_the_log = so_far is not None and (completed_total is None or format_kwh(so_far) != format_kwh(completed_total))
-    return RunEnergy(so_far, logged_step if from_the_log else None, completed_kwh, completed_epochs,
-                     initial_validation_kwh)
+    if so_far is not None and (completed_kwh is None or figures.has_partial_epoch):
+        return dataclasses.replace(figures, through_step=logged_step)
+    return figures
 
 
 def format_kwh(kwh: float) -> str:

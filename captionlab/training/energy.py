@@ -101,10 +101,15 @@ def energy_so_far_kwh(completed_kwh: float | None, logged_j: float | None,
     newest metrics row's energy (the main process's meter, up to its step, that pass included) where that is more,
     as after a stop or while watched mid-epoch. The one rule the runs listing, the CLI and the Train tab all show."""
     logged_kwh = None if logged_j is None else logged_j / JOULES_PER_KWH
-    completed_total = None if completed_kwh is None else completed_kwh + (initial_validation_kwh or 0.0)
+    completed_total = completed_run_kwh(completed_kwh, initial_validation_kwh)
     if logged_kwh is not None and (completed_total is None or logged_kwh > completed_total):
         return logged_kwh
     return completed_total
+
+
+def completed_run_kwh(completed_kwh: float | None, initial_validation_kwh: float | None) -> float | None:
+    """What a run spent up to its last completed epoch: those epochs and the validation pass before epoch 1."""
+    return None if completed_kwh is None else completed_kwh + (initial_validation_kwh or 0.0)
 
 
 # --- readers: one per method -------------------------------------------------------------------
