@@ -34,7 +34,7 @@ def profile_steps(setup, strategies: list[str], *, repeats: int, seed: int = 0) 
         batch = packed_batch(setup, prefix, pixels, captions, preset["packed_images"])
 
         def step():
-            with forward_context(precision):
+            with forward_context(setup, precision):
                 loss, tokens = packed_loss_sum(model, batch)
             (loss / tokens).backward()
             optimizer.step()

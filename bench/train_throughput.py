@@ -13,7 +13,7 @@ captionlab  `packed_images` images per step, each with all its captions packed a
 Both use the same model, strategy and SGD (plain SGD, no momentum, as the paper); captions/s, J/caption
 (`EnergyMeter`) and peak memory (`torch.cuda.max_memory_allocated`, CUDA only) per method. Trainable weights
 loaded in half precision (full fine-tuning of the bf16 7B models) are kept in float32 under bf16 autocast in both
-rows, as captionlab's trainer keeps them (`keep_float32_masters`). Before timing, each strategy's plain loss and
+rows, as captionlab's trainer keeps them (`captionlab.training.master_weights`). Before timing, each strategy's plain loss and
 packed loss are computed on the same captions (`loss_plain`, `loss_captionlab`, `loss_rel_diff` on the captionlab
 row): "the same loss" is checked in the run, not only assumed from the CPU tests.
 
@@ -30,6 +30,7 @@ import torch
 from bench.common import (TRAIN_STRATEGIES, Setup, comparisons, environment, free_memory, measure,
                           preset_with_overrides, print_comparisons, start_bench, with_oom_fallback, write_report)
 from captionlab.training.batching import IGNORE_INDEX
+from captionlab.training.master_weights import autocast_to, keep_float32_masters
 from captionlab.training.prefix_sharing import pack_sequences, packed_loss_sum
 
 PRESETS = {
@@ -61,36 +62,15 @@ def attach(setup: Setup, name: str):
     return model, strategy
 
 
-def keep_float32_masters(params: list[torch.nn.Parameter]) -> tuple[torch.dtype | None, list]:
-    """What captionlab's trainer does (`Trainer._keep_float32_masters`) with trainable weights loaded in half
-    precision (full fine-tuning of the bf16-loaded 7B models): keep them in float32 and run the forward under
-    autocast to the model's dtype. Both rows of a strategy train this way, so each row measures what that way costs
-    in float32 master weights and gradients (SGD on the bf16 weights themselves rounds most updates away).
-    Returns (the autocast dtype or None, [(param, its original dtype)] for `detach` to put back)."""
-    half = [p for p in params if p.dtype in (torch.bfloat16, torch.float16)]
-    restore = [(p, p.dtype) for p in half]
-    with torch.no_grad():
-        for param in half:
-            param.data = param.data.float()
-    return (restore[0][1] if restore else None), restore
-
-
-def forward_context(precision: tuple):
+def forward_context(setup: Setup, precision: tuple):
     """The forward's context for `precision` (from `attach_with_sgd`): autocast where master weights are kept."""
-    import contextlib
-
-    dtype, _ = precision
-    return contextlib.nullcontext() if dtype is None else torch.autocast(_device_type(precision), dtype=dtype)
-
-
-def _device_type(precision: tuple) -> str:
-    _, restore = precision
-    return restore[0][0].device.type
+    return autocast_to(precision[0], torch.device(setup.device).type)
 
 
 def attach_with_sgd(setup: Setup, name: str):
     """(model, strategy, trainable params, plain SGD over them, the image+prompt prefix ids, precision) for strategy
-    `name`; precision = (autocast dtype or None, params to put back in half precision), see `keep_float32_masters`."""
+    `name`; precision = (autocast dtype or None, params to put back in half precision), from
+    `captionlab.training.master_weights.keep_float32_masters`, as the trainer keeps them."""
     model, strategy = attach(setup, name)
     params = [p for _, p in strategy.trainable_parameters(model)]
     precision = keep_float32_masters(params)
@@ -197,7 +177,7 @@ def plain_loss(setup: Setup, model, prefix: torch.Tensor, pixels: torch.Tensor, 
     for start in range(0, len(flat), pairs_per_pass):
         part = flat[start:start + pairs_per_pass]
         batch = per_caption_batch(setup, prefix, pixels[[i for i, _ in part]], [[cap] for _, cap in part], len(part))
-        with forward_context(precision):
+        with forward_context(setup, precision):
             loss = model(**batch).loss
         tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         total += float(loss) * tokens
@@ -209,7 +189,7 @@ def plain_loss(setup: Setup, model, prefix: torch.Tensor, pixels: torch.Tensor, 
 def packed_loss(setup: Setup, model, prefix: torch.Tensor, pixels: torch.Tensor, captions, images: int,
                 precision: tuple) -> tuple[float, int]:
     """(loss, caption tokens) captionlab's way on the same captions: one packed forward, summed loss / tokens."""
-    with forward_context(precision):
+    with forward_context(setup, precision):
         loss, tokens = packed_loss_sum(model, packed_batch(setup, prefix, pixels, captions, images))
     return float(loss) / float(tokens), int(tokens)
 
@@ -223,7 +203,7 @@ def _strategy_rows(setup: Setup, meter, name: str, model, params, optimizer, pre
         batch = per_caption_batch(setup, prefix, pixels, captions, pairs)
 
         def step():
-            with forward_context(precision):
+            with forward_context(setup, precision):
                 loss = model(**batch).loss
             loss.backward()
             optimizer.step()
@@ -239,7 +219,7 @@ def _strategy_rows(setup: Setup, meter, name: str, model, params, optimizer, pre
         captions_per_step = int(batch["caption_counts"].sum())
 
         def step():
-            with forward_context(precision):
+            with forward_context(setup, precision):
                 loss, tokens = packed_loss_sum(model, batch)
             (loss / tokens).backward()
             optimizer.step()
@@ -310,12 +290,12 @@ def interleaved_step_times(setup: Setup, strategies: list[str], *, repeats: int,
         packed = packed_batch(setup, prefix, pixels, captions, packed_images)
 
         def plain_step():
-            with forward_context(precision):
+            with forward_context(setup, precision):
                 loss = model(**plain_batch).loss
             loss.backward()
 
         def packed_step():
-            with forward_context(precision):
+            with forward_context(setup, precision):
                 loss, tokens = packed_loss_sum(model, packed)
             (loss / tokens).backward()
 

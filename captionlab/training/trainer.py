@@ -33,6 +33,7 @@ from captionlab.training.batching import IGNORE_INDEX, build_training_batch
 from captionlab.training.checkpoint import (checkpoint_step, copy_checkpoint, latest_good_checkpoint,
                                             optimizer_tensors, save_checkpoint)
 from captionlab.training.config import TrainConfig, load_run_config
+from captionlab.training.master_weights import autocast_to, keep_float32_masters
 from captionlab.training.run_folder import RunFolder
 from captionlab.training.prefix_sharing import build_packed_batch, caption_token_count, packed_loss_sum
 from captionlab.training.samples import ImageCache, caption_samples, epoch_groups, image_groups, split_steps
@@ -167,22 +168,14 @@ class Trainer:
 
     def _keep_float32_masters(self) -> None:
         """Trainable weights loaded in half precision (full fine-tuning on a GPU loads bf16) are kept in float32 and
-        the forward runs under autocast to the model's dtype, as FSDP's mixed precision does: SGD on bf16 weights
-        rounds most updates away (a weight of 0.02 moves in steps of 1.2e-4; at lr 1e-5 over 99% of the updates of a
-        tiny model's weights changed nothing)."""
-        half = [p for p in self.params.values() if p.dtype in (torch.bfloat16, torch.float16)]
-        self.autocast_dtype = half[0].dtype if half else None
-        with torch.no_grad():
-            for param in half:
-                param.data = param.data.float()
-        if half:
-            self.log(f"{sum(p.numel() for p in half):,} trainable parameters kept in float32 (master weights), "
+        the forward runs under autocast to the model's dtype (`master_weights`)."""
+        self.autocast_dtype, kept = keep_float32_masters(self.params.values())
+        if kept:
+            self.log(f"{sum(p.numel() for p, _ in kept):,} trainable parameters kept in float32 (master weights), "
                      f"the forward under {str(self.autocast_dtype).removeprefix('torch.')} autocast")
 
     def _autocast(self):
-        if getattr(self, "autocast_dtype", None) is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.accelerator.device.type, dtype=self.autocast_dtype)
+        return autocast_to(getattr(self, "autocast_dtype", None), self.accelerator.device.type)
 
     def _check_launch(self) -> None:
         """Reject, before anything is loaded, a distributed setting this launch cannot honour."""
