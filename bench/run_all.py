@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in models:
         works, strategies = PLAN.get(name, (("caption", "train"), TRAIN_STRATEGIES))
         works = args.works.split(",") if args.works else works
+        if not works or set(works) - {"caption", "train"}:  # else no section would run, and nothing would be written
+            raise SystemExit(f"--works: {args.works!r} is not caption, train or both (comma-separated)")
         strategies = args.strategies.split(",") if args.strategies else strategies
         tick = time.perf_counter()
         setup = make_setup(name, device, shrink=args.shrink)
@@ -105,9 +107,6 @@ def main(argv: list[str] | None = None) -> dict:
             report["comparisons"] = comparisons(report["rows"])
             report["environment"]["seconds"] = time.perf_counter() - started
             paths = write_report(report, args.out, args.stem)
-        report["comparisons"] = comparisons(report["rows"])
-        report["environment"]["seconds"] = time.perf_counter() - started
-        paths = write_report(report, args.out, args.stem)
         print(f"[{time.perf_counter() - started:6.1f}s] {name} done; wrote {paths[0]} and {paths[1]}", flush=True)
         del setup
         free_memory(device)
