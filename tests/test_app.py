@@ -250,12 +250,14 @@ def test_form_defaults_are_the_papers():
 def test_train_tab_names_the_recipe_its_form_starts_from_and_how_it_departs_from_the_paper(home, tmp_path):
     import gradio as gr
 
+    from captionlab.service.runs import form_defaults
     from captionlab.ui.train_tab import _defaults_markdown
 
-    embedded = _defaults_markdown("embedded", "lora")  # lr_max 0.2 in the form: it must not pass for the paper's
+    # lr_max 0.2 in the form: it must not pass for the paper's
+    embedded = _defaults_markdown("embedded", "lora", form_defaults("embedded", "lora"))
     assert "`embedded/lora`" in embedded and "max learning rate 0.2 (paper: 0.02)" in embedded
     assert "micro-batch" not in embedded  # not a paper setting: it only splits the batch for memory
-    assert "the paper's settings" in _defaults_markdown("llava-1.5-7b", "lora")
+    assert "the paper's settings" in _defaults_markdown("llava-1.5-7b", "lora", form_defaults("llava-1.5-7b", "lora"))
     from captionlab.service.settings import settings_for
     from captionlab.ui.train_tab import create_train_tab
 

@@ -395,7 +395,7 @@ class Trainer:
     def _say_preparing(self, what: str) -> None:
         """What a run still queued is doing before its first step, for the Train tab and `train runs` (the
         launcher's 'launching' otherwise stays up through the model load and a first-use world)."""
-        if self.main and not self.run.read_status().get("state") == "running":
+        if self.main and self.run.read_status().get("state") != "running":
             self.run.write_status(message=what)
 
     # --- the loop ------------------------------------------------------------------------------

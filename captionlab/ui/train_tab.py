@@ -76,10 +76,10 @@ def _stats_markdown(view: runs.RunView) -> str:
     return "\n\n".join(lines)
 
 
-def _defaults_markdown(model: str, strategy: str) -> str:
-    """Where the form's values come from: the recipe it starts from, and how that recipe departs from the paper."""
+def _defaults_markdown(model: str, strategy: str, values: dict) -> str:
+    """Where the form's values (`runs.form_defaults`) come from: the recipe it starts from, and how that recipe
+    departs from the paper."""
     recipe = runs.recipe_for(model, strategy)
-    values = runs.form_defaults(model, strategy)
     if recipe is None:
         return "*The form starts from the paper's settings (no recipe for this model and strategy).*"
     labels = {key: label for key, label, _ in runs.FORM_FIELDS}
@@ -134,7 +134,7 @@ def create_train_tab(settings: AppSettings) -> None:
                 fields[key] = gr.Textbox(_optional(defaults[key]), label=f"{label} (empty: all)", elem_id=elem_id)
             else:
                 fields[key] = _number_field(defaults[key], label, elem_id)
-    defaults_note = gr.Markdown(_defaults_markdown(default_model, "lora"), elem_id="train-defaults")
+    defaults_note = gr.Markdown(_defaults_markdown(default_model, "lora", defaults), elem_id="train-defaults")
     with gr.Row():
         preview_button = gr.Button("Preview command")
         launch_button = gr.Button("Launch training", variant="primary", elem_id="train-launch")
@@ -187,7 +187,7 @@ def create_train_tab(settings: AppSettings) -> None:
         model_value, strategy_value = model_value or default_model, strategy_value or "lora"
         values = runs.form_defaults(model_value, strategy_value)
         return [_optional(values[key]) if runs.PAPER_DEFAULTS[key] is None else values[key]
-                for key, _, _ in runs.FORM_FIELDS] + [_defaults_markdown(model_value, strategy_value)]
+                for key, _, _ in runs.FORM_FIELDS] + [_defaults_markdown(model_value, strategy_value, values)]
 
     def refresh(current: str):
         all_runs = runs.list_runs()
