@@ -62,8 +62,8 @@ def _energy_markdown(view: runs.RunView) -> str:
         text += (f" · **in completed epochs{f' ({epochs})' if epochs else ''}:** "
                  f"{runs.format_kwh(figures.completed_kwh)} kWh")
     if figures.initial_validation_kwh:
-        text += (f" · includes the untrained model's validation pass, {runs.format_kwh(figures.initial_validation_kwh)}"
-                 " kWh, which Table 4 leaves out")
+        initial = runs.format_kwh(figures.initial_validation_kwh)
+        text += f" · includes the untrained model's validation pass, {initial} kWh, which Table 4 leaves out"
     return text
 
 
