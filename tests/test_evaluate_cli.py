@@ -35,6 +35,9 @@ def test_json_prints_exactly_the_six_metrics(home, tiny_llava_dir, tiny_world, c
         assert (value is None) == (name in out["unavailable"])
     assert out["metrics"]["CLIP-Score"] is None and "no-clip-here" in out["unavailable"]["CLIP-Score"]
     assert out["n_images"] == 4 and out["split"] == "test" and out["generated"] == 4
+    # CHAIR beside them, from the tiny world's scenes (percent; lower is better)
+    assert all(0.0 <= out[name] <= 100.0 for name in ("CHAIR-s", "Object-Recall"))
+    assert out["CHAIR_unavailable"] is None
 
     # the same evaluation again resumes from its predictions and prints the readable table
     assert _evaluate(*args) == 0

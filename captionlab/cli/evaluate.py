@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", help="a name from the dataset config, or FORMAT:PATH")
     parser.add_argument("--images", type=Path, help="image folder (replaces the config's)")
     parser.add_argument("--config", type=Path, help="dataset config YAML (default: the embedded world's)")
+    parser.add_argument("--instances", type=Path, action="append", metavar="JSON",
+                        help="COCO instances_*.json for CHAIR (repeatable; default: those beside a Karpathy file)")
     parser.add_argument("--split", help="split to evaluate (default: the config's, test for COCO Karpathy)")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -120,7 +122,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(args.model, args.strategy, args.dataset, checkpoint=args.checkpoint, images=args.images,
                           config_path=args.config, split=args.split, limit=args.limit, out_dir=args.out,
                           settings=settings, record=not args.no_record, device=args.device,
-                          skip_broken=args.skip_broken, progress=_progress(f"{args.strategy} on {args.dataset}"))
+                          skip_broken=args.skip_broken, instances=args.instances, progress=_progress(f"{args.strategy} on {args.dataset}"))
     except errors as exc:
         raise UserError(str(exc)) from None
     if args.json:
@@ -144,6 +146,7 @@ def format_result(result) -> str:
     names = [m for _, m in METRIC_COLUMNS]
     if "CLIP-Score" in result.metrics:  # else RefCLIP-Score is unavailable for the same reason
         names.append("RefCLIP-Score")
+    names += ["CHAIR-i", "CHAIR-s", "Object-Recall"]
     for name in names:
         value = result.metrics.get(name)
         if value is not None:
@@ -152,7 +155,8 @@ def format_result(result) -> str:
         else:
             reason = result.unavailable.get(name, "not computed")
             lines.append(f"{name:<14}{'n/a':>9}   unavailable: {reason}")
-    lines.append("scale: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100 (as in the paper); CLIP-Score as is")
+    lines.append("scale: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100 (as in the paper); CLIP-Score as is; "
+                 "CHAIR-i, CHAIR-s (lower is better) and Object-Recall in percent")
     energy = (f"{result.energy_j:.1f} J = {result.energy_j / 3.6e6:.3g} kWh ({result.energy_label})"
               if result.energy_j is not None else "not measured")
     lines.append(f"time {result.seconds:.1f} s, captioning energy {energy}")

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from captionlab import paths
+from captionlab.evaluation.chair import CHAIR_METRICS
 # What is evaluated (model, checkpoint) is resolved in `targets`; EvaluationError, raised there
 # first, is this module's error too (callers import it from either).
 from captionlab.evaluation.targets import (CLIP_CAPTIONER, EMBEDDED_MODEL, EvaluationError, ModelTarget,
@@ -99,7 +100,9 @@ class EvaluationResult:
             "checkpoint": self.checkpoint, "n_images": self.n_images,
             "metrics": self.reported_metrics(), "unavailable": self.reported_unavailable(),
             "RefCLIP-Score": self.metrics.get("RefCLIP-Score"),
-            "scale": "BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; CLIP-Score as is",
+            **{name: self.metrics.get(name) for name in CHAIR_METRICS},
+            "CHAIR_unavailable": self.unavailable.get("CHAIR-s"),
+            "scale": "BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; CLIP-Score as is; CHAIR-i/-s, Object-Recall %",
             "clip_encoder": self.clip_encoder, "seconds": self.seconds, "energy_j": self.energy_j,
             "energy_method": self.energy_method, "energy_label": self.energy_label,
             "resumed": self.resumed, "generated": self.generated,
@@ -323,6 +326,7 @@ def evaluate(
     db_path: str | Path | None = None,
     target: ModelTarget | None = None,
     artifact: Path | None = None,
+    instances: Sequence[str | Path] | None = None,
 ) -> EvaluationResult:
     """Evaluate `strategy` on `model` over `dataset` (see the module docstring).
 
@@ -330,7 +334,8 @@ def evaluate(
     picks one (see `resolve_clip_encoder`), False turns CLIP-Score off, else a `ClipEncoder`;
     `captioner`: use this Captioner instead of loading one (tests, grid mode); `skip_broken`:
     leave out (and count) broken image files instead of stopping; `record=False` writes
-    results.json but no database row. Raises EvaluationError for a bad model, checkpoint or dataset.
+    results.json but no database row; `instances`: COCO instance annotation files for CHAIR (default: the
+    `instances_*.json` beside a Karpathy file; see `chair`). Raises EvaluationError for a bad model, checkpoint or dataset.
     """
     from captionlab.captioner import GenerationSettings
     from captionlab.data.datasets import ensure_embedded_world, resolve_dataset
@@ -417,7 +422,12 @@ def evaluate(
     elif clip_report is not None and "RefCLIP-Score" not in metrics:
         unavailable.setdefault("RefCLIP-Score", "no image has references")
 
-    per_image = metric_report.per_image_paper_scale()
+    from captionlab.evaluation.chair import chair_for_evaluation
+
+    chair = chair_for_evaluation(spec, records, {k: predictions[k] for k in ids}, instances)
+    metrics.update(chair.metrics)
+    unavailable.update(chair.unavailable)
+    per_image = metric_report.per_image_paper_scale() | chair.per_image
     if clip_report is not None:
         per_image["CLIP-Score"] = dict(clip_report.per_image)
         if clip_report.per_image_ref:
@@ -464,7 +474,8 @@ def evaluate(
 
     row = ResultRow(**row_kwargs, id=result_id,
                     created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"))
-    results_path = write_results_json(folder / "results.json", row, per_image=per_image)
+    results_path = write_results_json(folder / "results.json", row, per_image=per_image,
+                                      hallucinated=chair.hallucinated if chair.metrics else None)
     return EvaluationResult(
         model=target.label, strategy=strategy, strategy_label=label, dataset=spec.name, split=split_label,
         checkpoint=row.checkpoint, metrics=metrics, unavailable=unavailable, n_images=len(predictions),

@@ -31,9 +31,9 @@ from typing import Any
 from captionlab import db
 
 REFERENCE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
-KNOWN_METRICS = REFERENCE_METRICS + ("CLIP-Score", "RefCLIP-Score")
+KNOWN_METRICS = REFERENCE_METRICS + ("CLIP-Score", "RefCLIP-Score", "CHAIR-i", "CHAIR-s", "Object-Recall")
 METRICS_SCALE = ("paper: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; "
-                 "CLIP-Score and RefCLIP-Score unscaled (w=2.5 * max(cos, 0))")
+                 "CLIP-Score and RefCLIP-Score unscaled (w=2.5 * max(cos, 0)); CHAIR-i, CHAIR-s, Object-Recall in percent")
 RESULTS_JSON_FORMAT = "captionlab.results/1"
 RESULTS_JSON_NAME = "results.json"
 
@@ -246,9 +246,10 @@ def results_json_path(predictions_path: str | Path) -> Path:
     return folder / RESULTS_JSON_NAME
 
 
-def write_results_json(path: str | Path, result: ResultRow, *, per_image: dict | None = None) -> Path:
-    """Atomically write `result` (and optional per-image scores: metric -> {image id -> score})
-    to `path` (a folder means `<folder>/results.json`). Returns the file written."""
+def write_results_json(path: str | Path, result: ResultRow, *, per_image: dict | None = None,
+                       hallucinated: dict[str, list[str]] | None = None) -> Path:
+    """Atomically write `result` (and optional per-image scores: metric -> {image id -> score}, and CHAIR's
+    hallucinated words: image id -> words) to `path` (a folder means `<folder>/results.json`). Returns the file."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_JSON_NAME
@@ -259,6 +260,8 @@ def write_results_json(path: str | Path, result: ResultRow, *, per_image: dict |
         "result": result.to_dict(),
         "per_image": {metric: {str(k): v for k, v in scores.items()} for metric, scores in (per_image or {}).items()},
     }
+    if hallucinated is not None:
+        document["hallucinated_words"] = {str(k): list(v) for k, v in hallucinated.items()}
     text = json.dumps(document, indent=2, ensure_ascii=False, default=str, allow_nan=False)
     handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
                                          suffix=".tmp", delete=False)
@@ -281,6 +284,7 @@ class ResultsFile:
     result: ResultRow
     per_image: dict[str, dict[str, float]]
     metrics_scale: str
+    hallucinated: dict[str, list[str]] | None = None  # CHAIR's words per image; None: CHAIR not computed
 
 
 def load_results_json(path: str | Path) -> ResultsFile:
@@ -293,4 +297,5 @@ def load_results_json(path: str | Path) -> ResultsFile:
         raise ValueError(f"{path} is not a captionlab results file (format {document.get('format')!r})")
     known = {f.name for f in fields(ResultRow)}
     result = ResultRow(**{k: v for k, v in document["result"].items() if k in known})
-    return ResultsFile(result=result, per_image=document.get("per_image", {}), metrics_scale=document["metrics_scale"])
+    return ResultsFile(result=result, per_image=document.get("per_image", {}), metrics_scale=document["metrics_scale"],
+                       hallucinated=document.get("hallucinated_words"))
