@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "captionlab.cli.params",
     "captionlab.cli.evaluate",
     "captionlab.cli.runs",
+    "captionlab.cli.arena",
 ]
 
 
