@@ -1,7 +1,7 @@
 """The real app in headless Chromium: Compare captions an upload, Benchmarks draws plotly charts, a
 training run started from the Train form advances and is still there after a page reload; the Train form
 refuses fractions where whole numbers go, and its log opens at the newest line; Compare labels uploads
-that share a file name apart.
+that share a file name apart; the Arena takes votes, names the captioners after each and rates them.
 
 Chromium is Debian's (/usr/bin/chromium), driven by playwright's sync API; nothing is downloaded.
 Screenshots go to $CAPTIONLAB_SCREENSHOTS when set (else the test's temp folder).
@@ -245,3 +245,32 @@ def log_shows_its_end(page) -> bool:
     top, height, full = page.evaluate("(() => {const box = document.querySelector('#train-log textarea'); "
                                       "return [box.scrollTop, box.clientHeight, box.scrollHeight]})()")
     return full > height and top + height >= full - 2  # the log overflows the box, and its end is in view
+
+
+def test_arena_votes_reveal_the_names_and_update_the_ratings(page, tmp_path):
+    open_tab(page, "Arena")
+    page.locator("#arena-gallery img").first.click()
+    page.wait_for_function("document.querySelector('#arena-status').innerText.includes('Which caption')",
+                           timeout=WAIT_MS)
+    assert page.input_value("#arena-left textarea").strip() and page.input_value("#arena-right textarea").strip()
+    assert "hidden" in page.inner_text("#arena-reveal")  # names are not shown before the vote
+    page.click("#arena-vote-left")
+    page.wait_for_function("document.querySelector('#arena-reveal').innerText.includes('Left was')",
+                           timeout=WAIT_MS)
+    revealed = page.inner_text("#arena-reveal")
+    labels = ("Zero-shot", "Prompt learning", "Prefix tuning", "LoRA", "DoRA", "Full fine-tuning")
+    assert sum(label in revealed for label in labels) == 2
+    # another pair on the same image (captions reused), another vote; the leaderboard lists who was voted on
+    page.click("#arena-next")
+    page.wait_for_function("document.querySelector('#arena-status').innerText.includes('Which caption')",
+                           timeout=WAIT_MS)
+    assert "hidden" in page.inner_text("#arena-reveal")
+    page.click("#arena-vote-tie")
+    page.wait_for_function("document.querySelector('#arena-reveal').innerText.includes('Left was')",
+                           timeout=WAIT_MS)
+    page.wait_for_function("document.querySelector('#arena-method').innerText.includes('2 vote(s)')",
+                           timeout=WAIT_MS)
+    board = page.inner_text("#arena-board")
+    assert sum(label in board for label in labels) >= 2 and "to" in board  # ratings with their intervals
+    page.wait_for_selector("#arena-winrates .js-plotly-plot .main-svg", timeout=WAIT_MS)
+    screenshot(page, "arena", tmp_path)

@@ -9,6 +9,7 @@ import gradio as gr
 from captionlab.safety.paths import allow_root
 from captionlab.service import gallery
 from captionlab.service.settings import AppSettings, embedded_settings
+from captionlab.ui.arena_tab import create_arena_tab
 from captionlab.ui.benchmarks_tab import create_benchmarks_tab
 from captionlab.ui.compare_tab import create_compare_tab
 from captionlab.ui.energy_tab import create_energy_tab
@@ -36,6 +37,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
                 create_benchmarks_tab(settings)
             with gr.Tab("Energy", id="energy"):
                 create_energy_tab(settings)
+            with gr.Tab("Arena", id="arena"): create_arena_tab(settings)  # noqa: E701
     return demo
 
 
