@@ -114,3 +114,34 @@ def test_mentions_in_the_embedded_vocabulary_use_the_worlds_nouns():
     assert [(m.word, m.object) for m in mentions] == [("toy ball", "ball"), ("mug", "cup"), ("box", "box"),
                                                       ("sailboat", "boat")]
     assert Path(__file__).exists()
+
+
+def _yours(strategy: str, chair_s: float, results_json: str | None = None) -> dict:
+    return {"source": "yours", "model": "embedded", "strategy": strategy, "dataset": "coco", "split": "test",
+            "metrics": {"CIDEr": 80.0, "CHAIR-i": chair_s / 2, "CHAIR-s": chair_s}, "label": "",
+            "checkpoint_key": None, "results_json": results_json, "predictions_path": None}
+
+
+def test_benchmarks_tables_show_chair_with_the_lowest_in_bold():
+    from captionlab.service.benchmarks import table_rows
+
+    columns, cells, _ = table_rows([_yours("lora", 40.0), _yours("full", 25.0)], ["coco"])
+    assert columns[-2:] == ["CHAIR-i", "CHAIR-s"]
+    by_strategy = {line[2]: line for line in cells}
+    assert by_strategy["Full fine-tuning"][-1] == "**25.0** ★" and by_strategy["LoRA"][-1] == "40.0"
+
+
+def test_drilldown_marks_each_captions_hallucinated_words(tmp_path):
+    from captionlab.evaluation.results import ResultRow, write_results_json
+    from captionlab.service.benchmarks import drilldown
+
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(json.dumps({"image_id": "1", "caption": "Two cats by a dog", "references": ["A dog"]})
+                           + "\n" + json.dumps({"image_id": "2", "caption": "A dog", "references": ["A dog"]}) + "\n")
+    row = ResultRow("embedded", "lora", "coco", "test", {"CHAIR-s": 50.0}, 2)
+    path = write_results_json(tmp_path, row, per_image={"CHAIR-s": {"1": 100.0, "2": 0.0}},
+                              hallucinated={"1": ["cat"]})
+    lines, note = drilldown({**_yours("lora", 50.0, str(path)), "predictions_path": str(predictions)})
+    assert lines[0]["caption"] == "Two **cats** by a dog" and lines[0]["hallucinated"] == "cat"
+    assert lines[1]["caption"] == "A dog" and lines[1]["hallucinated"] == ""
+    assert "CHAIR" in note

@@ -18,8 +18,9 @@ import json
 import re
 from pathlib import Path
 
+from captionlab.evaluation.chair import mark_hallucinated
 from captionlab.evaluation.clip_names import PAPER_CLIP_NAME, describe_clip
-from captionlab.service.catalog import (DATASET_LABELS, IN_DOMAIN, METRICS, OUT_OF_DOMAIN,
+from captionlab.service.catalog import (DATASET_LABELS, IN_DOMAIN, LOWER_IS_BETTER, METRICS, OUT_OF_DOMAIN,
                                         PAPER_STRATEGIES, strategy_label)
 
 PAPER = "paper"
@@ -270,7 +271,7 @@ def table_columns(datasets: list[str]) -> list[str]:
 def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[list], list[dict]]:
     """(columns, cells, keys): one line per (source, model, strategy, checkpoint, images) over `datasets`.
 
-    Cells are markdown: the best value of each metric per model and source in bold, the best
+    Cells are markdown: the best value of each metric (the lowest of CHAIR's) per model and source in bold, the best
     of each source overall marked with a star (the paper's bold and underline); a score on the
     first N images only is never marked. A line of another checkpoint than the served one, or of
     a subset, says so after its strategy (`label`). `keys[i]` says which line i is, for drilling down.
@@ -295,7 +296,8 @@ def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[l
                     continue
                 for store, group in ((best_model, (key[0], key[1], dataset, metric, _scorer(row, metric))),
                                      (best_source, (key[0], dataset, metric, _scorer(row, metric)))):
-                    store[group] = max(store.get(group, value), value)
+                    better = min if metric in LOWER_IS_BETTER else max
+                    store[group] = better(store.get(group, value), value)
     cells, keys = [], []
     for key in order:
         source, model, strategy = key[:3]
@@ -403,6 +405,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     if row.get("source") != YOURS:
         return [], "the paper publishes corpus scores only: pick one of your evaluations for per-image captions"
     per_image: dict[str, dict] = {}
+    hallucinated: dict[str, list[str]] | None = None
     results_json = row.get("results_json")
     if not results_json and row.get("predictions_path"):
         from captionlab.evaluation.results import results_json_path
@@ -413,7 +416,8 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
         from captionlab.evaluation.results import load_results_json
 
         try:
-            per_image = load_results_json(results_json).per_image
+            loaded = load_results_json(results_json)
+            per_image, hallucinated = loaded.per_image, loaded.hallucinated
         except (OSError, ValueError, KeyError, TypeError):
             per_image = {}
     predictions = _read_predictions(row.get("predictions_path"))
@@ -425,6 +429,10 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     for image_id in ids[:MAX_DRILLDOWN_ROWS]:
         entry = predictions.get(image_id, {})
         line = {"image": image_id, "caption": entry.get("caption", "")}
+        if hallucinated is not None:  # CHAIR was computed: its hallucinated objects in bold, and listed
+            words = hallucinated.get(image_id, [])
+            line["caption"] = mark_hallucinated(line["caption"], words)
+            line["hallucinated"] = ", ".join(words)
         for metric, scores in per_image.items():
             value = scores.get(image_id)
             line[f"{metric} (image)"] = None if value is None else round(float(value), 3)
@@ -434,6 +442,8 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     if len(ids) > MAX_DRILLDOWN_ROWS:
         source += f" (first {MAX_DRILLDOWN_ROWS} shown)"
     if per_image:
+        source += (". **Bold** in a caption: an object it names that the image does not have (CHAIR)"
+                   if hallucinated is not None else "")
         source += (". Scores are per image (each caption against its own references; CIDEr-D with the split's "
                    "document frequencies): BLEU-4 of one caption is 0 without a 4-gram in common, so they do not "
                    "average to the table's corpus scores")

@@ -35,7 +35,9 @@ PAPER_TABLES = {
 }
 # Metric columns as the paper prints them (x100 except CLIP-S), with the results store's names.
 METRICS = [("B-4", "BLEU-4"), ("M", "METEOR"), ("R", "ROUGE-L"), ("C", "CIDEr"), ("S", "SPICE"),
-           ("CLIP-S", "CLIP-Score")]
+           ("CLIP-S", "CLIP-Score"), ("CHAIR-i", "CHAIR-i"), ("CHAIR-s", "CHAIR-s")]
+# Object hallucination (captionlab.evaluation.chair, percent): the lower the better, unlike the paper's metrics.
+LOWER_IS_BETTER = ("CHAIR-i", "CHAIR-s")
 
 
 def strategy_label(key: str) -> str:

@@ -40,7 +40,9 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
                 "checkpoint names its run or folder after the strategy, and one scored on part of its split (the "
                 "first N images, or images left out as missing or broken) says how many (never marked best). †: a "
                 "CLIP-S from another CLIP than the paper's ViT-B/32 (named above the table), ranked only with its own "
-                "kind. Click one of your rows to see its per-image captions and scores.")
+                "kind. CHAIR-i / CHAIR-s: the share of object mentions / of captions naming an object the image does not have "
+                "(Rohrbach et al. 2018, percent, lower is better). Click one of your rows to see its per-image captions "
+                "and scores.")
     with gr.Row():
         table_choice = gr.Radio(list(PAPER_TABLES), value=list(PAPER_TABLES)[0], label="Table", scale=3)
         source_choice = gr.Radio(list(SOURCES), value=list(SOURCES)[0], label="Rows", scale=2)
@@ -51,7 +53,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     keys = gr.State([])
     with gr.Accordion("Per-image drill-down", open=True):
         drill_note = gr.Markdown("*Click a row of your results above.*")
-        drill = gr.Dataframe(_frame([], DRILL_COLUMNS), interactive=False, wrap=True,
+        drill = gr.Dataframe(_frame([], DRILL_COLUMNS), interactive=False, wrap=True, datatype="markdown",
                              max_height=400, elem_id="bench-drill")
     with gr.Row():
         fig2 = gr.Plot(label="CIDEr per dataset (Fig. 2)", elem_id="bench-fig2")
