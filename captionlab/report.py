@@ -79,6 +79,27 @@ def metrics_table(study: dict, datasets: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def hallucination_table(study: dict, dataset: str = "coco") -> str:
+    """CHAIR per strategy (Rohrbach et al. 2018, percent; lower is better) beside CIDEr, from the results."""
+    lines = ["| Strategy | CHAIR-i | CHAIR-s | Object recall | CIDEr |", "|---|---|---|---|---|"]
+    for strategy in ORDER:
+        row = study.get((strategy, dataset))
+        if row is None:
+            continue
+        values = [row["metrics"].get(m) for m in ("CHAIR-i", "CHAIR-s", "Object-Recall", "CIDEr")]
+        lines.append(f"| {LABELS[strategy]} | " + " | ".join(_cell(v, "") for v in values) + " |")
+    return "\n".join(lines)
+
+
+def hallucination_section(study: dict, dataset: str = "coco") -> list[str]:
+    """The CHAIR table under its heading, or nothing when no result of `dataset` has CHAIR."""
+    if not any("CHAIR-s" in row["metrics"] for (_, d), row in study.items() if d == dataset):
+        return []
+    return [f"#### Object hallucination on {dataset} test (CHAIR, Rohrbach et al. 2018: % of object mentions / of "
+            f"captions naming an object the scene lacks, lower is better; each scene's objects are known exactly)",
+            hallucination_table(study, dataset)]
+
+
 def energy_table(checkpoints: Path) -> str:
     lines = ["| Strategy | Trainable params | Energy, all epochs (kWh) | Energy, up to best (kWh) | Best epoch | Method |",
              "|---|---|---|---|---|---|"]
@@ -147,6 +168,7 @@ def render(checkpoints: Path) -> str:
     parts = [
         clip_line(study),
         "#### Table 1: in-domain (coco test)", metrics_table(study, ("coco",)),
+        *hallucination_section(study),
         "#### Tables 2-3: out-of-domain", metrics_table(study, ("nocaps", "cc3m")), "",
         metrics_table(study, ("vizwiz", "textcaps")),
         "#### Table 4: trainable parameters and training energy", energy_table(checkpoints),

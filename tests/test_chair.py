@@ -145,3 +145,27 @@ def test_drilldown_marks_each_captions_hallucinated_words(tmp_path):
     assert lines[0]["caption"] == "Two **cats** by a dog" and lines[0]["hallucinated"] == "cat"
     assert lines[1]["caption"] == "A dog" and lines[1]["hallucinated"] == ""
     assert "CHAIR" in note
+
+
+def test_the_shipped_studys_chair_comes_from_its_own_predictions_and_world(tmp_path):
+    import shutil
+
+    from captionlab import paths
+    from captionlab.evaluation.chair_study import StudyMismatch, add_chair
+
+    shipped = paths.CHECKPOINTS_DIR / "embedded" / "results" / "lora" / "coco"
+    if not (shipped / "predictions.jsonl").exists():
+        pytest.skip("no shipped study")
+    folder = tmp_path / "lora" / "coco"
+    shutil.copytree(shipped, folder)
+    metrics = add_chair(folder / "results.json")
+    assert set(metrics) == {"CHAIR-i", "CHAIR-s", "Object-Recall"} and 0 <= metrics["CHAIR-s"] <= 100
+    document = json.loads((folder / "results.json").read_text())
+    assert document["result"]["metrics"]["CHAIR-s"] == metrics["CHAIR-s"] and document["hallucinated_words"]
+    assert document["result"]["metrics"]["CIDEr"] == pytest.approx(88.13, abs=0.01)  # the rest untouched
+    lines = (folder / "predictions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["references"] = ["A caption of some other world."]
+    (folder / "predictions.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(StudyMismatch, match="references differ"):
+        add_chair(folder / "results.json")

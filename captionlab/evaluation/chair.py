@@ -293,6 +293,11 @@ def chair_for_evaluation(spec, records: list, predictions: Mapping[str, str],
         report = _report(spec, records, predictions, instances)
     except ChairUnavailable as exc:
         return ChairOutcome(unavailable={name: str(exc) for name in CHAIR_METRICS})
+    return outcome_of(report)
+
+
+def outcome_of(report: ChairReport) -> ChairOutcome:
+    """What an evaluation records of a ChairReport."""
     metrics = report.paper_scale_metrics()
     outcome = ChairOutcome(metrics=metrics, hallucinated=report.hallucinated_words())
     for name in CHAIR_METRICS:

@@ -51,13 +51,19 @@ def _locate(domain: str, image_id: str, sizes: dict[str, int], seed: int,
 def scene_kinds(world_folder: str | Path, domain: str, image_ids: Iterable[str]) -> dict[str, frozenset[str]]:
     """image id -> the object kinds its scene shows, for the ids of `domain` that the world has."""
     manifest = json.loads((Path(world_folder) / MANIFEST_NAME).read_text(encoding="utf-8"))
-    seed = int(manifest["seed"])
     sizes = {split: int(n) for split, n in manifest["images"].get(domain, {}).items()}
+    return {k: frozenset(example.scene.kinds())
+            for k, example in world_examples(int(manifest["seed"]), sizes, domain, image_ids).items()}
+
+
+def world_examples(seed: int, sizes: dict[str, int], domain: str, image_ids: Iterable[str]) -> dict:
+    """image id -> its regenerated `Example` (scene and references), in world `seed` whose `domain` has
+    `sizes` images per split; ids the world does not have are left out."""
     textcaps_ids = ({hex_id(seed, "textcaps", i): i for i in range(sizes.get("val", 0))}
                     if domain == "textcaps" else {})
     out = {}
     for image_id in image_ids:
         place = _locate(domain, str(image_id), sizes, seed, textcaps_ids)
         if place is not None:
-            out[str(image_id)] = frozenset(make_example(domain, place[0], place[1], seed).scene.kinds())
+            out[str(image_id)] = make_example(domain, place[0], place[1], seed)
     return out
