@@ -99,3 +99,52 @@ def test_cli_prints_ratings_as_json_and_exports_votes_as_csv(tmp_path, monkeypat
     assert len(rows) == 60 and {"voter", "image", "left", "right", "outcome", "created_at"} <= set(rows[0])
     out = io.StringIO()
     assert export_csv(out, votes=[]) == 0 and out.getvalue().startswith("voter,")
+
+
+class _FakePool:
+    """The Compare service's pool, captioning with fixed texts and counting its calls."""
+
+    def __init__(self, captions: dict[str, str]):
+        self.captions, self.calls = captions, 0
+
+    def caption_details(self, images):
+        from captionlab.service.compare import Captioned
+
+        self.calls += 1
+        return Captioned(captions={k: [v] for k, v in self.captions.items()}, errors={"dora": "failed to load"})
+
+
+def test_matches_never_repeat_a_judged_pair_and_votes_reveal_the_names(tmp_path, monkeypatch):
+    import random
+
+    from PIL import Image
+
+    from captionlab.service import arena, compare
+    from captionlab.service.settings import AppSettings
+    from captionlab.ui.arena_tab import voter_of
+
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    pool = _FakePool({"zero_shot": "a long verbose caption", "lora": "a red cup", "full": "a cup on a table"})
+    monkeypatch.setattr(compare, "get_pool", lambda settings: pool)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(image)
+    settings = AppSettings(model="tiny-test", checkpoints=None)
+    key = arena.upload_key(image)
+    seen = set()
+    for seed in range(3):  # three captioners: three pairs, then none left for this voter on this image
+        match = arena.new_match(settings, str(image), key, "browser:1", random.Random(seed))
+        assert {match.left_caption, match.right_caption} == {pool.captions[match.left], pool.captions[match.right]}
+        seen.add(frozenset((match.left, match.right)))
+        text = arena.cast_vote(arena.Match.from_state(match.to_state()), "left", "browser:1")
+        assert "Left was" in text and compare.strategy_label(match.left) in text
+    assert len(seen) == 3 and pool.calls == 1  # captioned once, every pair met once
+    with pytest.raises(arena.ArenaError, match="every pair"):
+        arena.new_match(settings, str(image), key, "browser:1")
+    assert arena.new_match(settings, str(image), key, "browser:2")  # another voter still can
+    board = arena.standings(settings, bootstrap=20)
+    assert board.total_votes == 3 and len(board.board) == 3 and "CIDEr" in arena.agreement_note(board)
+
+    class Request:
+        username = "ada"
+
+    assert voter_of(Request(), "b1") == "user:ada" and voter_of(None, "b1") == "browser:b1"

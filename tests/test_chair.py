@@ -48,7 +48,8 @@ def test_a_hand_computed_case_with_synonyms_plurals_and_two_word_names():
     assert mentions["3"] == [("bird", "bird"), ("toilet", "toilet")]
     assert mentions["4"] == []
     # by hand: hallucinated mentions kitten, teddy bear (image 1), bike (2), toilet (3): 4 of 10 mentions;
-    # captions with one: 1, 2, 3 of 4; recall: dog, couch | person, hot dog, dining table | bird | (person not named): 6 of 7
+    # captions with one: 1, 2, 3 of 4;
+    # recall: dog, couch | person, hot dog, dining table | bird | (person not named): 6 of 7
     assert report.chair_i == pytest.approx(4 / 10)
     assert report.chair_s == pytest.approx(3 / 4)
     assert report.recall == pytest.approx(6 / 7)

@@ -122,7 +122,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(args.model, args.strategy, args.dataset, checkpoint=args.checkpoint, images=args.images,
                           config_path=args.config, split=args.split, limit=args.limit, out_dir=args.out,
                           settings=settings, record=not args.no_record, device=args.device,
-                          skip_broken=args.skip_broken, instances=args.instances, progress=_progress(f"{args.strategy} on {args.dataset}"))
+                          skip_broken=args.skip_broken, instances=args.instances,
+                          progress=_progress(f"{args.strategy} on {args.dataset}"))
     except errors as exc:
         raise UserError(str(exc)) from None
     if args.json:

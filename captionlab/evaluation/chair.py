@@ -215,7 +215,8 @@ def coco_truth(instances: Iterable[str | Path], references: Mapping[str, Iterabl
             names = {c["id"]: str(c["name"]).lower() for c in document["categories"]}
             annotations = document["annotations"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ChairUnavailable(f"cannot read COCO instance annotations {path}: {type(exc).__name__}: {exc}") from None
+            raise ChairUnavailable(f"cannot read COCO instance annotations {path}: "
+                                   f"{type(exc).__name__}: {exc}") from None
         for annotation in annotations:
             image_id = str(annotation.get("image_id"))
             name = names.get(annotation.get("category_id"))
@@ -306,7 +307,8 @@ def outcome_of(report: ChairReport) -> ChairOutcome:
                                          else "the images have no ground-truth objects")
     outcome.per_image = {
         "CHAIR-s": {k: 100.0 * bool(c.hallucinated) for k, c in report.per_image.items()},
-        "CHAIR-i": {k: 100.0 * len(c.hallucinated) / len(c.mentions) for k, c in report.per_image.items() if c.mentions},
+        "CHAIR-i": {k: 100.0 * len(c.hallucinated) / len(c.mentions)
+                    for k, c in report.per_image.items() if c.mentions},
     }
     return outcome
 

@@ -335,7 +335,8 @@ def evaluate(
     `captioner`: use this Captioner instead of loading one (tests, grid mode); `skip_broken`:
     leave out (and count) broken image files instead of stopping; `record=False` writes
     results.json but no database row; `instances`: COCO instance annotation files for CHAIR (default: the
-    `instances_*.json` beside a Karpathy file; see `chair`). Raises EvaluationError for a bad model, checkpoint or dataset.
+    `instances_*.json` beside a Karpathy file; see `chair`). Raises EvaluationError for a bad model, checkpoint or
+    dataset.
     """
     from captionlab.captioner import GenerationSettings
     from captionlab.data.datasets import ensure_embedded_world, resolve_dataset

@@ -33,7 +33,8 @@ from captionlab import db
 REFERENCE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 KNOWN_METRICS = REFERENCE_METRICS + ("CLIP-Score", "RefCLIP-Score", "CHAIR-i", "CHAIR-s", "Object-Recall")
 METRICS_SCALE = ("paper: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; "
-                 "CLIP-Score and RefCLIP-Score unscaled (w=2.5 * max(cos, 0)); CHAIR-i, CHAIR-s, Object-Recall in percent")
+                 "CLIP-Score and RefCLIP-Score unscaled (w=2.5 * max(cos, 0)); "
+                 "CHAIR-i, CHAIR-s, Object-Recall in percent")
 RESULTS_JSON_FORMAT = "captionlab.results/1"
 RESULTS_JSON_NAME = "results.json"
 

@@ -225,7 +225,7 @@ def agreement_note(result: Standings) -> str:
             lines.append(f"- {label}: not enough strategies with both a rating and a COCO {label} "
                          f"({len(points)}; Spearman needs 3 that differ)")
         else:
+            verdict = "agrees" if rho >= 0.5 else "weakly agrees" if rho > 0 else "disagrees"
             lines.append(f"- {label}: Spearman's rank correlation with the arena ratings ρ = {rho:+.2f} over "
-                         f"{len(points)} strategies ({'agrees' if rho >= 0.5 else 'weakly agrees' if rho > 0 else 'disagrees'} "
-                         f"with people here)")
+                         f"{len(points)} strategies ({verdict} with people here)")
     return "\n".join(lines)

@@ -40,9 +40,9 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
                 "checkpoint names its run or folder after the strategy, and one scored on part of its split (the "
                 "first N images, or images left out as missing or broken) says how many (never marked best). †: a "
                 "CLIP-S from another CLIP than the paper's ViT-B/32 (named above the table), ranked only with its own "
-                "kind. CHAIR-i / CHAIR-s: the share of object mentions / of captions naming an object the image does not have "
-                "(Rohrbach et al. 2018, percent, lower is better). Click one of your rows to see its per-image captions "
-                "and scores.")
+                "kind. CHAIR-i / CHAIR-s: the share of object mentions / of captions naming an object the image "
+                "does not have (Rohrbach et al. 2018, percent, lower is better). Click one of your rows to see its "
+                "per-image captions and scores.")
     with gr.Row():
         table_choice = gr.Radio(list(PAPER_TABLES), value=list(PAPER_TABLES)[0], label="Table", scale=3)
         source_choice = gr.Radio(list(SOURCES), value=list(SOURCES)[0], label="Rows", scale=2)
