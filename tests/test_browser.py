@@ -247,7 +247,7 @@ def log_shows_its_end(page) -> bool:
     return full > height and top + height >= full - 2  # the log overflows the box, and its end is in view
 
 
-def test_arena_votes_reveal_the_names_and_update_the_ratings(page, tmp_path):
+def test_arena_votes_reveal_the_names_and_update_the_ratings(page, served, tmp_path):
     open_tab(page, "Arena")
     page.locator("#arena-gallery img").first.click()
     page.wait_for_function("document.querySelector('#arena-status').innerText.includes('Which caption')",
@@ -274,3 +274,9 @@ def test_arena_votes_reveal_the_names_and_update_the_ratings(page, tmp_path):
     assert sum(label in board for label in labels) >= 2 and "to" in board  # ratings with their intervals
     page.wait_for_selector("#arena-winrates .js-plotly-plot .main-svg", timeout=WAIT_MS)
     screenshot(page, "arena", tmp_path)
+    from captionlab.arena.votes import list_votes
+
+    votes = list_votes(db_path=served[1] / "captionlab.db")[-2:]  # stored with this browser's own id
+    assert [v.outcome for v in votes] == ["left", "tie"]
+    voter = votes[0].voter
+    assert votes[1].voter == voter and voter.startswith("browser:") and "unknown" not in voter

@@ -26,6 +26,7 @@ from captionlab.service.catalog import IN_DOMAIN, strategy_label
 AGREEMENT_METRICS = (("CIDEr", "CIDEr"), ("CLIP-S", "CLIP-Score"))  # (label, results-store name)
 OUTCOME_LABELS = {"left": "left is better", "right": "right is better", "tie": "tie (equally good)",
                   "both_bad": "both bad"}
+CACHED_IMAGES = 256  # images whose captions are kept for later matches; the oldest are dropped beyond this
 _captions: dict[tuple, dict[str, str]] = {}
 _captions_lock = threading.Lock()
 
@@ -118,6 +119,8 @@ def captions_for(settings, image_path: str, image_key: str) -> tuple[dict[str, s
     problems = [f"{strategy_label(key)}: {why}" for key, why in done.errors.items()]
     with _captions_lock:
         _captions[cache_key] = dict(captions)
+        while len(_captions) > CACHED_IMAGES:
+            _captions.pop(next(iter(_captions)))
     return captions, problems
 
 
