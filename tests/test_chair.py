@@ -170,3 +170,14 @@ def test_the_shipped_studys_chair_comes_from_its_own_predictions_and_world(tmp_p
     (folder / "predictions.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     with pytest.raises(StudyMismatch, match="references differ"):
         add_chair(folder / "results.json")
+
+
+def test_coco_instances_beside_a_karpathy_file_make_chair_available(tmp_path):
+    (tmp_path / "instances_val2014.json").write_text(json.dumps(
+        {"categories": [{"id": 18, "name": "dog"}], "annotations": [{"image_id": 1, "category_id": 18}]}))
+    spec = DatasetSpec("mine", "karpathy", tmp_path / "dataset_coco.json", tmp_path)
+    records = [CaptionRecord("1", tmp_path / "a.png", ("A puppy on a sofa.",), "test", "coco")]
+    outcome = chair_for_evaluation(spec, records, {"1": "A dog and a cat on a couch."})
+    # dog (instances) and couch (the reference's sofa) are there, the cat is not: 1 of 3 mentions
+    assert outcome.metrics == pytest.approx({"CHAIR-i": 100 / 3, "CHAIR-s": 100.0, "Object-Recall": 100.0})
+    assert outcome.hallucinated == {"1": ["cat"]} and outcome.unavailable == {}
