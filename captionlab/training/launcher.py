@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from captionlab import atomic, paths
-from captionlab.training import runs_db
+from captionlab.training import run_lock, runs_db
 from captionlab.training.energy import energy_so_far_kwh
 from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
 
@@ -158,32 +158,51 @@ def _describe(config: dict) -> dict:
     return {key: str(config.get(key) or "") for key in ("model", "strategy", "dataset")}
 
 
-def _start_local(run_id: str, resume: bool) -> RunInfo:
+def _start_local(run_id: str, resume: bool, lock: run_lock.RunLock | None = None) -> RunInfo:
+    """Start the trainer holding the run's lock (taken here unless the caller holds it already): the child
+    inherits the lock's descriptor, so the run stays owned from this check to the trainer's last breath."""
     row = runs_db.get_run(run_id)
     folder = RunFolder(Path(row["run_dir"]))
-    spec = row["launch_spec"]
-    command = trainer_command(folder.path, spec.get("gpus", 1), resume, spec.get("trainer_cmd"), _uses_fsdp(folder))
+    own_lock = lock is None
+    lock = lock or _lock_run(row)
     try:
-        process = _spawn(command, folder)
-    except OSError as exc:
-        message = f"could not start the trainer: {exc}"
-        folder.write_status(state="failed", message=message)
-        runs_db.update_run(run_id, state="failed", message=message)
-        raise LaunchError(message) from None
+        spec = row["launch_spec"]
+        command = trainer_command(folder.path, spec.get("gpus", 1), resume, spec.get("trainer_cmd"),
+                                  _uses_fsdp(folder))
+        try:
+            process = _spawn(command, folder, lock)
+        except OSError as exc:
+            message = f"could not start the trainer: {exc}"
+            folder.write_status(state="failed", message=message)
+            runs_db.update_run(run_id, state="failed", message=message)
+            raise LaunchError(message) from None
+    finally:
+        if own_lock:
+            lock.release()
     pgid = _pgid_of(process.pid)
     runs_db.update_run(run_id, state="running", pid=process.pid, pgid=pgid,
                        message="resumed" if resume else "started")
     return RunInfo(run_id, row["name"], folder.path, "local", command, process.pid, pgid)
 
 
-def _spawn(command: list[str], folder: RunFolder) -> subprocess.Popen:
-    """Start `command` without a shell, in its own session, output appended to log.txt."""
+def _lock_run(row: dict) -> run_lock.RunLock:
+    """The run's trainer lock, or LaunchError naming the live pid that trains it."""
+    try:
+        return run_lock.acquire(Path(row["run_dir"]))
+    except run_lock.RunBusyError as busy:
+        raise LaunchError(str(busy)) from None
+
+
+def _spawn(command: list[str], folder: RunFolder, lock: run_lock.RunLock) -> subprocess.Popen:
+    """Start `command` without a shell, in its own session, output appended to log.txt, holding the run's lock."""
     with folder.log_path.open("ab") as log:
         log.write(f"[launcher {time.strftime('%Y-%m-%d %H:%M:%S')}] {shlex.join(command)}\n".encode())
         log.flush()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=paths.PROJECT_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   cwd=paths.PROJECT_ROOT, pass_fds=lock.pass_fds,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **lock.child_env()},
                                    start_new_session=True)
+    lock.record_holder(process.pid)
     _children[process.pid] = process
     return process
 
@@ -224,19 +243,28 @@ def stop_run(run_id: str, grace_s: float = 30.0) -> dict:
 
 
 def resume_run(run_id: str) -> RunInfo:
-    """Continue a stopped, crashed or failed run from its last/ checkpoint (or previous/, the one before)."""
+    """Continue a stopped, crashed or failed run from its last/ checkpoint (or previous/, the one before).
+
+    Refused (naming the pid) while a live trainer holds the run: two resumes at once start one trainer."""
     refresh_runs()
     row = _require_run(run_id)
-    if row["state"] not in RESUMABLE_STATES:
-        raise LaunchError(f"run {run_id} is {row['state']}; only a stopped, crashed or failed run can be resumed")
-    folder = RunFolder(Path(row["run_dir"]))
-    if not any(is_complete_checkpoint(folder.path / name) for name in RESUME_CHECKPOINTS):
-        raise LaunchError(f"run {run_id} has no complete checkpoint ({' or '.join(RESUME_CHECKPOINTS)} in "
-                          f"{folder.path}) to resume from; launch it again instead")
-    folder.write_status(state="queued", message="resuming")
-    if row["backend"] == "slurm":
-        return _submit_slurm_job(run_id, resume=True)
-    return _start_local(run_id, resume=True)
+    lock = _lock_run(row) if row["backend"] == "local" else None
+    try:
+        row = _require_run(run_id)  # re-read under the lock: a resume that just finished changed it
+        if row["state"] not in RESUMABLE_STATES:
+            raise LaunchError(f"run {run_id} is {row['state']}; only a stopped, crashed or failed run can be "
+                              "resumed")
+        folder = RunFolder(Path(row["run_dir"]))
+        if not any(is_complete_checkpoint(folder.path / name) for name in RESUME_CHECKPOINTS):
+            raise LaunchError(f"run {run_id} has no complete checkpoint ({' or '.join(RESUME_CHECKPOINTS)} in "
+                              f"{folder.path}) to resume from; launch it again instead")
+        folder.write_status(state="queued", message="resuming")
+        if row["backend"] == "slurm":
+            return _submit_slurm_job(run_id, resume=True)
+        return _start_local(run_id, resume=True, lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _require_run(run_id: str) -> dict:
