@@ -34,6 +34,7 @@ from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
 
 ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("stopped", "crashed", "failed")
+WAITING_MESSAGE = "waiting for a free slot (see the cap on concurrent jobs)"  # launched with start=False
 RESUME_CHECKPOINTS = ("last", "previous")  # the trainer resumes from the newest of these that verifies
 SLURM_ALIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started, so they can be reaped
@@ -59,9 +60,10 @@ class RunInfo:
 
 
 def launch_run(recipe: str | Path, overrides: list[str] = (), name: str | None = None, gpus: int = 1,
-               runs_root: Path | None = None, trainer_cmd: list[str] | None = None) -> RunInfo:
+               runs_root: Path | None = None, trainer_cmd: list[str] | None = None, start: bool = True) -> RunInfo:
     """Validate, create the run folder and start the trainer locally. `trainer_cmd` replaces the
-    `python -m train run` prefix (tests use a fake trainer); `--run-dir DIR [--resume]` is appended."""
+    `python -m train run` prefix (tests use a fake trainer); `--run-dir DIR [--resume]` is appended.
+    With start=False the run waits, queued, until `start_waiting_run` (the app's cap on concurrent jobs)."""
     if gpus < 1:
         raise LaunchError(f"gpus must be at least 1 (got {gpus})")
     config, default_name = resolve_recipe(recipe, list(overrides))
@@ -70,7 +72,25 @@ def launch_run(recipe: str | Path, overrides: list[str] = (), name: str | None =
     spec = {"gpus": gpus, "trainer_cmd": list(trainer_cmd) if trainer_cmd else None}
     runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
                          launch_spec=spec, **_describe(config))
+    if not start:
+        folder.write_status(state="queued", message=WAITING_MESSAGE)
+        runs_db.update_run(folder.run_id, message=WAITING_MESSAGE)
+        return RunInfo(folder.run_id, run_name, folder.path, "local", [])
     return _start_local(folder.run_id, resume=False)
+
+
+def is_waiting(row: dict) -> bool:
+    """A local run launched with start=False that no trainer has picked up yet."""
+    return (row["backend"] == "local" and row["state"] == "queued" and row["pid"] is None
+            and row["message"] == WAITING_MESSAGE)
+
+
+def start_waiting_run(run_id: str) -> RunInfo:
+    """Start a run that waited for a free slot."""
+    row = _require_run(run_id)
+    if not is_waiting(row):
+        raise LaunchError(f"run {run_id} is not waiting to start (state: {row['state']})")
+    return _start_local(run_id, resume=False)
 
 
 def submit_slurm(recipe: str | Path, overrides: list[str] = (), name: str | None = None, *, partition: str,
@@ -329,7 +349,7 @@ def refresh_runs() -> list[dict]:
     Returns the rows that changed."""
     changed = []
     for row in runs_db.list_runs():
-        if row["state"] not in ACTIVE_STATES:
+        if row["state"] not in ACTIVE_STATES or is_waiting(row):
             continue
         folder = RunFolder(Path(row["run_dir"]))
         alive = _slurm_job_alive(row) if row["backend"] == "slurm" else (
