@@ -351,3 +351,20 @@ def test_the_run_lock_is_freed_when_its_holder_is_killed(tmp_path):
         holder.wait(timeout=10)
     assert run_lock.holder_pid(tmp_path) is None  # kill -9 leaves nothing stale behind
     run_lock.acquire(tmp_path).release()
+
+
+def test_a_training_beyond_the_cap_waits_then_starts(workspace, monkeypatch):
+    from captionlab.service import capacity
+
+    monkeypatch.setenv(capacity.MAX_ACTIVE_ENV, "1")
+    first = launch("fake_steps=1000")
+    wait_for_step(first, 1)
+    assert capacity.slots().trainings == 1 and capacity.slots().free == 0
+    waiting = launch(start=False)
+    launcher.refresh_runs()
+    row = runs_db.get_run(waiting.run_id)
+    assert row["state"] == "queued" and launcher.is_waiting(row)  # not taken for a crashed run
+    assert capacity.slots().waiting == 1 and capacity.start_waiting() == []
+    launcher.stop_run(first.run_id, grace_s=3)
+    assert capacity.start_waiting() == [waiting.run_id]
+    wait_for_state(waiting.run_id, "finished")

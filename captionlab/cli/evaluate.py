@@ -167,6 +167,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from captionlab import write_errors
+
+    try:
+        return _evaluate_or_grid(args)
+    except (OSError, sqlite3.Error) as exc:
+        if write_errors.is_disk_full(exc):  # "no space left on device", not "disk I/O error" or a traceback
+            raise UserError(write_errors.describe(exc)) from None
+        raise
+
+
+def _evaluate_or_grid(args: argparse.Namespace) -> int:
     settings = _settings(args)
     errors = _user_errors()
     try:

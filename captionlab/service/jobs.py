@@ -121,12 +121,9 @@ def submit_job(argv: list[str], prefix: str) -> str:
 
 def describe_os_error(exc: BaseException) -> str:
     """The user's words for a failed write: 'no space left on device' for a full disk, whoever reported it."""
-    import errno
+    from captionlab import write_errors
 
-    text = str(exc)
-    if getattr(exc, "errno", None) == errno.ENOSPC or "database or disk is full" in text:
-        return "no space left on device (free some disk space and try again)"
-    return text or type(exc).__name__
+    return write_errors.describe(exc, jobs_dir())
 
 
 def _new_job(argv: list[str], prefix: str) -> str:

@@ -35,7 +35,8 @@ from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
 ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("stopped", "crashed", "failed")
 WAITING_MESSAGE = "waiting for a free slot (see the cap on concurrent jobs)"  # launched with start=False
-RESUME_CHECKPOINTS = ("last", "previous")  # the trainer resumes from the newest of these that verifies
+RESUME_CHECKPOINTS = ("last", "previous")
+LAUNCH_SPEC_NAME = "launch.json"  # in the run folder: recipe, backend and launch_spec, what a rebuilt registry needs  # the trainer resumes from the newest of these that verifies
 SLURM_ALIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started, so they can be reaped
 
@@ -68,15 +69,35 @@ def launch_run(recipe: str | Path, overrides: list[str] = (), name: str | None =
         raise LaunchError(f"gpus must be at least 1 (got {gpus})")
     config, default_name = resolve_recipe(recipe, list(overrides))
     run_name = sanitize_run_name(name or default_name)
-    folder = create_run_folder(config, run_name, runs_root)
     spec = {"gpus": gpus, "trainer_cmd": list(trainer_cmd) if trainer_cmd else None}
-    runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
-                         launch_spec=spec, **_describe(config))
+    folder = _create_registered_run(config, run_name, runs_root, recipe, spec)
     if not start:
         folder.write_status(state="queued", message=WAITING_MESSAGE)
         runs_db.update_run(folder.run_id, message=WAITING_MESSAGE)
         return RunInfo(folder.run_id, run_name, folder.path, "local", [])
     return _start_local(folder.run_id, resume=False)
+
+
+def _create_registered_run(config: dict, run_name: str, runs_root: Path | None, recipe, spec: dict,
+                           backend: str = "local") -> RunFolder:
+    """The run folder (with launch.json: how to start it again, for a registry rebuilt from the folders) and its
+    registry row; a failed write (a full disk) leaves neither behind and says what happened."""
+    import sqlite3
+
+    from captionlab import write_errors
+
+    folder = None
+    try:
+        folder = create_run_folder(config, run_name, runs_root)
+        atomic.write_json(folder.path / LAUNCH_SPEC_NAME, {"name": run_name, "recipe": str(recipe),
+                                                           "backend": backend, **spec})
+        runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
+                             backend=backend, launch_spec=spec, **_describe(config))
+    except (OSError, sqlite3.Error) as exc:
+        if folder is not None:
+            shutil.rmtree(folder.path, ignore_errors=True)  # no orphan folder the registry does not know
+        raise LaunchError(f"could not create the run: {write_errors.describe(exc, paths.runs_dir())}") from None
+    return folder
 
 
 def is_waiting(row: dict) -> bool:
@@ -100,11 +121,9 @@ def submit_slurm(recipe: str | Path, overrides: list[str] = (), name: str | None
     _require_slurm()
     config, default_name = resolve_recipe(recipe, list(overrides))
     run_name = sanitize_run_name(name or default_name)
-    folder = create_run_folder(config, run_name, runs_root)
     spec = {"gpus": gpus, "trainer_cmd": None,
             "slurm": {"partition": partition, "time_min": time_min, "cpus_per_task": cpus_per_task, "mem_gb": mem_gb}}
-    runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
-                         backend="slurm", launch_spec=spec, **_describe(config))
+    folder = _create_registered_run(config, run_name, runs_root, recipe, spec, backend="slurm")
     return _submit_slurm_job(folder.run_id, resume=False)
 
 
@@ -169,8 +188,12 @@ def create_run_folder(config: dict, run_name: str, runs_root: Path | None) -> Ru
     else:
         raise LaunchError(f"could not create a unique run folder for {base!r} in {root}")
     folder = RunFolder(path)
-    atomic.write_text(folder.config_path, yaml.safe_dump(config, sort_keys=False))
-    folder.write_status(state="queued", message="launching")
+    try:
+        atomic.write_text(folder.config_path, yaml.safe_dump(config, sort_keys=False))
+        folder.write_status(state="queued", message="launching")
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # a half-written folder (a full disk) is no run
+        raise
     return folder
 
 

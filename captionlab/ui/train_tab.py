@@ -181,7 +181,7 @@ def create_train_tab(settings: AppSettings) -> None:
             new_id = runs.launch(form)
         except (runs.FormError, LaunchError) as exc:
             return f"⚠️ {exc}", gr.skip(), gr.skip()
-        return f"✅ Started **{new_id}**", line, new_id
+        return runs.launched_message(new_id), line, new_id
 
     def on_defaults(model_value, strategy_value):
         model_value, strategy_value = model_value or default_model, strategy_value or "lora"
