@@ -187,3 +187,16 @@ def test_a_full_database_at_launch_is_named_not_an_io_error(workspace, monkeypat
         launch("fake_steps=3")
     assert "disk I/O" not in str(raised.value)
     assert list(paths.runs_dir().iterdir()) == []
+
+
+def test_the_train_and_energy_tabs_survive_an_unreadable_registry(workspace):
+    from captionlab import db
+    from captionlab.service import energy, runs
+
+    done = launch("fake_steps=3", name="done")
+    wait_for_state(done.run_id, "finished")
+    db.rebuild_notes.clear()
+    _damage_database("foreign")
+    assert [row["run_id"] for row in runs.list_runs()] == [done.run_id]  # the Train tab's list
+    assert [row["Run"] for row in energy.run_energy_rows(None)] == [done.run_id]  # the Energy tab's runs
+    assert "could not be read" in runs.registry_note()

@@ -13,10 +13,14 @@ waits, oldest first, as `queued` with a message saying so. A run launched from a
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 MAX_ACTIVE_ENV = "CAPTIONLAB_MAX_ACTIVE_JOBS"
 DEFAULT_MAX_ACTIVE = 2
+# the app's timers (Train and Benchmarks tabs) and its Start buttons run in threads of one process: one at a time
+# counts the slots and starts what fits, so no two of them start the same waiting job or overfill the cap
+starting = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,11 @@ def start_waiting() -> list[str]:
     from captionlab.service import jobs
     from captionlab.training import launcher
 
+    with starting:
+        return _start_waiting(jobs, launcher)
+
+
+def _start_waiting(jobs, launcher) -> list[str]:
     started = []
     free = slots().free
     waiting = [(job["created"], "job", job["job"]) for job in jobs.job_records() if job["state"] == "queued"]

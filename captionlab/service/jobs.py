@@ -105,17 +105,18 @@ def submit_job(argv: list[str], prefix: str) -> str:
     """Record a job running `argv`; start it now if a slot is free, else leave it queued. A message for the user."""
     from captionlab.service import capacity
 
-    try:
-        free = capacity.slots().free
-        job_id = _new_job(argv, prefix)
-    except (OSError, ValueError) as exc:
-        return f"⚠️ could not record the job: {describe_os_error(exc)}"
-    if free < 1:
-        return f"queued {job_id}: it starts when a slot frees ({capacity.slots().describe()})"
-    try:
-        job = start_job(job_id)
-    except OSError as exc:
-        return f"⚠️ could not start {job_id}: {describe_os_error(exc)}"
+    with capacity.starting:
+        try:
+            free = capacity.slots().free
+            job_id = _new_job(argv, prefix)
+        except (OSError, ValueError) as exc:
+            return f"⚠️ could not record the job: {describe_os_error(exc)}"
+        if free < 1:
+            return f"queued {job_id}: it starts when a slot frees ({capacity.slots().describe()})"
+        try:
+            job = start_job(job_id)
+        except OSError as exc:
+            return f"⚠️ could not start {job_id}: {describe_os_error(exc)}"
     return f"✅ started {job_id} (pid {job['pid']}); log: {jobs_dir() / job_id / 'log.txt'}"
 
 

@@ -196,12 +196,13 @@ def launch(form: TrainForm, trainer_cmd: list[str] | None = None) -> str:
     from captionlab.service import capacity
 
     recipe, overrides = validate_form(form)
-    try:
-        slot_free = capacity.slots().free > 0
-    except ValueError as exc:  # a bad cap setting
-        raise FormError(str(exc)) from None
-    info = launch_run(recipe, overrides, name=form.name.strip() or None, gpus=int(form.gpus), trainer_cmd=trainer_cmd,
-                      start=slot_free)
+    with capacity.starting:
+        try:
+            slot_free = capacity.slots().free > 0
+        except ValueError as exc:  # a bad cap setting
+            raise FormError(str(exc)) from None
+        info = launch_run(recipe, overrides, name=form.name.strip() or None, gpus=int(form.gpus),
+                          trainer_cmd=trainer_cmd, start=slot_free)
     return info.run_id
 
 
@@ -243,6 +244,13 @@ def list_runs() -> list[dict]:
     except ValueError:
         pass  # a bad cap setting: Launch says so; the list still shows
     return list_runs_with_status()
+
+
+def registry_note() -> str:
+    """What an automatic rebuild of the runs registry did in this process (it could not be read), or ''."""
+    from captionlab import db
+
+    return "".join(f"Note: {note}\n\n" for note in db.rebuild_notes[-1:])
 
 
 def runs_table(runs: list[dict]) -> list[dict]:
