@@ -41,7 +41,7 @@ class Slots:
     def describe(self) -> str:
         waiting = f"; {self.waiting} waiting for a slot" if self.waiting else ""
         return (f"{self.busy} of {self.cap} slots busy ({self.trainings} training, {self.evaluations} evaluation)"
-                f"{waiting}; the cap is ${MAX_ACTIVE_ENV}")
+                f"{waiting}; the cap is set by ${MAX_ACTIVE_ENV}")
 
 
 def max_active() -> int:

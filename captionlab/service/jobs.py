@@ -209,7 +209,7 @@ def list_jobs(limit: int = 20) -> list[dict]:
         done, total, eta_s = progress_of(job, _read_progress(folder))
         rows.append({"job": job["job"], "state": job["state"],
                      "progress": f"{done}/{total} images" if total else "",
-                     "ETA": format_eta(eta_s) if job["state"] == "running" else "",
+                     "ETA": format_eta(eta_s) if job["state"] == "running" else "—",
                      "last log line": last[0] if last else job.get("message", "")})
     return rows
 
