@@ -137,4 +137,5 @@ def test_the_eta_comes_from_the_measured_rate():
     assert jobs.progress_of({}, progress, now=125.0) == (20, 50, 55.0)
     assert jobs.progress_of({}, {"done": 10, "total": 50, "first_done": 10, "first_at": 100.0, "at": 100.0},
                             now=130.0)[2] is None  # one report: no rate yet
-    assert jobs.format_eta(55.0) == "55s" and jobs.format_eta(125) == "2m 05s" and jobs.format_eta(None) == "measuring..."
+    assert jobs.format_eta(55.0) == "55s" and jobs.format_eta(125) == "2m 05s"
+    assert jobs.format_eta(None) == "measuring..."

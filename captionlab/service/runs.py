@@ -191,9 +191,8 @@ def preview(form: TrainForm) -> str:
 
 def launch(form: TrainForm, trainer_cmd: list[str] | None = None) -> str:
     """Start the run; returns its id. FormError / launcher.LaunchError carry the user's message."""
-    from captionlab.training.launcher import launch_run
-
     from captionlab.service import capacity
+    from captionlab.training.launcher import launch_run
 
     recipe, overrides = validate_form(form)
     with capacity.starting:

@@ -35,8 +35,8 @@ from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
 ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("stopped", "crashed", "failed")
 WAITING_MESSAGE = "waiting for a free slot (see the cap on concurrent jobs)"  # launched with start=False
-RESUME_CHECKPOINTS = ("last", "previous")
-LAUNCH_SPEC_NAME = "launch.json"  # in the run folder: recipe, backend and launch_spec, what a rebuilt registry needs  # the trainer resumes from the newest of these that verifies
+RESUME_CHECKPOINTS = ("last", "previous")  # the trainer resumes from the newest of these that verifies
+LAUNCH_SPEC_NAME = "launch.json"  # in the run folder: name, recipe, backend and launch_spec, for a rebuilt registry
 SLURM_ALIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started, so they can be reaped
 
@@ -215,7 +215,9 @@ def _start_local(run_id: str, resume: bool, lock: run_lock.RunLock | None = None
         try:
             process = _spawn(command, folder, lock)
         except OSError as exc:
-            message = f"could not start the trainer: {exc}"
+            from captionlab import write_errors
+
+            message = f"could not start the trainer: {write_errors.describe(exc, folder.path)}"
             folder.write_status(state="failed", message=message)
             runs_db.update_run(run_id, state="failed", message=message)
             raise LaunchError(message) from None

@@ -70,9 +70,11 @@ def _insert(conn: sqlite3.Connection, path: Path) -> bool:
         state, message = "crashed", "no live trainer when the registry was rebuilt; resumable from its checkpoint"
     created = folder.config_path.stat().st_mtime
     spec = {key: value for key, value in launch.items() if key not in ("name", "recipe", "backend")}
-    row = {"run_id": path.name, "name": str(launch.get("name") or config.get("name") or f"{config.get('model')}-{config.get('strategy')}"),
+    name = launch.get("name") or config.get("name") or f"{config.get('model')}-{config.get('strategy')}"
+    row = {"run_id": path.name, "name": str(name),
            "model": str(config.get("model") or ""), "strategy": str(config.get("strategy") or ""),
-           "dataset": str(config.get("dataset") or ""), "recipe": str(launch.get("recipe") or config.get("recipe") or ""),
+           "dataset": str(config.get("dataset") or ""),
+           "recipe": str(launch.get("recipe") or config.get("recipe") or ""),
            "state": state, "pid": pid if pid and pid > 0 else None, "pgid": None, "created_at": created,
            "updated_at": time.time(), "run_dir": str(path), "backend": launch.get("backend") or "local",
            "slurm_job_id": None, "message": message, "launch_spec": json.dumps(spec or {"gpus": 1})}

@@ -1,4 +1,4 @@
-"""One live trainer per run folder: an advisory lock (fcntl.flock) on `<run>/trainer.lock`, held for the trainer's life.
+"""One live trainer per run folder: an advisory lock (fcntl.flock) on `<run>/trainer.lock`, held for its life.
 
     lock = acquire(run_dir)          # RunBusyError naming the live pid if another process holds it
     lock.hand_to_child()             # Popen(..., pass_fds=lock.pass_fds, env={**env, **lock.child_env()})
