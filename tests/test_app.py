@@ -486,8 +486,9 @@ def test_drilldown_of_a_paper_row_and_no_jobs_keep_their_column_names(home, tmp_
     title, frame = callbacks["on_select"](event, list(PAPER_TABLES)[0], keys)
     assert list(frame.columns) == ["image", "caption", "references"]  # not gradio's 1, 2, 3 of a column-less frame
     assert "Zero-shot" in title and "publishes corpus scores only" in title  # the table's label, not zero_shot
-    assert list(callbacks["_jobs_frame"]().columns) == ["job", "state", "last log line"]
-    assert list(components["bench-jobs"].value["headers"]) == ["job", "state", "last log line"]
+    assert list(callbacks["on_jobs_tick"]([], list(PAPER_TABLES)[0], "Yours")[0].columns) == [
+        "job", "state", "progress", "ETA", "last log line"]
+    assert list(components["bench-jobs"].value["headers"]) == ["job", "state", "progress", "ETA", "last log line"]
 
 
 def test_fig2_and_tradeoff_data_from_the_paper():

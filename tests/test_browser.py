@@ -280,3 +280,71 @@ def test_arena_votes_reveal_the_names_and_update_the_ratings(page, served, tmp_p
     assert [v.outcome for v in votes] == ["left", "tie"]
     voter = votes[0].voter
     assert votes[1].voter == voter and voter.startswith("browser:") and "unknown" not in voter
+
+
+def train_form_run(page, name: str, epochs: int) -> str:
+    """Launch a small run from the Train form; returns its id once the form says it started."""
+    open_tab(page, "Train")
+    for field, value in (("batch-size", "2"), ("micro-batch-size", "2"), ("epochs", str(epochs)),
+                         ("max-train-images", "12"), ("max-val-images", "4")):
+        box = page.locator(f"#train-{field} input, #train-{field} textarea").first
+        box.fill(value)
+        box.press("Tab")
+    page.fill("#train-name input, #train-name textarea", name)
+    page.click("#train-launch")
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Started')",
+                           timeout=WAIT_MS)
+    return re.search(r"Started (\S+)", page.inner_text("#train-message")).group(1)
+
+
+def test_train_stop_and_resume_buttons_stop_and_continue_a_run(page, served, tmp_path):
+    """Issue 26: the Train tab's Stop and Resume, clicked on a real run: Stop checkpoints it and says stopped;
+    Resume continues from that step (not from 0) with one trainer, to the end."""
+    _, home = served
+    run_id = train_form_run(page, "stop-resume", epochs=4)  # 6 steps an epoch: long enough to stop midway
+    wait_for(lambda: progress_step(page)[0] >= 2 and progress_step(page)[1] == "running", 300,
+             "the run's second optimizer step")
+    page.click("#train-stop")
+    wait_for(lambda: f"{run_id}: stopped" in page.inner_text("#train-message"), 120, "Stop's answer")
+    wait_for(lambda: progress_step(page)[1] == "stopped", 60, "the progress bar to say stopped")
+    stopped_at = progress_step(page)[0]
+    assert stopped_at < 24 and "stopped" in page.inner_text("#train-runs")
+    assert "stop requested: checkpointed at step" in (home / "runs" / run_id / "log.txt").read_text()
+    screenshot(page, "train-stopped", tmp_path)
+    wait_for(lambda: page.locator("#train-resume").is_enabled(), 30, "Resume to be offered")
+    page.click("#train-resume")
+    wait_for(lambda: "resumed" in page.inner_text("#train-message") or "⚠" in page.inner_text("#train-message"),
+             120, "Resume's answer")
+    assert f"run {run_id} resumed" in page.inner_text("#train-message"), page.inner_text("#train-message")
+    wait_for(lambda: progress_step(page)[1] == "running" and progress_step(page)[0] >= stopped_at, 300,
+             "the resumed run running again")
+    assert progress_step(page)[0] >= stopped_at  # continued from its checkpoint, not from step 0
+    wait_for(lambda: progress_step(page)[0] > stopped_at or progress_step(page)[1] == "finished", 300,
+             "the resumed run to advance")
+    log = (home / "runs" / run_id / "log.txt").read_text()
+    assert log.count("[launcher") == 2  # the launch and one resume: one trainer at a time
+    if progress_step(page)[1] == "running":  # leave nothing training for the next test
+        page.click("#train-stop", timeout=10_000)
+        wait_for(lambda: progress_step(page)[1] in ("stopped", "finished"), 120, "the run to stop again")
+
+
+def test_an_evaluation_job_finishes_and_its_results_appear_without_a_refresh(page, served, tmp_path):
+    """Issue 26.7: a job started from the Benchmarks tab moves queued/running -> finished in the jobs table and
+    its scores appear in the results table, with no Refresh or Reload click; its state uses the runs' words."""
+    open_tab(page, "Benchmarks")
+    page.wait_for_selector("#bench-table", timeout=WAIT_MS)
+    assert "first 2 images" not in page.inner_text("#bench-table")
+    page.get_by_text("Run an evaluation").click()
+    box = page.locator("#bench-eval-limit input, #bench-eval-limit textarea").first
+    box.fill("2")
+    box.press("Tab")
+    page.get_by_role("button", name="Start evaluation job").click()
+    wait_for(lambda: "eval-zero_shot-coco" in page.inner_text("#bench-jobs"), 60, "the job in the jobs table")
+    screenshot(page, "benchmarks-job-running", tmp_path)
+    wait_for(lambda: "finished" in page.inner_text("#bench-jobs") or "failed" in page.inner_text("#bench-jobs"),
+             400, "the job to end")
+    jobs_text = page.inner_text("#bench-jobs")
+    assert "finished" in jobs_text and "exited" not in jobs_text, jobs_text
+    assert "2/2 images" in jobs_text
+    wait_for(lambda: "first 2 images" in page.inner_text("#bench-table"), 30, "the job's scores in the table")
+    screenshot(page, "benchmarks-job-finished", tmp_path)

@@ -130,3 +130,28 @@ def test_readme_and_help_say_what_grid_mode_runs(capsys):
         main(["evaluate", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--grid the paper's six strategies" in help_text
+
+
+@pytest.mark.parametrize("error", ["enospc", "sqlite-full", "sqlite-io-on-a-full-disk"])
+def test_a_full_disk_is_named_as_one(monkeypatch, capsys, error):
+    """Issue 17.5: a full disk says "no space left on device", never a traceback, "disk I/O error" or "Error"."""
+    import errno
+    import os
+    import sqlite3
+
+    from captionlab import write_errors
+    from captionlab.evaluation import evaluator
+
+    raised = {"enospc": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+              "sqlite-full": sqlite3.OperationalError("database or disk is full"),
+              "sqlite-io-on-a-full-disk": sqlite3.OperationalError("disk I/O error")}[error]
+
+    def evaluate(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(evaluator, "evaluate", evaluate)
+    monkeypatch.setattr(write_errors, "_nearly_full", lambda where: True)  # no disk is filled for this
+    code = main(["evaluate", "--strategy", "zero_shot", "--dataset", "coco", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no space left on device" in err and "Traceback" not in err
+    assert "disk I/O error" not in err

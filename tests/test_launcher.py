@@ -272,3 +272,99 @@ def test_slurm_without_sbatch_is_a_clear_error(workspace, monkeypatch):
     with pytest.raises(launcher.LaunchError, match="sbatch"):
         launcher.submit_slurm("recipe.yaml", [], partition="gpu")
     assert runs_db.list_runs() == []
+
+
+# --- one live trainer per run folder (issue 17.2) ------------------------------------------------
+
+
+def test_two_resumes_at_once_start_one_trainer(workspace, monkeypatch):
+    import threading
+
+    info = launch("fake_steps=40", "fake_sleep_s=0.05")
+    wait_for_step(info, 4)
+    launcher.stop_run(info.run_id, grace_s=3)
+    both_checked = threading.Barrier(2, timeout=30)
+    refresh = launcher.refresh_runs
+
+    def refresh_then_meet():  # both resumes have looked at the run before either starts a trainer
+        changed = refresh()
+        both_checked.wait()
+        return changed
+
+    monkeypatch.setattr(launcher, "refresh_runs", refresh_then_meet)
+    answers: list = []
+
+    def resume():
+        try:
+            answers.append(launcher.resume_run(info.run_id))
+        except launcher.LaunchError as exc:
+            answers.append(exc)
+
+    threads = [threading.Thread(target=resume) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    started = [a for a in answers if isinstance(a, launcher.RunInfo)]
+    refused = [str(a) for a in answers if isinstance(a, launcher.LaunchError)]
+    assert len(started) == 1 and len(refused) == 1, answers
+    assert re.search(r"already being trained by pid \d+", refused[0]), refused[0]
+    monkeypatch.setattr(launcher, "refresh_runs", refresh)
+    wait_for_state(info.run_id, "finished")
+    assert RunFolder(info.run_dir).log_tail(400).count("[launcher") == 2  # the launch and one resume
+    assert runs_db.get_run(info.run_id)["pid"] == started[0].pid
+
+
+def test_resume_from_the_command_line_while_the_trainer_lives_is_refused(workspace):
+    info = launch("fake_steps=1000")
+    wait_for_step(info, 1)
+    runs_db.update_run(info.run_id, state="stopped")  # e.g. the app's Stop timed out, the trainer lives on
+    answer = subprocess.run([sys.executable, "-m", "captionlab", "runs", "resume", info.run_id],
+                            capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 2 and "Traceback" not in answer.stderr
+    assert f"already being trained by pid {info.pid}" in answer.stderr
+
+
+def test_a_resume_while_the_trainer_lives_names_its_pid(workspace):
+    info = launch("fake_steps=1000")
+    wait_for_step(info, 1)
+    runs_db.update_run(info.run_id, state="stopped")  # the registry wrong (an app's stale view): the lock decides
+    with pytest.raises(launcher.LaunchError, match=rf"already being trained by pid {info.pid}\b"):
+        launcher.resume_run(info.run_id)
+    assert RunFolder(info.run_dir).log_tail(400).count("[launcher") == 1
+
+
+def test_the_run_lock_is_freed_when_its_holder_is_killed(tmp_path):
+    from captionlab.training import run_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from captionlab.training import run_lock; "
+        f"lock = run_lock.acquire({str(tmp_path)!r}); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True, cwd=paths.PROJECT_ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(run_lock.RunBusyError, match=rf"by pid {holder.pid}\b"):
+            run_lock.acquire(tmp_path)
+        assert run_lock.holder_pid(tmp_path) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert run_lock.holder_pid(tmp_path) is None  # kill -9 leaves nothing stale behind
+    run_lock.acquire(tmp_path).release()
+
+
+def test_a_training_beyond_the_cap_waits_then_starts(workspace, monkeypatch):
+    from captionlab.service import capacity
+
+    monkeypatch.setenv(capacity.MAX_ACTIVE_ENV, "1")
+    first = launch("fake_steps=1000")
+    wait_for_step(first, 1)
+    assert capacity.slots().trainings == 1 and capacity.slots().free == 0
+    waiting = launch(start=False)
+    launcher.refresh_runs()
+    row = runs_db.get_run(waiting.run_id)
+    assert row["state"] == "queued" and launcher.is_waiting(row)  # not taken for a crashed run
+    assert capacity.slots().waiting == 1 and capacity.start_waiting() == []
+    launcher.stop_run(first.run_id, grace_s=3)
+    assert capacity.start_waiting() == [waiting.run_id]
+    wait_for_state(waiting.run_id, "finished")

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from test_launcher import FAKE_TRAINER, _wait_until, launch, wait_for_state, wait_for_step, workspace  # noqa: F401
 
 from captionlab.cli import main
@@ -97,3 +99,104 @@ def test_show_a_run_without_steps_says_none_yet(workspace, capsys):
     runs_db.register_run("fresh-1", name="fresh", run_dir=run_dir)
     code, out, _ = run_cli(capsys, "show", "fresh-1")
     assert code == 0 and "last metrics: none yet\n" in out and '""' not in out
+
+
+# --- a damaged registry is rebuilt from the run folders; a full disk is named (issue 17.5) --------------------
+
+
+def _damage_database(how: str) -> None:
+    from captionlab import paths
+
+    path = paths.database_path()
+    if how == "foreign":
+        path.write_bytes(b"this is not a database, just text on disk\n" * 200)
+    else:  # a damaged page in the middle of a real database (its header intact)
+        data = bytearray(path.read_bytes())
+        data[4096:8192] = b"\xff" * 4096
+        path.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("how", ["foreign", "damaged-page"])
+def test_an_unreadable_registry_is_rebuilt_from_the_run_folders(workspace, capsys, how):
+    from captionlab import db, paths
+    from captionlab.training import runs_db
+
+    done = launch("fake_steps=3", name="done")
+    wait_for_state(done.run_id, "finished")
+    live = launch("fake_steps=1000", name="live")
+    wait_for_step(live, 1)
+    for index in range(40):  # enough rows for the table to span several pages
+        runs_db.register_run(f"filler-{index:02d}", name="filler " * 20, run_dir=workspace / "nowhere")
+    db.rebuild_notes.clear()
+    _damage_database(how)
+
+    code, out, err = run_cli(capsys)
+    assert code == 0 and "Traceback" not in err
+    assert "could not be read" in err and "rebuilt the runs registry from 2 run folders" in err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert set(rows) == {done.run_id, live.run_id}
+    assert rows[done.run_id][1:5] == ["done", "lora", "tiny", "finished"]
+    assert rows[live.run_id][4] == "running"  # its trainer's lock names it: still stoppable
+    assert runs_db.get_run(live.run_id)["pid"] == live.pid
+    assert launcher.stop_run(live.run_id, grace_s=3)["state"] == "stopped"
+    assert launcher.resume_run(live.run_id).pid  # and resumable as launched (launch.json: the fake trainer)
+    wait_for_state(live.run_id, "finished")
+    assert list(paths.workspace().glob("captionlab.db.unreadable-*"))  # kept for who wants to look
+
+
+def test_runs_rebuild_by_hand_keeps_what_the_folders_say(workspace, capsys):
+    done = launch("fake_steps=3", name="done")
+    wait_for_state(done.run_id, "finished")
+    code, out, _ = run_cli(capsys, "rebuild")
+    assert code == 0 and "from 1 run folder " in out
+    code, out, _ = run_cli(capsys)
+    assert done.run_id in out and "finished" in out
+
+
+def test_a_full_disk_at_launch_is_named_and_leaves_no_run_folder(workspace, monkeypatch, capsys):
+    import errno
+
+    from captionlab import atomic, paths
+
+    real_write_json = atomic.write_json
+
+    def full_for_launch_json(path, data, *args, **kwargs):
+        if path.name == "launch.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_write_json(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(atomic, "write_json", full_for_launch_json)
+    with pytest.raises(launcher.LaunchError, match="no space left on device"):
+        launch("fake_steps=3")
+    assert list(paths.runs_dir().iterdir()) == []
+
+
+def test_a_full_database_at_launch_is_named_not_an_io_error(workspace, monkeypatch):
+    import sqlite3
+
+    from captionlab import paths
+    from captionlab.training import runs_db
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(runs_db, "register_run", full)
+    with pytest.raises(launcher.LaunchError, match="no space left on device") as raised:
+        launch("fake_steps=3")
+    assert "disk I/O" not in str(raised.value)
+    assert list(paths.runs_dir().iterdir()) == []
+
+
+def test_the_train_and_energy_tabs_survive_an_unreadable_registry(workspace):
+    from captionlab import db
+    from captionlab.service import energy, runs
+
+    done = launch("fake_steps=3", name="done")
+    wait_for_state(done.run_id, "finished")
+    db.rebuild_notes.clear()
+    _damage_database("foreign")
+    assert [row["run_id"] for row in runs.list_runs()] == [done.run_id]  # the Train tab's list
+    assert [row["Run"] for row in energy.run_energy_rows(None)] == [done.run_id]  # the Energy tab's runs
+    assert "could not be read" in runs.registry_note()

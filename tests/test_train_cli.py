@@ -72,8 +72,8 @@ def test_a_run_started_from_a_terminal_is_live_stoppable_and_logged(home, tmp_pa
                     if (run_dir / "status.json").exists() else False, timeout=180, interval=0.2)  # three steps
         launcher.refresh_runs()
         assert runs_db.get_run(row["run_id"])["state"] == "running"  # alive: not marked crashed
-        with pytest.raises(launcher.LaunchError, match="only a stopped, crashed or failed run"):
-            launcher.resume_run(row["run_id"])  # a second trainer in the same folder is refused
+        with pytest.raises(launcher.LaunchError, match=rf"already being trained by pid {process.pid}\b"):
+            launcher.resume_run(row["run_id"])  # a second trainer in the same folder is refused, naming the live one
         stopped = launcher.stop_run(row["run_id"], grace_s=60)
         assert stopped["state"] == "stopped"
         process.wait(timeout=30)  # gone; its exit status is not ours to read (stop_run reaped the pid it watched),

@@ -125,6 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not (run_dir / "config.yaml").exists():
         print(f"error: {run_dir} has no config.yaml", file=sys.stderr)
         return 2
+    from captionlab.training import run_lock
+
+    try:  # one live trainer per run folder; the lock is held until this process ends (crash and kill included)
+        lock = run_lock.hold_for_this_process(run_dir) if _distributed_rank()[0] == 0 else None  # noqa: F841
+    except run_lock.RunBusyError as busy:
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
     if args.from_terminal:
         _tee_into(run_dir)
         if _distributed_rank()[0] == 0:

@@ -99,17 +99,89 @@ def _user_errors():
 
 
 def _progress(label: str):
-    if not sys.stderr.isatty():
+    """Reports to the terminal (when stderr is one) and to the job's progress.json (when the app started this)."""
+    reporters = []
+    progress_file = _progress_file()
+    if progress_file is not None:
+        reporters.append(progress_file)
+    if sys.stderr.isatty():
+        def report(done: int, total: int) -> None:
+            print(f"\r{label}: {done}/{total} images captioned", end="" if done < total else "\n",
+                  file=sys.stderr, flush=True)
+
+        reporters.append(report)
+    if not reporters:
         return None
+    return lambda done, total: [report(done, total) for report in reporters]
+
+
+def _progress_file():
+    """A reporter writing {done, total, first_done, first_at, at} to $CAPTIONLAB_PROGRESS_FILE: the app's ETA is
+    the rate measured from the first report (after loading and reading back earlier predictions)."""
+    import os
+    import time
+
+    from captionlab import atomic
+    from captionlab.service.jobs import PROGRESS_ENV
+
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return None
+    first: dict = {}
 
     def report(done: int, total: int) -> None:
-        print(f"\r{label}: {done}/{total} images captioned", end="" if done < total else "\n",
-              file=sys.stderr, flush=True)
+        now = time.time()
+        first.setdefault("first_done", done)
+        first.setdefault("first_at", now)
+        try:
+            atomic.write_json(Path(path), {"done": done, "total": total, **first, "at": now, "state": "running"})
+        except OSError:
+            pass  # progress is a courtesy: a full disk must not stop the evaluation here
 
     return report
 
 
+def _mark_job(state: str) -> None:
+    """The evaluation's last word in its progress file (finished / failed), for an app that is not its parent."""
+    import os
+
+    from captionlab import atomic
+    from captionlab.service.jobs import PROGRESS_ENV
+
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return
+    try:
+        progress = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+        atomic.write_json(Path(path), {**progress, "state": state})
+    except (OSError, ValueError):
+        pass
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        code = _run_evaluate(args)
+    except BaseException:
+        _mark_job("failed")
+        raise
+    _mark_job("finished" if code == 0 else "failed")
+    return code
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from captionlab import write_errors
+
+    try:
+        return _evaluate_or_grid(args)
+    except (OSError, sqlite3.Error) as exc:
+        if write_errors.is_disk_full(exc):  # "no space left on device", not "disk I/O error" or a traceback
+            raise UserError(write_errors.describe(exc)) from None
+        raise
+
+
+def _evaluate_or_grid(args: argparse.Namespace) -> int:
     settings = _settings(args)
     errors = _user_errors()
     try:

@@ -5,6 +5,7 @@
     python -m captionlab runs show ID [--json]            # status, last metrics, log tail
     python -m captionlab runs stop ID
     python -m captionlab runs resume ID
+    python -m captionlab runs rebuild                     # the registry again from the run folders
 
 ID may be any unique prefix of a run id.
 """
@@ -30,6 +31,10 @@ def register(subparsers) -> None:
     launch.add_argument("--slurm-partition", help="submit to this Slurm partition instead of running here")
     launch.add_argument("--time-min", type=int, default=24 * 60, help="Slurm time limit in minutes")
     launch.set_defaults(func=launch_command)
+
+    rebuild = commands.add_parser("rebuild", help="rebuild the runs registry from the run folders (it is "
+                                                  "rebuilt by itself when it cannot be read)")
+    rebuild.set_defaults(func=rebuild_command)
 
     for name, func, help_text in (("show", show_command, "status, last metrics and log tail of a run"),
                                   ("stop", stop_command, "stop a run (its whole process group)"),
@@ -59,6 +64,13 @@ def list_command(args: argparse.Namespace) -> int:
     widths = [max(len(str(v)) for v in column) for column in zip(columns, *rows)]
     for row in (columns, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def rebuild_command(args: argparse.Namespace) -> int:
+    from captionlab.training.registry_rebuild import rebuild_registry
+
+    print(rebuild_registry())
     return 0
 
 

@@ -191,11 +191,29 @@ def preview(form: TrainForm) -> str:
 
 def launch(form: TrainForm, trainer_cmd: list[str] | None = None) -> str:
     """Start the run; returns its id. FormError / launcher.LaunchError carry the user's message."""
+    from captionlab.service import capacity
     from captionlab.training.launcher import launch_run
 
     recipe, overrides = validate_form(form)
-    info = launch_run(recipe, overrides, name=form.name.strip() or None, gpus=int(form.gpus), trainer_cmd=trainer_cmd)
+    with capacity.starting:
+        try:
+            slot_free = capacity.slots().free > 0
+        except ValueError as exc:  # a bad cap setting
+            raise FormError(str(exc)) from None
+        info = launch_run(recipe, overrides, name=form.name.strip() or None, gpus=int(form.gpus),
+                          trainer_cmd=trainer_cmd, start=slot_free)
     return info.run_id
+
+
+def launched_message(run_id: str) -> str:
+    """What the Train tab says after Launch: started, or waiting for a slot under the cap on concurrent jobs."""
+    from captionlab.service import capacity
+    from captionlab.training import launcher, runs_db
+
+    row = runs_db.get_run(run_id)
+    if row is not None and launcher.is_waiting(row):
+        return f"Queued **{run_id}**: it starts when a slot frees ({capacity.slots().describe()})"
+    return f"✅ Started **{run_id}**"
 
 
 def stop(run_id: str) -> str:
@@ -217,9 +235,21 @@ def resume(run_id: str) -> str:
 
 def list_runs() -> list[dict]:
     """Every run, newest first, with live progress (crashed runs noticed on the way)."""
+    from captionlab.service import capacity
     from captionlab.training.launcher import list_runs_with_status
 
+    try:
+        capacity.start_waiting()  # runs and jobs that waited for a slot start as slots free
+    except ValueError:
+        pass  # a bad cap setting: Launch says so; the list still shows
     return list_runs_with_status()
+
+
+def registry_note() -> str:
+    """What an automatic rebuild of the runs registry did in this process (it could not be read), or ''."""
+    from captionlab import db
+
+    return "".join(f"Note: {note}\n\n" for note in db.rebuild_notes[-1:])
 
 
 def runs_table(runs: list[dict]) -> list[dict]:

@@ -28,13 +28,15 @@ from pathlib import Path
 import yaml
 
 from captionlab import atomic, paths
-from captionlab.training import runs_db
+from captionlab.training import run_lock, runs_db
 from captionlab.training.energy import energy_so_far_kwh
 from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
 
 ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("stopped", "crashed", "failed")
+WAITING_MESSAGE = "waiting for a free slot (see the cap on concurrent jobs)"  # launched with start=False
 RESUME_CHECKPOINTS = ("last", "previous")  # the trainer resumes from the newest of these that verifies
+LAUNCH_SPEC_NAME = "launch.json"  # in the run folder: name, recipe, backend and launch_spec, for a rebuilt registry
 SLURM_ALIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started, so they can be reaped
 
@@ -59,18 +61,57 @@ class RunInfo:
 
 
 def launch_run(recipe: str | Path, overrides: list[str] = (), name: str | None = None, gpus: int = 1,
-               runs_root: Path | None = None, trainer_cmd: list[str] | None = None) -> RunInfo:
+               runs_root: Path | None = None, trainer_cmd: list[str] | None = None, start: bool = True) -> RunInfo:
     """Validate, create the run folder and start the trainer locally. `trainer_cmd` replaces the
-    `python -m train run` prefix (tests use a fake trainer); `--run-dir DIR [--resume]` is appended."""
+    `python -m train run` prefix (tests use a fake trainer); `--run-dir DIR [--resume]` is appended.
+    With start=False the run waits, queued, until `start_waiting_run` (the app's cap on concurrent jobs)."""
     if gpus < 1:
         raise LaunchError(f"gpus must be at least 1 (got {gpus})")
     config, default_name = resolve_recipe(recipe, list(overrides))
     run_name = sanitize_run_name(name or default_name)
-    folder = create_run_folder(config, run_name, runs_root)
     spec = {"gpus": gpus, "trainer_cmd": list(trainer_cmd) if trainer_cmd else None}
-    runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
-                         launch_spec=spec, **_describe(config))
+    folder = _create_registered_run(config, run_name, runs_root, recipe, spec)
+    if not start:
+        folder.write_status(state="queued", message=WAITING_MESSAGE)
+        runs_db.update_run(folder.run_id, message=WAITING_MESSAGE)
+        return RunInfo(folder.run_id, run_name, folder.path, "local", [])
     return _start_local(folder.run_id, resume=False)
+
+
+def _create_registered_run(config: dict, run_name: str, runs_root: Path | None, recipe, spec: dict,
+                           backend: str = "local") -> RunFolder:
+    """The run folder (with launch.json: how to start it again, for a registry rebuilt from the folders) and its
+    registry row; a failed write (a full disk) leaves neither behind and says what happened."""
+    import sqlite3
+
+    from captionlab import write_errors
+
+    folder = None
+    try:
+        folder = create_run_folder(config, run_name, runs_root)
+        atomic.write_json(folder.path / LAUNCH_SPEC_NAME, {"name": run_name, "recipe": str(recipe),
+                                                           "backend": backend, **spec})
+        runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
+                             backend=backend, launch_spec=spec, **_describe(config))
+    except (OSError, sqlite3.Error) as exc:
+        if folder is not None:
+            shutil.rmtree(folder.path, ignore_errors=True)  # no orphan folder the registry does not know
+        raise LaunchError(f"could not create the run: {write_errors.describe(exc, paths.runs_dir())}") from None
+    return folder
+
+
+def is_waiting(row: dict) -> bool:
+    """A local run launched with start=False that no trainer has picked up yet."""
+    return (row["backend"] == "local" and row["state"] == "queued" and row["pid"] is None
+            and row["message"] == WAITING_MESSAGE)
+
+
+def start_waiting_run(run_id: str) -> RunInfo:
+    """Start a run that waited for a free slot."""
+    row = _require_run(run_id)
+    if not is_waiting(row):
+        raise LaunchError(f"run {run_id} is not waiting to start (state: {row['state']})")
+    return _start_local(run_id, resume=False)
 
 
 def submit_slurm(recipe: str | Path, overrides: list[str] = (), name: str | None = None, *, partition: str,
@@ -80,11 +121,9 @@ def submit_slurm(recipe: str | Path, overrides: list[str] = (), name: str | None
     _require_slurm()
     config, default_name = resolve_recipe(recipe, list(overrides))
     run_name = sanitize_run_name(name or default_name)
-    folder = create_run_folder(config, run_name, runs_root)
     spec = {"gpus": gpus, "trainer_cmd": None,
             "slurm": {"partition": partition, "time_min": time_min, "cpus_per_task": cpus_per_task, "mem_gb": mem_gb}}
-    runs_db.register_run(folder.run_id, name=run_name, run_dir=folder.path, recipe=str(recipe),
-                         backend="slurm", launch_spec=spec, **_describe(config))
+    folder = _create_registered_run(config, run_name, runs_root, recipe, spec, backend="slurm")
     return _submit_slurm_job(folder.run_id, resume=False)
 
 
@@ -149,8 +188,12 @@ def create_run_folder(config: dict, run_name: str, runs_root: Path | None) -> Ru
     else:
         raise LaunchError(f"could not create a unique run folder for {base!r} in {root}")
     folder = RunFolder(path)
-    atomic.write_text(folder.config_path, yaml.safe_dump(config, sort_keys=False))
-    folder.write_status(state="queued", message="launching")
+    try:
+        atomic.write_text(folder.config_path, yaml.safe_dump(config, sort_keys=False))
+        folder.write_status(state="queued", message="launching")
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # a half-written folder (a full disk) is no run
+        raise
     return folder
 
 
@@ -158,32 +201,53 @@ def _describe(config: dict) -> dict:
     return {key: str(config.get(key) or "") for key in ("model", "strategy", "dataset")}
 
 
-def _start_local(run_id: str, resume: bool) -> RunInfo:
+def _start_local(run_id: str, resume: bool, lock: run_lock.RunLock | None = None) -> RunInfo:
+    """Start the trainer holding the run's lock (taken here unless the caller holds it already): the child
+    inherits the lock's descriptor, so the run stays owned from this check to the trainer's last breath."""
     row = runs_db.get_run(run_id)
     folder = RunFolder(Path(row["run_dir"]))
-    spec = row["launch_spec"]
-    command = trainer_command(folder.path, spec.get("gpus", 1), resume, spec.get("trainer_cmd"), _uses_fsdp(folder))
+    own_lock = lock is None
+    lock = lock or _lock_run(row)
     try:
-        process = _spawn(command, folder)
-    except OSError as exc:
-        message = f"could not start the trainer: {exc}"
-        folder.write_status(state="failed", message=message)
-        runs_db.update_run(run_id, state="failed", message=message)
-        raise LaunchError(message) from None
+        spec = row["launch_spec"]
+        command = trainer_command(folder.path, spec.get("gpus", 1), resume, spec.get("trainer_cmd"),
+                                  _uses_fsdp(folder))
+        try:
+            process = _spawn(command, folder, lock)
+        except OSError as exc:
+            from captionlab import write_errors
+
+            message = f"could not start the trainer: {write_errors.describe(exc, folder.path)}"
+            folder.write_status(state="failed", message=message)
+            runs_db.update_run(run_id, state="failed", message=message)
+            raise LaunchError(message) from None
+    finally:
+        if own_lock:
+            lock.release()
     pgid = _pgid_of(process.pid)
     runs_db.update_run(run_id, state="running", pid=process.pid, pgid=pgid,
                        message="resumed" if resume else "started")
     return RunInfo(run_id, row["name"], folder.path, "local", command, process.pid, pgid)
 
 
-def _spawn(command: list[str], folder: RunFolder) -> subprocess.Popen:
-    """Start `command` without a shell, in its own session, output appended to log.txt."""
+def _lock_run(row: dict) -> run_lock.RunLock:
+    """The run's trainer lock, or LaunchError naming the live pid that trains it."""
+    try:
+        return run_lock.acquire(Path(row["run_dir"]))
+    except run_lock.RunBusyError as busy:
+        raise LaunchError(str(busy)) from None
+
+
+def _spawn(command: list[str], folder: RunFolder, lock: run_lock.RunLock) -> subprocess.Popen:
+    """Start `command` without a shell, in its own session, output appended to log.txt, holding the run's lock."""
     with folder.log_path.open("ab") as log:
         log.write(f"[launcher {time.strftime('%Y-%m-%d %H:%M:%S')}] {shlex.join(command)}\n".encode())
         log.flush()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=paths.PROJECT_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                   cwd=paths.PROJECT_ROOT, pass_fds=lock.pass_fds,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **lock.child_env()},
                                    start_new_session=True)
+    lock.record_holder(process.pid)
     _children[process.pid] = process
     return process
 
@@ -224,19 +288,28 @@ def stop_run(run_id: str, grace_s: float = 30.0) -> dict:
 
 
 def resume_run(run_id: str) -> RunInfo:
-    """Continue a stopped, crashed or failed run from its last/ checkpoint (or previous/, the one before)."""
+    """Continue a stopped, crashed or failed run from its last/ checkpoint (or previous/, the one before).
+
+    Refused (naming the pid) while a live trainer holds the run: two resumes at once start one trainer."""
     refresh_runs()
     row = _require_run(run_id)
-    if row["state"] not in RESUMABLE_STATES:
-        raise LaunchError(f"run {run_id} is {row['state']}; only a stopped, crashed or failed run can be resumed")
-    folder = RunFolder(Path(row["run_dir"]))
-    if not any(is_complete_checkpoint(folder.path / name) for name in RESUME_CHECKPOINTS):
-        raise LaunchError(f"run {run_id} has no complete checkpoint ({' or '.join(RESUME_CHECKPOINTS)} in "
-                          f"{folder.path}) to resume from; launch it again instead")
-    folder.write_status(state="queued", message="resuming")
-    if row["backend"] == "slurm":
-        return _submit_slurm_job(run_id, resume=True)
-    return _start_local(run_id, resume=True)
+    lock = _lock_run(row) if row["backend"] == "local" else None
+    try:
+        row = _require_run(run_id)  # re-read under the lock: a resume that just finished changed it
+        if row["state"] not in RESUMABLE_STATES:
+            raise LaunchError(f"run {run_id} is {row['state']}; only a stopped, crashed or failed run can be "
+                              "resumed")
+        folder = RunFolder(Path(row["run_dir"]))
+        if not any(is_complete_checkpoint(folder.path / name) for name in RESUME_CHECKPOINTS):
+            raise LaunchError(f"run {run_id} has no complete checkpoint ({' or '.join(RESUME_CHECKPOINTS)} in "
+                              f"{folder.path}) to resume from; launch it again instead")
+        folder.write_status(state="queued", message="resuming")
+        if row["backend"] == "slurm":
+            return _submit_slurm_job(run_id, resume=True)
+        return _start_local(run_id, resume=True, lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _require_run(run_id: str) -> dict:
@@ -301,7 +374,7 @@ def refresh_runs() -> list[dict]:
     Returns the rows that changed."""
     changed = []
     for row in runs_db.list_runs():
-        if row["state"] not in ACTIVE_STATES:
+        if row["state"] not in ACTIVE_STATES or is_waiting(row):
             continue
         folder = RunFolder(Path(row["run_dir"]))
         alive = _slurm_job_alive(row) if row["backend"] == "slurm" else (

@@ -7,7 +7,9 @@ Every write is one transaction; rows come back as plain dicts.
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -52,6 +54,21 @@ class AmbiguousRunError(LookupError):
     """A run id prefix that several runs share; the message lists them."""
 
 
+def _rebuilt_when_unreadable(function):
+    """Run `function`; if the workspace's database turns out damaged mid-query, rebuild it and run it once more."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if kwargs.get("db_path") is not None or not db.is_unreadable(exc):
+                raise
+            db.rebuild_after(exc)
+            return function(*args, **kwargs)
+    return wrapper
+
+
+@_rebuilt_when_unreadable
 def register_run(run_id: str, *, name: str, run_dir: Path | str, state: str = "queued", model: str = "",
                  strategy: str = "", dataset: str = "", recipe: str = "", backend: str = "local",
                  pid: int | None = None, pgid: int | None = None, slurm_job_id: str | None = None,
@@ -72,6 +89,7 @@ def register_run(run_id: str, *, name: str, run_dir: Path | str, state: str = "q
     return _decode(row)
 
 
+@_rebuilt_when_unreadable
 def update_run(run_id: str, db_path: Path | None = None, **fields) -> dict:
     """Set `fields` (column=value) on a run and stamp updated_at; returns the new row."""
     unknown = set(fields) - _UPDATABLE
@@ -93,6 +111,7 @@ def update_run(run_id: str, db_path: Path | None = None, **fields) -> dict:
     return _decode(dict(row))
 
 
+@_rebuilt_when_unreadable
 def get_run(run_id: str, db_path: Path | None = None) -> dict | None:
     conn = db.connect(db_path, SCHEMA)
     try:
@@ -102,6 +121,7 @@ def get_run(run_id: str, db_path: Path | None = None) -> dict | None:
     return _decode(dict(row)) if row else None
 
 
+@_rebuilt_when_unreadable
 def list_runs(db_path: Path | None = None) -> list[dict]:
     """Every run, newest first."""
     conn = db.connect(db_path, SCHEMA)

@@ -11,7 +11,8 @@ from captionlab.ui import charts
 
 SOURCES = {"Yours and the paper's": ("yours", "paper"), "The paper's": ("paper",), "Yours": ("yours",)}
 DRILL_COLUMNS = ["image", "caption", "references"]
-JOB_COLUMNS = ["job", "state", "last log line"]  # captionlab.service.jobs.list_jobs's keys
+JOB_COLUMNS = ["job", "state", "progress", "ETA", "last log line"]  # captionlab.service.jobs.list_jobs's keys
+JOBS_POLL_SECONDS = 2.0
 
 
 def _frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -22,6 +23,19 @@ def _frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
 
 def _jobs_frame() -> pd.DataFrame:
     return _frame(jobs.list_jobs(), JOB_COLUMNS)
+
+
+def _jobs_view(finished_seen: list[str]) -> tuple[pd.DataFrame, str, list[str], bool]:
+    """The jobs table, the slots line, the finished jobs' ids and whether one finished since `finished_seen`."""
+    from captionlab.service import capacity
+
+    rows = jobs.list_jobs()
+    finished = sorted(row["job"] for row in rows if row["state"] == "finished")
+    try:
+        slots = capacity.slots().describe()
+    except ValueError as exc:
+        slots = str(exc)
+    return _frame(rows, JOB_COLUMNS), slots, finished, bool(set(finished) - set(finished_seen))
 
 
 def _load_rows(settings: AppSettings) -> tuple[list[dict], str]:
@@ -70,10 +84,15 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
             eval_limit = gr.Textbox("", label="Only the first N images (empty: all)", elem_id="bench-eval-limit")
         with gr.Row():
             eval_button = gr.Button("Start evaluation job", variant="primary")
-            jobs_button = gr.Button("Refresh jobs")
+            stop_job_id = gr.Textbox("", label="Job to stop (click one below)", elem_id="bench-stop-job", scale=3)
+            stop_job_button = gr.Button("Stop job", variant="stop", elem_id="bench-stop-job-button")
         eval_message = gr.Markdown()
+        slots_note = gr.Markdown(elem_id="bench-slots")
         eval_jobs = gr.Dataframe(_frame([], JOB_COLUMNS), interactive=False, wrap=True, elem_id="bench-jobs",
-                                 label="Evaluation jobs (newest first; Refresh jobs updates them)")
+                                 label="Evaluation jobs (newest first, updated every few seconds; results above "
+                                       "reload when one finishes)")
+        finished_seen = gr.State(None)
+        jobs_timer = gr.Timer(JOBS_POLL_SECONDS)
 
     def show(table_name: str, source_name: str):
         rows, message = _load_rows(settings)
@@ -106,6 +125,26 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
                                         (checkpoint or "").strip() or None, limit)
         return message, _jobs_frame()
 
+    def on_jobs_tick(seen: list[str] | None, table_name: str, source_name: str):
+        """The jobs table and slots line; the results, charts and all, reloaded when a job has just finished."""
+        frame, slots, finished, new_finish = _jobs_view(seen or [])
+        if seen is None or not new_finish:  # the first tick only learns what had finished before this page
+            return (frame, slots, finished, *[gr.skip()] * len(outputs))
+        return (frame, slots, finished, *show(table_name, source_name))
+
+    def on_pick_job(event: gr.SelectData, frame: pd.DataFrame):
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        return str(frame.iloc[row]["job"]) if 0 <= row < len(frame) else gr.skip()
+
+    def on_stop_job(job_id: str):
+        job_id = (job_id or "").strip()
+        if not job_id:
+            return "⚠️ click a job in the table first", _jobs_frame()
+        try:
+            return jobs.stop_job(job_id), _jobs_frame()
+        except ValueError as exc:
+            return f"⚠️ {exc}", _jobs_frame()
+
     outputs = [table, keys, notes, fig2, tradeoff]
     # triggers=None: on every page load and whenever the table or source choice changes.
     gr.on(None, show, [table_choice, source_choice], outputs, api_visibility="private")
@@ -113,4 +152,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     table.select(on_select, [table_choice, keys], [drill_note, drill], api_visibility="private")
     eval_button.click(on_evaluate, [eval_strategy, eval_dataset, eval_checkpoint, eval_limit],
                       [eval_message, eval_jobs], api_visibility="private")
-    jobs_button.click(_jobs_frame, None, eval_jobs, api_visibility="private")
+    jobs_timer.tick(on_jobs_tick, [finished_seen, table_choice, source_choice],
+                    [eval_jobs, slots_note, finished_seen, *outputs], api_visibility="private", show_progress="hidden")
+    eval_jobs.select(on_pick_job, eval_jobs, stop_job_id, api_visibility="private")
+    stop_job_button.click(on_stop_job, stop_job_id, [eval_message, eval_jobs], api_visibility="private")

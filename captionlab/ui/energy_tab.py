@@ -4,6 +4,7 @@ import gradio as gr
 import pandas as pd
 
 from captionlab.service import benchmarks, energy
+from captionlab.service import runs as runs_service
 from captionlab.service.catalog import TRAINABLE_STRATEGIES, strategy_label
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
@@ -48,7 +49,8 @@ def create_energy_tab(settings: AppSettings) -> None:
         paper = energy.paper_table()
         runs = energy.run_energy_rows(settings.checkpoints)
         results, problems = benchmarks.all_rows(settings.checkpoints)
-        note = "" if runs else "*No run has written energy.json yet: train one in the Train tab.*"
+        note = ("" if runs else "*No run has written energy.json yet: train one in the Train tab.*") + \
+            runs_service.registry_note()
         return (pd.DataFrame([[r[c] for c in PAPER_COLUMNS] for r in paper], columns=PAPER_COLUMNS),
                 pd.DataFrame([[_kwh(r[c]) if c.startswith("kWh") else r[c] for c in RUN_COLUMNS] for r in runs],
                              columns=RUN_COLUMNS), note,

@@ -181,7 +181,7 @@ def create_train_tab(settings: AppSettings) -> None:
             new_id = runs.launch(form)
         except (runs.FormError, LaunchError) as exc:
             return f"⚠️ {exc}", gr.skip(), gr.skip()
-        return f"✅ Started **{new_id}**", line, new_id
+        return runs.launched_message(new_id), line, new_id
 
     def on_defaults(model_value, strategy_value):
         model_value, strategy_value = model_value or default_model, strategy_value or "lora"
@@ -201,7 +201,7 @@ def create_train_tab(settings: AppSettings) -> None:
         except KeyError as exc:
             return selected, _progress_html(None), f"⚠️ {exc.args[0]}", gr.skip(), "", table, \
                 gr.update(interactive=False), gr.update(interactive=False)
-        return (selected, _progress_html(view), _stats_markdown(view),
+        return (selected, _progress_html(view), runs.registry_note() + _stats_markdown(view),
                 charts.loss_curves(view.train_curve, view.val_curve),
                 view.log_tail, table, gr.update(interactive=view.running), gr.update(interactive=view.resumable))
 
