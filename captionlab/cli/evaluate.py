@@ -108,9 +108,16 @@ def _progress(label: str):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from captionlab.evaluation import sharding
+
+    try:  # under `accelerate launch`, each process captions on its own device
+        args.device = sharding.process_device(args.device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     settings = _settings(args)
     errors = _user_errors()
     try:
+        _ensure_worlds(args)
         if args.grid:
             return _run_grid(args, settings)
         if not args.strategy or not args.dataset:
@@ -123,11 +130,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
                           skip_broken=args.skip_broken, progress=_progress(f"{args.strategy} on {args.dataset}"))
     except errors as exc:
         raise UserError(str(exc)) from None
+    if result is None:  # another process of a distributed launch: the main one prints the scores
+        return 0
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:
         print(format_result(result))
     return 0
+
+
+def _ensure_worlds(args: argparse.Namespace) -> None:
+    """The embedded world generated once, by the main process of a distributed launch, before the others read it."""
+    from captionlab.data.datasets import ensure_embedded_world
+    from captionlab.evaluation import sharding
+    from captionlab.evaluation.evaluator import DEFAULT_DATASETS
+
+    if not sharding.distributed_launch():
+        return  # evaluate() generates it on first use
+    names = (_split_list(args.datasets) or list(DEFAULT_DATASETS)) if args.grid else [args.dataset or ""]
+    with sharding.main_process_first():
+        for name in names:
+            ensure_embedded_world(name, args.config)
 
 
 def _fmt(value: float | None, metric: str) -> str:
@@ -183,10 +206,13 @@ def _run_grid(args: argparse.Namespace, settings) -> int:
     if args.checkpoints is not None and not args.checkpoints.is_dir():
         raise UserError(f"checkpoints folder not found: {args.checkpoints.resolve()}")
     datasets = _split_list(args.datasets) or list(DEFAULT_DATASETS)
-    quiet = args.json
+    from captionlab.evaluation.sharding import is_main_process
+
+    quiet = args.json or not is_main_process()  # under a distributed launch the main process speaks for all
 
     def on_skip(what: str, reason: str) -> None:
-        print(f"skipped {what}: {reason}", file=sys.stderr if quiet else sys.stdout, flush=True)
+        if is_main_process():
+            print(f"skipped {what}: {reason}", file=sys.stderr if quiet else sys.stdout, flush=True)
 
     def on_result(result) -> None:
         if not quiet:
@@ -197,6 +223,8 @@ def _run_grid(args: argparse.Namespace, settings) -> int:
     grid = evaluate_grid(args.model, _split_list(args.strategies), datasets, checkpoints=args.checkpoints,
                          config_path=args.config, limit=args.limit, settings=settings, record=not args.no_record,
                          device=args.device, skip_broken=args.skip_broken, on_skip=on_skip, on_result=on_result)
+    if not is_main_process():
+        return 0
     if args.json:
         print(json.dumps({
             "model": grid.model, "results": [r.to_json() for r in grid.results],
