@@ -73,7 +73,7 @@ def test_a_cell_is_the_evaluate_command_line_of_its_selection():
     selection = slurm_grid.GridSelection(model="m", strategies=("lora",), datasets=("coco",), config="/w/d.yaml",
                                          limit=5, max_new_tokens=20, skip_broken=True)
     argv = slurm_grid.cell_argv(selection, {"strategy": "lora", "dataset": "coco", "checkpoint": "/c/lora"}, 8)
-    assert argv == ["-m", "captionlab", "evaluate", "--model", "m", "--strategy", "lora", "--dataset", "coco",
+    assert argv == ["evaluate", "--model", "m", "--strategy", "lora", "--dataset", "coco",
                     "--max-new-tokens", "20", "--json", "--checkpoint", "/c/lora", "--config", "/w/d.yaml",
                     "--limit", "5", "--batch-size", "8", "--skip-broken"]
     other = slurm_grid.GridSelection(model="m", strategies=("lora",), datasets=("coco",), limit=6)

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -113,8 +112,8 @@ def plan_cells(selection: GridSelection) -> tuple[list[dict], dict[str, str]]:
 
 
 def cell_argv(selection: GridSelection, cell: dict, batch_size: int | None) -> list[str]:
-    """The evaluate command line of one cell (without the accelerate launch prefix)."""
-    argv = ["-m", "captionlab", "evaluate", "--model", selection.model, "--strategy", cell["strategy"],
+    """The evaluate command line of one cell (what follows `python -m captionlab`)."""
+    argv = ["evaluate", "--model", selection.model, "--strategy", cell["strategy"],
             "--dataset", cell["dataset"], "--max-new-tokens", str(selection.max_new_tokens), "--json"]
     for flag, value in (("--checkpoint", cell["checkpoint"]), ("--config", selection.config),
                         ("--limit", selection.limit), ("--batch-size", batch_size)):
@@ -127,16 +126,7 @@ def submit_grid(selection: GridSelection, settings: SlurmSettings, cluster: str 
     """Submit, as one job array, every cell of `selection` that is neither done nor running (see the module)."""
     import submitit
 
-    if cluster not in CLUSTERS:
-        raise EvaluationError(f"cluster: choose one of {', '.join(CLUSTERS)}")
-    if cluster == "slurm" and not slurm_available():
-        raise EvaluationError("Slurm is not available here: `sbatch` is not on PATH. Submit from a Slurm login "
-                              "node, or evaluate the grid here (evaluate --grid, under accelerate launch for "
-                              "several GPUs)")
-    if cluster == "slurm" and not settings.partition:
-        raise EvaluationError("--partition is needed to submit to Slurm")
-    if settings.gpus_per_cell < 1:
-        raise EvaluationError(f"--gpus-per-cell must be at least 1, got {settings.gpus_per_cell}")
+    _check_submission(settings, cluster)
     folder = grid_folder(selection)
     cells, skipped = plan_cells(selection)
     atomic.write_json(folder / "grid.json", {"selection": asdict(selection), "cells": cells, "skipped": skipped})
@@ -153,12 +143,7 @@ def submit_grid(selection: GridSelection, settings: SlurmSettings, cluster: str 
     if not todo:
         return report
     executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=cluster)
-    parameters = {"timeout_min": settings.time_min, "nodes": 1, "tasks_per_node": 1,
-                  "name": f"captionlab-grid-{selection.key()}"}
-    if cluster == "slurm":
-        parameters.update(slurm_partition=settings.partition, gpus_per_node=settings.gpus_per_cell)
-        parameters.update({k: getattr(settings, k) for k in ("cpus_per_task", "mem_gb") if getattr(settings, k)})
-    executor.update_parameters(**parameters)
+    executor.update_parameters(**_job_parameters(settings, cluster, f"captionlab-grid-{selection.key()}"))
     jobs = []
     with executor.batch():
         for cell in todo:
@@ -175,12 +160,45 @@ def submit_grid(selection: GridSelection, settings: SlurmSettings, cluster: str 
     return report
 
 
+def submit_evaluation(argv: Sequence[str], folder: Path, settings: SlurmSettings, cluster: str = "slurm") -> str:
+    """One evaluation (`argv` follows `python -m captionlab`) as one Slurm job whose files are in `folder`, as a
+    grid's cell's are (`folder_state` tells how it goes); returns the job id."""
+    import submitit
+
+    _check_submission(settings, cluster)
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=cluster)
+    executor.update_parameters(**_job_parameters(settings, cluster, f"captionlab-{folder.name}"))
+    job = executor.submit(run_cell, list(argv), str(folder), settings.gpus_per_cell)
+    atomic.write_json(folder / "job.json", {"job_id": str(job.job_id), "cluster": cluster, "submitted": time.time()})
+    return str(job.job_id)
+
+
+def _check_submission(settings: SlurmSettings, cluster: str) -> None:
+    if cluster not in CLUSTERS:
+        raise EvaluationError(f"cluster: choose one of {', '.join(CLUSTERS)}")
+    if cluster == "slurm" and not slurm_available():
+        raise EvaluationError("Slurm is not available here: `sbatch` is not on PATH. Submit from a Slurm login "
+                              "node, or evaluate here (under accelerate launch for several GPUs)")
+    if cluster == "slurm" and not settings.partition:
+        raise EvaluationError("a partition is needed to submit to Slurm (--partition)")
+    if settings.gpus_per_cell < 1:
+        raise EvaluationError(f"GPUs per cell must be at least 1, got {settings.gpus_per_cell}")
+
+
+def _job_parameters(settings: SlurmSettings, cluster: str, name: str) -> dict:
+    parameters = {"timeout_min": settings.time_min, "nodes": 1, "tasks_per_node": 1, "name": name}
+    if cluster == "slurm":
+        parameters.update(slurm_partition=settings.partition, gpus_per_node=settings.gpus_per_cell)
+        parameters.update({k: getattr(settings, k) for k in ("cpus_per_task", "mem_gb") if getattr(settings, k)})
+    return parameters
+
+
 def run_cell(argv: Sequence[str], cell_dir: str, gpus: int = 1) -> dict:
     """What an array task runs: the cell's evaluation (on `gpus` GPUs), then done.json or failed.json."""
-    command = [sys.executable, *argv]
-    if gpus > 1:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-                   "--main_process_port", str(_free_port()), *argv]
+    from captionlab.evaluation.launch import evaluate_command
+
+    command = evaluate_command(argv, gpus)
     # stderr goes to the task's log as it is written; stdout (the result's JSON) is read, then logged too
     completed = subprocess.run(command, cwd=paths.PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL)
@@ -198,14 +216,6 @@ def run_cell(argv: Sequence[str], cell_dir: str, gpus: int = 1) -> dict:
     return summary
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def grid_status(selection: GridSelection) -> list[CellState]:
     """The state of each cell the grid has planned (none before its first submission)."""
     folder = grid_folder(selection)
@@ -217,7 +227,11 @@ def grid_status(selection: GridSelection) -> list[CellState]:
 
 
 def _cell_state(folder: Path, strategy: str, dataset: str) -> CellState:
-    cell_dir = folder / "cells" / cell_name(strategy, dataset)
+    return folder_state(folder / "cells" / cell_name(strategy, dataset), folder / "slurm", strategy, dataset)
+
+
+def folder_state(cell_dir: Path, slurm_dir: Path, strategy: str = "", dataset: str = "") -> CellState:
+    """How the job of `cell_dir` goes (its submitit files in `slurm_dir`)."""
     done = _read_json(cell_dir / "done.json")
     job = _read_json(cell_dir / "job.json")
     state = CellState(strategy, dataset, "not submitted", job_id=job.get("job_id"))
@@ -229,7 +243,7 @@ def _cell_state(folder: Path, strategy: str, dataset: str) -> CellState:
     if not job:
         return state
     failed = _read_json(cell_dir / "failed.json")
-    alive = None if failed else _job_alive(folder, job)
+    alive = None if failed else _job_alive(slurm_dir, job)
     if alive in ("running", "pending", "unknown"):
         state.state = alive
         if alive == "unknown":
@@ -238,7 +252,7 @@ def _cell_state(folder: Path, strategy: str, dataset: str) -> CellState:
     state.state = "failed"
     state.detail = (f"the evaluation exited with {failed['returncode']}" if failed
                     else f"the job ended without finishing ({alive})")
-    state.log_tail = _log_tail(folder / "slurm", job["job_id"])
+    state.log_tail = _log_tail(slurm_dir, job["job_id"])
     return state
 
 
@@ -250,7 +264,7 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _job_alive(folder: Path, job: dict) -> str:
+def _job_alive(slurm_dir: Path, job: dict) -> str:
     """running / pending / unknown, or the reason it is not alive."""
     if job.get("cluster") == "local":  # submitit's local job id is its controller's pid
         return "running" if _process_alive(int(job["job_id"])) else "process gone"
@@ -259,7 +273,7 @@ def _job_alive(folder: Path, job: dict) -> str:
     import submitit
 
     try:
-        slurm_state = submitit.SlurmJob(folder=folder / "slurm", job_id=job["job_id"]).state
+        slurm_state = submitit.SlurmJob(folder=slurm_dir, job_id=job["job_id"]).state
     except Exception:
         return "unknown"
     word = slurm_state.split()[0] if slurm_state else "UNKNOWN"

@@ -11,11 +11,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from captionlab import atomic, paths
+from captionlab.service import eval_launch
 from captionlab.service.settings import AppSettings
 
 EVALUATE_MODULE = "captionlab.cli.evaluate"
@@ -34,14 +34,23 @@ def evaluate_help() -> str:
 
 
 def evaluation_argv(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None,
-                    limit: int | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "captionlab", "evaluate", "--model", settings.model, "--strategy", strategy,
+                    limit: int | None = None, gpus: int = 1) -> list[str]:
+    """The job's command: `python -m captionlab evaluate ...`, under accelerate launch for several GPUs."""
+    from captionlab.evaluation.launch import evaluate_command
+
+    return evaluate_command(evaluation_args(settings, strategy, dataset, checkpoint, limit, gpus), gpus)
+
+
+def evaluation_args(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None,
+                    limit: int | None = None, gpus: int = 1) -> list[str]:
+    """What follows `python -m captionlab`; several GPUs pick their own devices (no --device)."""
+    argv = ["evaluate", "--model", settings.model, "--strategy", strategy,
             "--dataset", dataset, "--max-new-tokens", str(settings.max_new_tokens)]
     if checkpoint:
         argv += ["--checkpoint", checkpoint]
     if limit:
         argv += ["--limit", str(limit)]
-    if settings.device:
+    if settings.device and gpus == 1:
         argv += ["--device", settings.device]
     return argv
 
@@ -76,19 +85,25 @@ def validate_evaluation(strategy: str, dataset: str, checkpoint: str | None,
 
 
 def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None = None,
-                     limit: int | float | str | None = None) -> str:
-    """Start the job; returns a message for the user (what started, or why nothing did)."""
+                     limit: int | float | str | None = None, gpus: int | float | str = 1,
+                     slurm_partition: str | None = None) -> str:
+    """Start the job (on `gpus` GPUs; as a Slurm job when `slurm_partition` is given); returns a message for the
+    user (what started, or why nothing did)."""
     if not evaluate_available():
         return evaluate_help()
     if not strategy or not dataset:
         return "⚠️ strategy and dataset: both are needed"
     try:
         strategy, dataset, checkpoint, limit = validate_evaluation(strategy, dataset, checkpoint, limit)
+        gpus = eval_launch.validate_gpus(gpus)
     except ValueError as exc:
         return f"⚠️ {exc}"
-    argv = evaluation_argv(settings, strategy, dataset, checkpoint, limit)
     job_id = f"eval-{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = jobs_dir() / job_id
+    if slurm_partition is not None:
+        return eval_launch.submit_to_slurm(evaluation_args(settings, strategy, dataset, checkpoint, limit, gpus),
+                                           folder, slurm_partition, gpus)
+    argv = evaluation_argv(settings, strategy, dataset, checkpoint, limit, gpus)
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "log.txt").open("ab") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -111,7 +126,9 @@ def list_jobs(limit: int = 20) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue
         process = _children.get(job.get("pid"))
-        if process is not None:
+        if job.get("slurm_job_id"):
+            state = eval_launch.slurm_job_state(job_file.parent)
+        elif process is not None:
             code = process.poll()
             state = "running" if code is None else f"exited {code}"
         else:
