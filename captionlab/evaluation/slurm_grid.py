@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from captionlab import atomic, paths
-from captionlab.evaluation.targets import CLIP_CAPTIONER, EvaluationError, discover_checkpoint, resolve_model
+from captionlab.evaluation.targets import EvaluationError, discover_checkpoint, resolve_model
 
 CLUSTERS = ("slurm", "local")  # local: submitit's local executor, the same array as processes on this machine
 SLURM_ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
@@ -107,7 +107,8 @@ def plan_cells(selection: GridSelection) -> tuple[list[dict], dict[str, str]]:
             skipped[strategy] = reason or "no checkpoint"
             continue
         for dataset in selection.datasets:
-            cells.append({"strategy": strategy, "dataset": dataset, "checkpoint": None if found is None else str(found)})
+            checkpoint = None if found is None else str(found)
+            cells.append({"strategy": strategy, "dataset": dataset, "checkpoint": checkpoint})
     return cells, skipped
 
 

@@ -56,7 +56,8 @@ def submit_to_slurm(evaluate_args: list[str], folder: Path, partition: str, gpus
     record = json.loads((folder / "job.json").read_text())
     atomic.write_json(folder / "job.json", {**record, "job": folder.name, "argv": evaluate_args,
                                             "slurm_job_id": job_id, "pid": None})
-    return f"✅ submitted {folder.name} as Slurm job {job_id} on {partition} ({gpus} GPU(s)); its log: {folder / 'slurm'}"
+    return (f"✅ submitted {folder.name} as Slurm job {job_id} on {partition} ({gpus} GPU(s)); "
+            f"its log: {folder / 'slurm'}")
 
 
 def slurm_job_state(folder: Path) -> str:
