@@ -5,6 +5,9 @@
              [--batch-size B] [--max-new-tokens T] [--json]
     evaluate --grid --model M [--strategies s1,s2,...] [--datasets coco,nocaps,cc3m,vizwiz,textcaps]
              [--checkpoints DIR]
+    evaluate --grid --slurm --partition P [grid options] [--gpus-per-cell G] [--time-min T]
+    evaluate --grid --status [grid options]
+    accelerate launch --multi_gpu --num_processes N -m captionlab evaluate ...   (any of the above but --slurm)
 
 Single mode prints BLEU-4, METEOR, ROUGE-L, CIDEr and SPICE on the paper's x100 scale and
 CLIP-Score as is; a metric without a number is shown with the reason. `--json` prints exactly
@@ -16,6 +19,11 @@ qlora) on each of --datasets (default: the five), skipping (with the reason) str
 have no checkpoint: looked for in --checkpoints DIR (DIR/strategies/<key>/ or DIR/<key>/), the
 embedded model's shipped checkpoints, then the workspace's newest finished run of that strategy.
 It prints tables shaped like the paper's Tables 1-3.
+
+Under `accelerate launch` the processes share each evaluation's images and the main one scores them
+(`captionlab.evaluation.sharding`). `--grid --slurm` submits the cells (strategy x dataset) as a Slurm
+job array, each resumable; the same command again submits only what is missing, and `--grid --status`
+shows each cell (`captionlab.evaluation.slurm_grid`).
 """
 
 from __future__ import annotations
@@ -69,6 +77,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--strategies", help="comma-separated strategies (default: the paper's six)")
     grid.add_argument("--datasets", help="comma-separated datasets (default: coco,nocaps,cc3m,vizwiz,textcaps)")
     grid.add_argument("--checkpoints", type=Path, help="folder with strategies/<key>/ (or <key>/) checkpoints")
+    slurm = parser.add_argument_group("grid on Slurm (a job array through submitit, one task per cell)")
+    slurm.add_argument("--slurm", action="store_true",
+                       help="submit the grid's cells that are neither done nor running as a Slurm job array")
+    slurm.add_argument("--status", action="store_true",
+                       help="show the submitted grid's cells: done, running, failed (with the end of the log)")
+    slurm.add_argument("--partition", help="Slurm partition for the cells")
+    slurm.add_argument("--time-min", type=int, default=240, help="time limit of each cell in minutes (default 240)")
+    slurm.add_argument("--gpus-per-cell", type=int, default=1,
+                       help="GPUs per cell; above 1 a cell runs under accelerate launch (default 1)")
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per cell")
+    slurm.add_argument("--mem-gb", type=int, help="memory per cell in GB")
+    slurm.add_argument("--executor", choices=["slurm", "local"], default="slurm",
+                       help="local: submitit's local executor runs the same array as processes here (a dry run "
+                            "of the Slurm path; every cell at once)")
     parser.set_defaults(func=run_evaluate)
 
 
@@ -182,11 +204,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_or_grid(args: argparse.Namespace) -> int:
+    from captionlab.evaluation import sharding
+
+    try:  # under `accelerate launch`, each process captions on its own device
+        args.device = sharding.process_device(args.device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     settings = _settings(args)
     errors = _user_errors()
     try:
+        _ensure_worlds(args)
         if args.grid:
             return _run_grid(args, settings)
+        if args.slurm or args.status:
+            raise UserError("--slurm and --status are for --grid")
         if not args.strategy or not args.dataset:
             raise UserError("give --strategy and --dataset (or --grid for every strategy on every dataset)")
         from captionlab.evaluation.evaluator import evaluate
@@ -198,11 +229,27 @@ def _evaluate_or_grid(args: argparse.Namespace) -> int:
                           progress=_progress(f"{args.strategy} on {args.dataset}"))
     except errors as exc:
         raise UserError(str(exc)) from None
+    if result is None:  # another process of a distributed launch: the main one prints the scores
+        return 0
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:
         print(format_result(result))
     return 0
+
+
+def _ensure_worlds(args: argparse.Namespace) -> None:
+    """The embedded world generated once, by the main process of a distributed launch, before the others read it."""
+    from captionlab.data.datasets import ensure_embedded_world
+    from captionlab.evaluation import sharding
+    from captionlab.evaluation.evaluator import DEFAULT_DATASETS
+
+    if not sharding.distributed_launch():
+        return  # evaluate() generates it on first use
+    names = (_split_list(args.datasets) or list(DEFAULT_DATASETS)) if args.grid else [args.dataset or ""]
+    with sharding.main_process_first():
+        for name in names:
+            ensure_embedded_world(name, args.config)
 
 
 def _fmt(value: float | None, metric: str) -> str:
@@ -260,10 +307,17 @@ def _run_grid(args: argparse.Namespace, settings) -> int:
     if args.checkpoints is not None and not args.checkpoints.is_dir():
         raise UserError(f"checkpoints folder not found: {args.checkpoints.resolve()}")
     datasets = _split_list(args.datasets) or list(DEFAULT_DATASETS)
-    quiet = args.json
+    if args.slurm or args.status:
+        from captionlab.cli.evaluate_slurm import run_slurm_grid
+
+        return run_slurm_grid(args, datasets)
+    from captionlab.evaluation.sharding import is_main_process
+
+    quiet = args.json or not is_main_process()  # under a distributed launch the main process speaks for all
 
     def on_skip(what: str, reason: str) -> None:
-        print(f"skipped {what}: {reason}", file=sys.stderr if quiet else sys.stdout, flush=True)
+        if is_main_process():
+            print(f"skipped {what}: {reason}", file=sys.stderr if quiet else sys.stdout, flush=True)
 
     def on_result(result) -> None:
         if not quiet:
@@ -274,6 +328,8 @@ def _run_grid(args: argparse.Namespace, settings) -> int:
     grid = evaluate_grid(args.model, _split_list(args.strategies), datasets, checkpoints=args.checkpoints,
                          config_path=args.config, limit=args.limit, settings=settings, record=not args.no_record,
                          device=args.device, skip_broken=args.skip_broken, on_skip=on_skip, on_result=on_result)
+    if not is_main_process():
+        return 0
     if args.json:
         print(json.dumps({
             "model": grid.model, "results": [r.to_json() for r in grid.results],

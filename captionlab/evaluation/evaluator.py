@@ -327,7 +327,7 @@ def evaluate(
     target: ModelTarget | None = None,
     artifact: Path | None = None,
     instances: Sequence[str | Path] | None = None,
-) -> EvaluationResult:
+) -> EvaluationResult | None:
     """Evaluate `strategy` on `model` over `dataset` (see the module docstring).
 
     `settings`: a `GenerationSettings` (prompt, max_new_tokens, batch_size); `clip_encoder`: None
@@ -337,11 +337,13 @@ def evaluate(
     results.json but no database row; `instances`: COCO instance annotation files for CHAIR (default: the
     `instances_*.json` beside a Karpathy file; see `chair`). Raises EvaluationError for a bad model, checkpoint or
     dataset.
+    Under a distributed launch the processes share the captioning (`sharding`) and only the main one
+    scores and records: the others return None.
     """
     from captionlab.captioner import GenerationSettings
     from captionlab.data.datasets import ensure_embedded_world, resolve_dataset
     from captionlab.data.errors import DatasetError
-    from captionlab.evaluation import generation
+    from captionlab.evaluation import generation, sharding
     from captionlab.evaluation.results import collect_metrics, record_result, write_results_json
     from captionlab.training.energy import EnergyMeter
 
@@ -390,18 +392,21 @@ def evaluate(
             "max_new_tokens": settings.max_new_tokens, "dataset": spec.name, "annotations": str(spec.annotations),
             "images": str(spec.images), "split": split_label}
     warm = contextlib.ExitStack()
-    if any(r.references for r in records):  # METEOR's JVM loads its tables while captions are made
+    if any(r.references for r in records) and sharding.is_main_process():  # METEOR's JVM loads its tables while captions are made
         from captionlab.evaluation.metrics import meteor_session
 
         warm.enter_context(meteor_session())
     try:
         meter = EnergyMeter(device).start()
         try:
-            predictions = generation.generate_predictions(
+            predictions = sharding.generate_predictions(
                 captioner, records, predictions_path, settings.batch_size, progress=progress,
                 skip_broken=skip_broken, meta=meta, energy_meter=meter)
         except generation.GenerationError as exc:
             raise EvaluationError(f"{exc} (pass --skip-broken to leave broken images out)") from None
+        if predictions is None:  # another process of a distributed launch: the main one scores and records
+            warm.close()
+            return None
         if not predictions:
             raise EvaluationError(f"no image of {spec.name} ({split_label}) could be captioned: "
                                   + "; ".join(s.reason for s in predictions.skipped[:3]))
@@ -588,6 +593,8 @@ def evaluate_grid(
                 grid.failed[(key, dataset)] = str(exc)
                 if on_skip:
                     on_skip(f"{key} on {dataset}", str(exc))
+                continue
+            if result is None:  # another process of a distributed launch: the main one has the results
                 continue
             grid.results.append(result)
             if on_result:

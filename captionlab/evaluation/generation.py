@@ -160,7 +160,7 @@ def bucket_order(records: Sequence[CaptionRecord], shapes: dict[str, tuple[int, 
     return sorted(records, key=key)
 
 
-def _prepare_file(out_jsonl: Path, meta: dict | None, predictions: Predictions) -> None:
+def prepare_file(out_jsonl: Path, meta: dict | None, predictions: Predictions) -> None:
     """Apply the meta check (moving a file of other settings aside) and write the meta file."""
     if meta is None:
         return
@@ -263,7 +263,7 @@ def generate_predictions(
         selected = selected[:max(0, int(limit))]
 
     predictions = Predictions()
-    _prepare_file(out_jsonl, meta, predictions)
+    prepare_file(out_jsonl, meta, predictions)
     existing, complete_end, predictions.torn_lines = read_predictions(out_jsonl)
     if out_jsonl.exists() and complete_end < out_jsonl.stat().st_size:
         with out_jsonl.open("r+b") as handle:  # cut the torn last line off before appending

@@ -20,12 +20,12 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from captionlab import atomic, paths
+from captionlab.service import eval_launch
 from captionlab.service.settings import AppSettings
 
 EVALUATE_MODULE = "captionlab.cli.evaluate"
@@ -46,14 +46,23 @@ def evaluate_help() -> str:
 
 
 def evaluation_argv(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None,
-                    limit: int | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "captionlab", "evaluate", "--model", settings.model, "--strategy", strategy,
+                    limit: int | None = None, gpus: int = 1) -> list[str]:
+    """The job's command: `python -m captionlab evaluate ...`, under accelerate launch for several GPUs."""
+    from captionlab.evaluation.launch import evaluate_command
+
+    return evaluate_command(evaluation_args(settings, strategy, dataset, checkpoint, limit, gpus), gpus)
+
+
+def evaluation_args(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None,
+                    limit: int | None = None, gpus: int = 1) -> list[str]:
+    """What follows `python -m captionlab`; several GPUs pick their own devices (no --device)."""
+    argv = ["evaluate", "--model", settings.model, "--strategy", strategy,
             "--dataset", dataset, "--max-new-tokens", str(settings.max_new_tokens)]
     if checkpoint:
         argv += ["--checkpoint", checkpoint]
     if limit:
         argv += ["--limit", str(limit)]
-    if settings.device:
+    if settings.device and gpus == 1:
         argv += ["--device", settings.device]
     return argv
 
@@ -88,17 +97,25 @@ def validate_evaluation(strategy: str, dataset: str, checkpoint: str | None,
 
 
 def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None = None,
-                     limit: int | float | str | None = None) -> str:
-    """Record the job and start it (or queue it behind the cap); returns a message for the user."""
+                     limit: int | float | str | None = None, gpus: int | float | str = 1,
+                     slurm_partition: str | None = None) -> str:
+    """Start the job (on `gpus` GPUs; as a Slurm job when `slurm_partition` is given); returns a message for the
+    user (what started, or why nothing did)."""
     if not evaluate_available():
         return evaluate_help()
     if not strategy or not dataset:
         return "⚠️ strategy and dataset: both are needed"
     try:
         strategy, dataset, checkpoint, limit = validate_evaluation(strategy, dataset, checkpoint, limit)
+        gpus = eval_launch.validate_gpus(gpus)
     except ValueError as exc:
         return f"⚠️ {exc}"
-    return submit_job(evaluation_argv(settings, strategy, dataset, checkpoint, limit), f"eval-{strategy}-{dataset}")
+    if slurm_partition is not None:
+        folder = jobs_dir() / f"eval-{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        return eval_launch.submit_to_slurm(evaluation_args(settings, strategy, dataset, checkpoint, limit, gpus),
+                                           folder, slurm_partition, gpus)
+    return submit_job(evaluation_argv(settings, strategy, dataset, checkpoint, limit, gpus),
+                      f"eval-{strategy}-{dataset}")
 
 
 def submit_job(argv: list[str], prefix: str) -> str:
@@ -168,6 +185,8 @@ def stop_job(job_id: str, grace_s: float = 10.0) -> str:
     job = _refreshed(folder)
     if job is None:
         return f"⚠️ no job {job_id!r}"
+    if job.get("slurm_job_id"):  # Slurm owns it: its scheduler cancels it, not a signal from here
+        return f"{job_id} runs on Slurm: cancel it there with `scancel {job['slurm_job_id']}`"
     if job["state"] in FINAL_STATES:
         return f"{job_id} is already {job['state']}"
     if job["state"] == "running":
@@ -207,7 +226,8 @@ def list_jobs(limit: int = 20) -> list[dict]:
         log = folder / "log.txt"
         last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
         done, total, eta_s = progress_of(job, _read_progress(folder))
-        rows.append({"job": job["job"], "state": job["state"],
+        state = eval_launch.slurm_job_state(folder) if job.get("slurm_job_id") else job["state"]
+        rows.append({"job": job["job"], "state": state,
                      "progress": f"{done}/{total} images" if total else "",
                      "ETA": format_eta(eta_s) if job["state"] == "running" else "—",
                      "last log line": last[0] if last else job.get("message", "")})

@@ -4,7 +4,7 @@ trade-off, a per-image drill-down of your evaluations, and evaluation jobs."""
 import gradio as gr
 import pandas as pd
 
-from captionlab.service import benchmarks, jobs
+from captionlab.service import benchmarks, eval_launch, jobs
 from captionlab.service.catalog import COMPARE_ORDER, DATASETS, FIG2_DATASETS, PAPER_TABLES, strategy_label
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
@@ -83,6 +83,14 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
             # a Textbox, not a Number: gradio draws an empty Number as 0, which the job refuses ("at least 1")
             eval_limit = gr.Textbox("", label="Only the first N images (empty: all)", elem_id="bench-eval-limit")
         with gr.Row():
+            # no precision: gradio would round 1.5 to 2 unseen; validate_gpus refuses it instead
+            eval_gpus = gr.Number(1, label="GPUs", precision=None, minimum=1, maximum=eval_launch.MAX_GPUS,
+                                  info=eval_launch.gpu_help(), elem_id="bench-eval-gpus")
+            slurm = eval_launch.slurm_available()  # offered only where `sbatch` exists
+            eval_where = gr.Radio(["This machine", "Slurm"], value="This machine", label="Run on", visible=slurm,
+                                  elem_id="bench-eval-where")
+            eval_partition = gr.Textbox("", label="Slurm partition", visible=slurm, elem_id="bench-eval-partition")
+        with gr.Row():
             eval_button = gr.Button("Start evaluation job", variant="primary")
             stop_job_id = gr.Textbox("", label="Job to stop (click one below)", elem_id="bench-stop-job", scale=3)
             stop_job_button = gr.Button("Stop job", variant="stop", elem_id="bench-stop-job-button")
@@ -120,9 +128,10 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         title = f"**{line['model']} · {strategy_label(chosen['strategy'])} · {chosen['dataset']}** — {where}"
         return title, _frame(records, DRILL_COLUMNS)
 
-    def on_evaluate(strategy: str, dataset: str, checkpoint: str, limit):
+    def on_evaluate(strategy: str, dataset: str, checkpoint: str, limit, gpus, where: str, partition: str):
         message = jobs.start_evaluation(settings, (strategy or "").strip(), (dataset or "").strip(),
-                                        (checkpoint or "").strip() or None, limit)
+                                        (checkpoint or "").strip() or None, limit, gpus=gpus,
+                                        slurm_partition=(partition or "") if where == "Slurm" else None)
         return message, _jobs_frame()
 
     def on_jobs_tick(seen: list[str] | None, table_name: str, source_name: str):
@@ -150,7 +159,8 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     gr.on(None, show, [table_choice, source_choice], outputs, api_visibility="private")
     reload_button.click(show, [table_choice, source_choice], outputs, api_visibility="private")
     table.select(on_select, [table_choice, keys], [drill_note, drill], api_visibility="private")
-    eval_button.click(on_evaluate, [eval_strategy, eval_dataset, eval_checkpoint, eval_limit],
+    eval_button.click(on_evaluate, [eval_strategy, eval_dataset, eval_checkpoint, eval_limit, eval_gpus, eval_where,
+                                    eval_partition],
                       [eval_message, eval_jobs], api_visibility="private")
     jobs_timer.tick(on_jobs_tick, [finished_seen, table_choice, source_choice],
                     [eval_jobs, slots_note, finished_seen, *outputs], api_visibility="private", show_progress="hidden")
