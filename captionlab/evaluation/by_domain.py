@@ -56,6 +56,17 @@ def score_by_domain(predictions: Mapping[str, str], references: Mapping[str, Seq
     return scores
 
 
+def domain_extra(records, predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
+                 per_image: Mapping[str, Mapping[str, float]] | None) -> dict:
+    """What an evaluation's `extra` records of its domains: `by_domain`, `by_domain_scope` and `image_domains`
+    (image id -> domain, for the drill-down); {} for a benchmark without domains."""
+    domains = domains_of(records)
+    if not domains:
+        return {}
+    return {"by_domain": score_by_domain(predictions, references, domains, per_image), "by_domain_scope": SCOPE,
+            "image_domains": {image_id: domains[image_id] for image_id in predictions if image_id in domains}}
+
+
 def rescore_shipped(checkpoints: Path, world_config: Path) -> list[Path]:
     """Add `by_domain` to every shipped nocaps results.json from its predictions.jsonl (captions and references
     as shipped) and the world's domain tags; returns the files rewritten."""
@@ -63,6 +74,7 @@ def rescore_shipped(checkpoints: Path, world_config: Path) -> list[Path]:
 
     records = load_records("nocaps", config=world_config)
     domains = domains_of(records)
+    by_id = {record.image_id: record for record in records}
     written = []
     for results_path in sorted(Path(checkpoints).glob("results/*/nocaps/results.json")):
         document = json.loads(results_path.read_text())
@@ -73,9 +85,11 @@ def rescore_shipped(checkpoints: Path, world_config: Path) -> list[Path]:
         missing = sorted(set(predictions) - set(domains))
         if missing:
             raise SystemExit(f"{results_path}: image ids {missing[:3]} have no domain in {world_config}")
-        by_domain = score_by_domain(predictions, references, domains, document.get("per_image"))
-        document["result"]["extra"]["by_domain"] = by_domain
-        document["result"]["extra"]["by_domain_scope"] = SCOPE
+        changed = [k for k in predictions if tuple(references[k]) != by_id[k].references]
+        if changed:
+            raise SystemExit(f"{results_path}: the references of images {changed[:3]} differ from {world_config}'s: "
+                             "these predictions are not of this world")
+        document["result"]["extra"].update(domain_extra(records, predictions, references, document.get("per_image")))
         results_path.write_text(json.dumps(document, indent=1, sort_keys=True, default=str))  # as the zoo writes it
         written.append(results_path)
     return written

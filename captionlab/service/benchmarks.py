@@ -403,6 +403,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     if row.get("source") != YOURS:
         return [], "the paper publishes corpus scores only: pick one of your evaluations for per-image captions"
     per_image: dict[str, dict] = {}
+    image_domains: dict = {}
     results_json = row.get("results_json")
     if not results_json and row.get("predictions_path"):
         from captionlab.evaluation.results import results_json_path
@@ -413,7 +414,9 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
         from captionlab.evaluation.results import load_results_json
 
         try:
-            per_image = load_results_json(results_json).per_image
+            loaded = load_results_json(results_json)
+            per_image = loaded.per_image
+            image_domains = (loaded.result.extra or {}).get("image_domains") or {}  # nocaps: in/near/out-domain
         except (OSError, ValueError, KeyError, TypeError):
             per_image = {}
     predictions = _read_predictions(row.get("predictions_path"))
@@ -425,6 +428,8 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     for image_id in ids[:MAX_DRILLDOWN_ROWS]:
         entry = predictions.get(image_id, {})
         line = {"image": image_id, "caption": entry.get("caption", "")}
+        if image_domains:
+            line["domain"] = image_domains.get(image_id, "")
         for metric, scores in per_image.items():
             value = scores.get(image_id)
             line[f"{metric} (image)"] = None if value is None else round(float(value), 3)
