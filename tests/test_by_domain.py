@@ -84,3 +84,7 @@ def test_the_shipped_nocaps_results_are_shown_by_domain():
              "metrics": {}, "results_json": str(shipped[0])}]
     assert [line["Domain"] for line in domains.domain_rows(rows)] == ["overall", "in-domain", "near-domain",
                                                                       "out-domain"]
+    from captionlab.service import benchmarks
+
+    drill, _ = benchmarks.drilldown({**rows[0], "predictions_path": str(shipped[0].parent / "predictions.jsonl")})
+    assert len(drill) == 250 and {line["domain"] for line in drill} == {"in-domain", "near-domain", "out-domain"}
