@@ -115,11 +115,17 @@ def generation_line(study: dict) -> str:
     return (f"Captions: greedy decoding, max_new_tokens={', '.join(limits)} ({told}); the paper states no limit.")
 
 
+TABLE_4_NOTE = ("Covers: the parts each figure counts (NVML: the GPU only; RAPL: CPU package and DRAM; an estimate: "
+                "what it assumed). The paper does not say what its Table 4 covers. LoRA and DoRA adapt the LLM's seven "
+                "projections, the layers Table 4's 319.8M / 321.2M count; the method text's \"all fully connected "
+                "layers\" is `lora_targets: all_linear`.")
+
+
 def energy_table(checkpoints: Path) -> str:
     from captionlab.training.energy import covered_parts
 
-    lines = ["| Strategy | Trainable params | Energy, all epochs (kWh) | Energy, up to best (kWh) | Best epoch | Method "
-             "| Covers |", "|---|---|---|---|---|---|---|"]
+    lines = ["| Strategy | Trainable params | Energy, all epochs (kWh) | Energy, up to best (kWh) | Best epoch "
+             "| Method | Covers |", "|---|---|---|---|---|---|---|"]
     for strategy in ORDER:
         energy_file = Path(checkpoints) / "runs" / strategy / "energy.json"
         if not energy_file.exists():
@@ -129,10 +135,7 @@ def energy_table(checkpoints: Path) -> str:
                      f"{energy.get('kwh_all_epochs', 0):.2e} | {energy.get('kwh_best', 0):.2e} | "
                      f"{energy.get('best_epoch')} | {energy.get('label') or energy.get('method')} | "
                      f"{covered_parts(energy)} |")
-    return "\n".join(lines) + ("\n\nCovers: the parts each figure counts (NVML: the GPU only; RAPL: CPU package and "
-                               "DRAM; an estimate: what it assumed). The paper does not say what its Table 4 covers. LoRA and DoRA "
-                               "adapt the LLM's seven projections, the layers Table 4's 319.8M / 321.2M count; the method "
-                               "text's \"all fully connected layers\" is `lora_targets: all_linear`.")
+    return "\n".join(lines) + "\n\n" + TABLE_4_NOTE
 
 
 def mean_words(texts) -> float:

@@ -69,7 +69,8 @@ def run_stats(args: argparse.Namespace) -> int:
             "dataset": spec.name, "format": spec.format, "annotations": str(spec.annotations),
             "images_folder": str(spec.images), "splits": {name: asdict(s) for name, s in per_split.items()},
             "domains": {name: asdict(s) for name, s in per_domain.items()},
-            "total": asdict(total), "missing_images_skipped": report.missing_images, "dropped_rows": report.dropped_rows,
+            "total": asdict(total), "missing_images_skipped": report.missing_images,
+            "dropped_rows": report.dropped_rows,
             "dropped_captions": report.dropped_captions,
             "images_without_captions": report.images_without_captions, "notes": report.notes(),
         }, indent=2))

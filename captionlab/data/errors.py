@@ -4,7 +4,8 @@
 message always names the file (and, where it applies, the record) at fault, so callers can
 show it as is. `ReadReport` makes visible what a reader left out on purpose (missing images
 with `skip_missing=True`, VizWiz's rejected and pre-canned captions, images with no caption
-left, annotation rows not read as captions: a TSV's header line, img2dataset's failed downloads). The helpers below are the checks that raise or fill them, so that no reader ever
+left, annotation rows not read as captions: a TSV's header line, img2dataset's failed
+downloads). The helpers below are the checks that raise or fill them, so that no reader ever
 fails with a bare KeyError or TypeError deep inside.
 """
 

@@ -5,9 +5,10 @@ vision tower and the projector are untouched: 319,815,680 trainable parameters o
 321,175,552 with DoRA's magnitudes, Table 4's 319.8M / 321.2M. That is a choice: the method text
 (Sec. 3.2) says "all fully connected layers of the MLLMs", which the printed counts do not match.
 `targets="all_linear"` (a recipe's `lora_targets: all_linear`) is that literal reading: every
-linear layer of the model, the vision tower's, the projector's and lm_head included. DoRA is LoRA with `use_dora=True`, as in peft. Artifacts are
-standard peft adapter folders (adapter_config.json + adapter_model.safetensors) that plain peft
-can load, plus captionlab's strategy.json. DoRA layers compute their row norms the short way
+linear layer of the model, the vision tower's, the projector's and lm_head included. DoRA is
+LoRA with `use_dora=True`, as in peft. Artifacts are standard peft adapter folders
+(adapter_config.json + adapter_model.safetensors) that plain peft can load, plus captionlab's
+strategy.json. DoRA layers compute their row norms the short way
 (`dora_fast.py`: peft's outputs and gradients without materialising B·A and W + s·B·A every forward).
 """
 
