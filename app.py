@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 QUEUE_MAX_SIZE = 100  # requests waiting beyond this are refused ("queue full") instead of piling up in memory
 CONCURRENCY_LIMIT = 1  # per event: captioning shares one model and is serialised anyway
@@ -27,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoints", help="folder with strategies/<key>/ artifacts, clip/, clip_captioner/, "
                                               "gallery/ (default with no --model: checkpoints/embedded)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="longest caption generated, in tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"longest caption generated, in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to bind")
     parser.add_argument("--auth", help="user:pass required to open the app")

@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
 from captionlab.models.decoding import GreedyDecoder
 from captionlab.models.loading import LoadedModel, load_model
 from captionlab.models.prompting import build_prompt
@@ -38,7 +39,7 @@ class GenerationSettings:
     """How captions are generated: the paper's zero-shot prompt and greedy decoding by default."""
 
     prompt: str = ZERO_SHOT_PROMPT
-    max_new_tokens: int = 40
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_size: int = 16
     # prefill through torch.compile'd layers (`models/compiled_layers.py`): None = on CUDA. 1.23x the captions per
     # second on LLaVA-1.5-7B / 1.6-7B (H200, bench/RESULTS.md) for ~10 s of compiling once per process and shape;

@@ -177,7 +177,9 @@ def test_captions_cut_at_the_token_limit_are_marked_and_explained(home, tmp_path
     assert captions[0] == "caption 0 [cut]"  # unfinished: marked where it is read
     assert "caption 1" in captions and "caption 1 [cut]" not in captions
     (note,) = [n for n in result.notes if n.startswith("[cut]")]
-    assert "Zero-shot" in note and "40 new tokens" in note and "--max-new-tokens" in note
+    from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
+
+    assert "Zero-shot" in note and f"{DEFAULT_MAX_NEW_TOKENS} new tokens" in note and "--max-new-tokens" in note
 
 
 def test_model_loading_time_is_noted_only_on_the_request_that_loaded(home, tmp_path, monkeypatch):

@@ -124,3 +124,28 @@ def test_skip_missing_with_every_image_missing_is_an_error(capsys, tmp_path):
                          str(tmp_path / "nocaps/nocaps_val_4500_captions.json"))
     assert code == 2 and out == ""
     assert "error: nothing readable" in err and "every one of its 3 record(s)" in err
+
+
+def test_stats_counts_nocaps_images_per_domain(capsys):
+    nocaps = ["--format", "nocaps", "--annotations", str(FIXTURES / "nocaps/nocaps_val_4500_captions.json"),
+              "--images", str(FIXTURES / "nocaps/images")]
+    code, out, _ = run(capsys, "stats", *nocaps)
+    rows = table(out)
+    assert code == 0 and [rows[name][0] for name in ("in-domain", "near-domain", "out-domain")] == ["1", "1", "1"]
+    code, out, _ = run(capsys, "stats", *nocaps, "--json")
+    domains = json.loads(out)["domains"]
+    assert list(domains) == ["in-domain", "near-domain", "out-domain"]
+    assert [d["images"] for d in domains.values()] == [1, 1, 1]
+
+
+def test_stats_counts_the_embedded_worlds_nocaps_per_domain(capsys, tiny_world):
+    code, out, _ = run(capsys, "stats", "--dataset", "nocaps", "--config", str(tiny_world), "--json")
+    stats = json.loads(out)
+    assert code == 0 and list(stats["domains"]) == ["in-domain", "near-domain", "out-domain"]
+    assert all(d["images"] > 0 for d in stats["domains"].values())
+    assert sum(d["images"] for d in stats["domains"].values()) == stats["total"]["images"]
+
+
+def test_stats_of_a_benchmark_without_domains_has_none(capsys):
+    code, out, _ = run(capsys, "stats", *COCO, "--json")
+    assert code == 0 and json.loads(out)["domains"] == {}

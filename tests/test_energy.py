@@ -63,7 +63,8 @@ def test_estimate_is_labelled_with_its_assumption(tmp_path, clock):
     assert meter.label == "estimate: 2 cores x 10 W assumed"
     assert meter.device_name == "CPU (2 cores)"
     assert meter.joules() == pytest.approx(600.0)
-    assert meter.describe() == {"method": "estimate", "label": meter.label, "device": "CPU (2 cores)"}
+    assert meter.describe() == {"method": "estimate", "label": meter.label, "device": "CPU (2 cores)",
+                                "covers": "CPU (estimated)"}
 
 
 def test_joules_before_start_is_an_error(tmp_path):
@@ -151,3 +152,37 @@ def test_summary_accepts_the_trainers_epoch_numbering_and_marks_estimates():
     assert summarize_energy([1.0], best_epoch=None)["kwh_best"] is None
     with pytest.raises(ValueError, match="best_epoch 5"):
         summarize_energy([1.0, 2.0], best_epoch=5)
+
+
+def test_nvml_alone_is_labelled_gpu_only(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml({0: 0}))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    meter = EnergyMeter("cuda:0", rapl_root=tmp_path / "no-powercap")
+    assert meter.method == "nvml" and "GPU only, NVML" in meter.label and meter.describe()["covers"] == "GPU"
+
+
+def test_gpu_run_adds_cpu_package_and_dram_through_rapl_where_readable(tmp_path, monkeypatch):
+    counters = {0: 0}
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(counters))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    package = make_rapl(tmp_path, "intel-rapl:0", 1_000, name="package-0")
+    dram = make_rapl(tmp_path, "intel-rapl:0:1", 50, name="dram")
+    make_rapl(tmp_path, "intel-rapl:0:0", 5, name="core")  # inside the package's counter already
+    meter = EnergyMeter("cuda:0", rapl_root=tmp_path).start()
+    assert meter.method == "nvml+rapl" and meter.covers == "GPU + CPU package + DRAM"
+    assert "NVML" in meter.label and "RAPL" in meter.label and meter.label.startswith("measured:")
+    counters[0] += 2_000  # 2 J on the GPU
+    (package / "energy_uj").write_text(f"{1_000 + 300_000}\n")  # 0.3 J
+    (dram / "energy_uj").write_text(f"{50 + 500_000}\n")  # 0.5 J
+    assert meter.joules() == pytest.approx(2.0 + 0.3 + 0.5)
+    summary = summarize_energy([3.6e6], best_epoch=1, **meter.describe())
+    assert summary["measured"] is True and summary["covers"] == "GPU + CPU package + DRAM"
+
+
+def test_covered_parts_of_figures_written_before_they_said(tmp_path):
+    from captionlab.training.energy import covered_parts
+
+    assert covered_parts({"method": "nvml", "label": "measured: NVML total energy counter, 4 GPU(s)"}) == "GPU"
+    assert covered_parts({"method": "estimate", "label": "estimate: 2 cores x 10 W assumed",
+                          "device": "CPU (2 cores)"}) == "CPU (estimated)"
+    assert covered_parts({"method": "rapl", "covers": "CPU package + DRAM"}) == "CPU package + DRAM"

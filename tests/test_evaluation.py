@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
 from captionlab.data.records import CaptionRecord
 from captionlab.evaluation import evaluator as ev
 from captionlab.evaluation import targets
@@ -236,7 +237,8 @@ def test_captions_cut_at_the_token_limit_are_counted_and_read_back(tmp_path, mon
                              (50, 50): "a square", (60, 30): "a green tree next to a house and"})
     result = ev.evaluate("llava-1.5-7b", "lora", f"karpathy:{annotations}", captioner=stub, clip_encoder=HashClip())
     assert result.extra["cut_at_max_new_tokens"] == 2
-    assert any(note.startswith("2 of 4 caption(s) reached max_new_tokens=40 unfinished") for note in result.notes)
+    assert any(note.startswith(f"2 of 4 caption(s) reached max_new_tokens={DEFAULT_MAX_NEW_TOKENS} unfinished")
+               for note in result.notes)
     rows = [json.loads(line) for line in result.predictions_path.read_text().splitlines()]
     assert sorted(row["cut"] for row in rows) == [False, False, True, True]
     again = ev.evaluate("llava-1.5-7b", "lora", f"karpathy:{annotations}", captioner=FixedCaptioner({}),

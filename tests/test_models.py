@@ -31,6 +31,9 @@ def test_params_prints_the_paper_counts_for_llava_15(capsys):
     out = capsys.readouterr().out
     for number in ["196,608", "131,072", "319,815,680", "321,175,552", "7,063,427,072"]:
         assert number in out
+    # lora_targets: all_linear, the method text's literal reading: + vision tower (24 x 2,359,296), projector
+    # (655,360 + 1,048,576) and lm_head (128 x (4096 + 32064)) at r=128; DoRA adds each layer's output magnitudes
+    assert "LoRA (all linear)          382,771,200" in out and "DoRA (all linear)          384,392,512" in out
 
 
 def test_params_llava_16_and_bad_model(capsys):
@@ -67,3 +70,4 @@ def test_params_say_what_the_counts_mean(capsys):
     out = capsys.readouterr().out
     assert "method text" in out and "19.7k" in out and "13.1k" in out
     assert "vision tower stays frozen" in out
+    assert "LLM's seven projections" in out and "all fully connected layers of the MLLMs" in out

@@ -30,6 +30,7 @@ SOURCES = {
     "nocaps": ("nocaps/nocaps_val_4500_captions.json", "nocaps/images"),
     "cc3m": ("cc3m/Validation_GCC-1.1.0-Validation.tsv", "cc3m/images"),
     "cc3m_tsv": ("cc3m/captions.tsv", "cc3m/images"),
+    "img2dataset": ("img2dataset/out", "img2dataset/out"),
     "vizwiz": ("vizwiz/val.json", "vizwiz/images"),
     "textcaps": ("textcaps/TextCaps_0.1_val.json", "textcaps/images"),
 }
@@ -66,7 +67,7 @@ def rewrite_json(format_name: str, tmp_path: Path, change: Callable[[dict], Any]
 
 
 def test_registry_names_every_format():
-    assert set(READERS) == {"karpathy", "nocaps", "cc3m", "cc3m_tsv", "vizwiz", "textcaps"}
+    assert set(READERS) == {"karpathy", "nocaps", "cc3m", "cc3m_tsv", "img2dataset", "vizwiz", "textcaps"}
     assert FORMATS == tuple(READERS)
     for reader in READERS.values():
         assert reader.__module__.startswith("captionlab.data.readers.")

@@ -334,3 +334,20 @@ def test_sample_gallery_renders_each_benchmark() -> None:
         assert image.size == (128, 128) and image.mode == "RGB"
         assert references and PRECANNED_CAPTION not in references
     assert sample_gallery(3, seed=0)[2][0].tobytes() == gallery[2][0].tobytes()
+
+
+def test_nocaps_domains_follow_how_far_each_images_kinds_are_from_the_coco_domains():
+    """in-domain: every object kind is one the coco domain shows; near-domain: some are; out-domain: none is."""
+    from captionlab.world.domains import make_example, split_sizes
+
+    sizes = split_sizes(0.1)
+    coco_kinds = {kind for split, count in sizes["coco"].items() for index in range(count)
+                  for kind in make_example("coco", split, index, seed=0).scene.kinds()}
+    seen = set()
+    for index in range(sizes["nocaps"]["val"]):
+        example = make_example("nocaps", "val", index, seed=0)
+        known = [kind in coco_kinds for kind in example.scene.kinds()]
+        expected = "in-domain" if all(known) else "out-domain" if not any(known) else "near-domain"
+        assert example.nocaps_domain == expected
+        seen.add(expected)
+    assert seen == {"in-domain", "near-domain", "out-domain"}

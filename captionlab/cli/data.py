@@ -4,7 +4,8 @@
     data stats --dataset coco [--config datasets.yaml]       (or --dataset karpathy:/path/file.json)
     data world [--out DIR] [--seed N]
 
-`stats` prints images and captions per split and the mean words per caption (`--json` for a
+`stats` prints images and captions per split and the mean words per caption, and per domain
+where the benchmark has domains (nocaps: in-domain, near-domain, out-domain), (`--json` for a
 machine-readable object); `--skip-missing` leaves out records whose image file is missing
 instead of stopping, and says how many (none left is an error). A dataset named without
 `--config` is the embedded world's, generated on first use as `train run` does.
@@ -46,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from captionlab.data.datasets import ensure_embedded_world, resolve_dataset, split_statistics, total_statistics
+    from captionlab.data.datasets import (ensure_embedded_world, resolve_dataset, split_statistics,
+                                          subdomain_statistics, total_statistics)
     from captionlab.data.errors import DatasetError, ReadReport
 
     report = ReadReport()
@@ -60,12 +62,15 @@ def run_stats(args: argparse.Namespace) -> int:
     if not records:
         raise UserError(_nothing_readable(spec, report))
     per_split = split_statistics(records)
+    per_domain = subdomain_statistics(records)
     total = total_statistics(records)
     if args.json:
         print(json.dumps({
             "dataset": spec.name, "format": spec.format, "annotations": str(spec.annotations),
             "images_folder": str(spec.images), "splits": {name: asdict(s) for name, s in per_split.items()},
+            "domains": {name: asdict(s) for name, s in per_domain.items()},
             "total": asdict(total), "missing_images_skipped": report.missing_images,
+            "dropped_rows": report.dropped_rows,
             "dropped_captions": report.dropped_captions,
             "images_without_captions": report.images_without_captions, "notes": report.notes(),
         }, indent=2))
@@ -74,6 +79,10 @@ def run_stats(args: argparse.Namespace) -> int:
     print(f"{'split':<10}{'images':>8}{'captions':>10}{'words/caption':>15}")
     for name, stats in [*per_split.items(), ("all", total)]:
         print(f"{name:<10}{stats.images:>8}{stats.captions:>10}{stats.mean_words:>15.2f}")
+    if per_domain:
+        print(f"{'domain':<12}{'images':>6}{'captions':>10}{'words/caption':>15}")
+        for name, stats in per_domain.items():
+            print(f"{name:<12}{stats.images:>6}{stats.captions:>10}{stats.mean_words:>15.2f}")
     for note in report.notes():
         print(f"note: {note}")
     return 0

@@ -33,6 +33,7 @@ import json
 import sys
 from pathlib import Path
 
+from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
 from captionlab.cli import UserError
 
 METRIC_COLUMNS = [("B-4", "BLEU-4"), ("M", "METEOR"), ("R", "ROUGE-L"), ("C", "CIDEr"), ("S", "SPICE"),
@@ -61,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per generate() batch (default: 64 on a GPU, 16 on the CPU)")
-    parser.add_argument("--max-new-tokens", type=int, default=40, help="longest caption in tokens (default 40)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help=f"longest caption in tokens (default {DEFAULT_MAX_NEW_TOKENS}: LLaVA ends its captions "
+                             "itself; the count of captions cut at the limit is reported)")
     parser.add_argument("--compile-prefill", choices=["auto", "on", "off"], default="auto",
                         help="prefill through torch.compile'd layers: ~1.2x faster captioning on a GPU for ~10 s of "
                              "compiling once (default auto: on CUDA only)")
@@ -277,6 +280,8 @@ def format_result(result) -> str:
             lines.append(f"{name:<14}{'n/a':>9}   unavailable: {reason}")
     lines.append("scale: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100 (as in the paper); CLIP-Score as is; "
                  "CHAIR-i, CHAIR-s (lower is better) and Object-Recall in percent")
+    lines += format_by_domain(result.extra.get("by_domain"))
+    lines.append(generation_line(result.extra))
     energy = (f"{result.energy_j:.1f} J = {result.energy_j / 3.6e6:.3g} kWh ({result.energy_label})"
               if result.energy_j is not None else "not measured")
     lines.append(f"time {result.seconds:.1f} s, captioning energy {energy}")
@@ -285,6 +290,26 @@ def format_result(result) -> str:
     lines.append(f"predictions: {result.predictions_path}")
     lines.append(f"results:     {result.results_path}")
     return "\n".join(lines)
+
+
+def format_by_domain(by_domain: dict | None) -> list[str]:
+    """nocaps' domains, one row each (empty for a benchmark without domains)."""
+    if not by_domain:
+        return []
+    names = [m for _, m in METRIC_COLUMNS]
+    lines = ["by domain (each scored on its own images, as nocaps' server does):",
+             f"{'domain':<13}{'images':>7}" + "".join(f"{c:>8}" for c, _ in METRIC_COLUMNS)]
+    for domain, row in by_domain.items():
+        lines.append(f"{domain:<13}{row.get('n_images', 0):>7}" + "".join(f"{_fmt(row.get(m), m):>8}" for m in names))
+    return lines
+
+
+def generation_line(extra: dict) -> str:
+    """The caption length setting beside the numbers it shapes, and how many captions it cut."""
+    limit = (extra.get("settings") or {}).get("max_new_tokens")
+    cut = extra.get("cut_at_max_new_tokens")
+    told = "cut count not recorded" if cut is None else f"{cut} caption(s) cut at the limit unfinished"
+    return f"captions: greedy, max_new_tokens={limit} ({told})"
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -352,6 +377,9 @@ def format_grid(grid, datasets: list[str], label) -> str:
     encoders = sorted({r.clip_encoder for r in grid.results if r.clip_encoder and r.metrics.get("CLIP-Score") is not None})
     if encoders:
         out.append(f"CLIP-S computed with {', '.join(encoders)}")
+    limits = sorted({str((r.extra.get("settings") or {}).get("max_new_tokens")) for r in grid.results})
+    cut = sum(r.extra.get("cut_at_max_new_tokens") or 0 for r in grid.results)
+    out.append(f"captions: greedy, max_new_tokens={', '.join(limits)} ({cut} caption(s) cut at the limit unfinished)")
     reasons: dict[str, str] = {}
     for title, table_datasets in tables:
         if not table_datasets:

@@ -2,7 +2,10 @@
 
 The model is built on the meta device from its shipped config, each strategy applied in turn.
 Prompt learning's count is its prompt's length in tokens: from the registry (the 7B models), else
-from the tokenizer beside the weights (the embedded model), as the trainer gets it.
+from the tokenizer beside the weights (the embedded model), as the trainer gets it. LoRA and DoRA
+are counted twice: on the LLM's seven projections (what captionlab trains, Table 4's count) and
+with `lora_targets: all_linear` (the method text's "all fully connected layers": keys
+`lora:all_linear`, `dora:all_linear`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,14 @@ def register(subparsers) -> None:
 # prompt learning and prefix tuning, 10x below what its own method text gives (reference_data.py).
 NOTES = (
     "prompt learning and prefix tuning follow the paper's method text; its Table 4 prints 10x less (19.7k, 13.1k)",
+    "LoRA / DoRA: r and alpha on the LLM's seven projections (q, k, v, o, gate, up, down), the layers whose count "
+    "Table 4 prints (319.8M / 321.2M on LLaVA-1.5-7B); the method text says \"all fully connected layers of the "
+    "MLLMs\", which is the all_linear rows (vision tower, projector and lm_head too; recipe option "
+    "`lora_targets: all_linear`)",
     "full fine-tuning trains the LLM and the projector; the vision tower stays frozen",
 )
+ALL_LINEAR = "all_linear"
+ALL_LINEAR_STRATEGIES = ("lora", "dora")
 
 
 def prompt_tokenizer(spec):
@@ -62,7 +71,20 @@ def count_trainable(model_name: str) -> dict[str, int]:
         strategy = get_strategy(name)
         model = strategy.apply(build_random_model(spec, "meta"), spec, tokenizer)
         counts[name] = sum(p.numel() for _, p in strategy.trainable_parameters(model))
+    for name in ALL_LINEAR_STRATEGIES:
+        strategy = get_strategy(name, targets=ALL_LINEAR)
+        model = strategy.apply(build_random_model(spec, "meta"), spec, tokenizer)
+        counts[f"{name}:{ALL_LINEAR}"] = sum(p.numel() for _, p in strategy.trainable_parameters(model))
     return counts
+
+
+def count_label(key: str) -> str:
+    """A count's row label: the strategy's, with `(all linear)` for the all_linear counts."""
+    from captionlab.strategies import STRATEGIES
+
+    name, _, targets = key.partition(":")
+    label = STRATEGIES[name].label if name in STRATEGIES else name
+    return f"{label} (all linear)" if targets == ALL_LINEAR else label
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     from captionlab.cli import UserError
     from captionlab.models.registry import ModelNotFoundError
-    from captionlab.strategies import STRATEGIES, StrategyError
+    from captionlab.strategies import StrategyError
 
     warnings.filterwarnings("ignore")
     try:
@@ -82,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     total = counts.pop("total")
     print(f"{args.model}: {total:,} parameters in all")
-    print(f"{'strategy':<18}{'trainable':>16}{'share':>10}")
+    print(f"{'strategy':<22}{'trainable':>16}{'share':>10}")
     for name, n in counts.items():
-        print(f"{STRATEGIES[name].label:<18}{n:>16,}{n / total:>10.4%}")
+        print(f"{count_label(name):<22}{n:>16,}{n / total:>10.4%}")
     for note in NOTES:
         print(f"note: {note}")
     return 0

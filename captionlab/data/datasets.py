@@ -187,6 +187,18 @@ def split_statistics(records: list[CaptionRecord]) -> dict[str, SplitStats]:
     return {split: _stats(by_split[split]) for split in sorted(by_split)}
 
 
+def subdomain_statistics(records: list[CaptionRecord]) -> dict[str, SplitStats]:
+    """Per subdomain (nocaps' in-domain, near-domain, out-domain, one row each, in that order; then any other),
+    the same counts; empty when no record has a subdomain."""
+    from captionlab.data.readers.nocaps import NOCAPS_DOMAINS
+
+    found = {record.subdomain for record in records if record.subdomain is not None}
+    if not found:
+        return {}
+    names = [*NOCAPS_DOMAINS, *sorted(found - set(NOCAPS_DOMAINS))]
+    return {name: _stats([r for r in records if r.subdomain == name]) for name in names}
+
+
 def total_statistics(records: list[CaptionRecord]) -> SplitStats:
     """The same counts over all records."""
     return _stats(records)

@@ -4,7 +4,8 @@
 message always names the file (and, where it applies, the record) at fault, so callers can
 show it as is. `ReadReport` makes visible what a reader left out on purpose (missing images
 with `skip_missing=True`, VizWiz's rejected and pre-canned captions, images with no caption
-left). The helpers below are the checks that raise or fill them, so that no reader ever
+left, annotation rows not read as captions: a TSV's header line, img2dataset's failed
+downloads). The helpers below are the checks that raise or fill them, so that no reader ever
 fails with a bare KeyError or TypeError deep inside.
 """
 
@@ -39,6 +40,7 @@ class ReadReport:
     dropped_captions: int = 0
     dropped_caption_reason: str = ""
     images_without_captions: int = 0
+    dropped_rows: dict[str, int] = field(default_factory=dict)  # why -> how many annotation rows were not read
 
     def notes(self) -> list[str]:
         """One human-readable line per thing left out (empty when nothing was)."""
@@ -49,6 +51,8 @@ class ReadReport:
             lines.append(f"dropped {self.dropped_captions} caption(s) ({self.dropped_caption_reason})")
         if self.images_without_captions:
             lines.append(f"dropped {self.images_without_captions} image(s) left with no caption")
+        for reason, count in self.dropped_rows.items():
+            lines.append(f"dropped {count} row(s): {reason}")
         return lines
 
 

@@ -15,6 +15,8 @@ class CaptionRecord:
     references: the reference captions (may be empty for caption-free use, e.g. an upload).
     split: "train", "val", "test" or "restval" (Karpathy), else the dataset's split name.
     domain: the benchmark the record comes from: coco, nocaps, cc3m, vizwiz, textcaps (or a custom name).
+    subdomain: the benchmark's own part the image belongs to, where it has parts: nocaps' "in-domain",
+        "near-domain" or "out-domain" (its file's `images[].domain`); None elsewhere.
     """
 
     image_id: str
@@ -22,3 +24,4 @@ class CaptionRecord:
     references: tuple[str, ...]
     split: str
     domain: str
+    subdomain: str | None = None

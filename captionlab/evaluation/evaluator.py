@@ -108,7 +108,10 @@ class EvaluationResult:
             "resumed": self.resumed, "generated": self.generated,
             "skipped": [s.__dict__ for s in self.skipped], "notes": self.notes,
             "predictions_path": str(self.predictions_path), "results_path": str(self.results_path),
-            "result_id": self.result_id,
+            "result_id": self.result_id, "by_domain": self.extra.get("by_domain"),
+            "max_new_tokens": self.extra.get("settings", {}).get("max_new_tokens"),
+            "cut_at_max_new_tokens": self.extra.get("cut_at_max_new_tokens"),
+            "by_domain_scope": self.extra.get("by_domain_scope"),
         }
 
 
@@ -452,6 +455,7 @@ def evaluate(
                      f"{settings.max_new_tokens} unfinished and were cut (this shortens them, which BLEU's brevity "
                      "and CIDEr-D's length penalties feel): raise --max-new-tokens to let them end")
     energy = meter.describe()
+    by_domain = _by_domain(records, predictions, references, per_image)
     seconds = predictions.seconds + metric_report.seconds + clip_seconds
     extra = {
         "strategy_label": label, "limit": limit, "out_dir": str(folder),
@@ -467,7 +471,7 @@ def evaluate(
         "seconds_generation": predictions.seconds, "seconds_metrics": metric_report.seconds,
         "seconds_clip": clip_seconds, "seconds_wall_this_call": time.perf_counter() - started,
         "energy_scope": "caption generation", "energy_label": energy["label"], "energy_device": energy["device"],
-        "notes": notes,
+        "notes": notes, **by_domain,
     }
     energy_j = predictions.joules
     row_kwargs = dict(model=target.label, strategy=strategy, dataset=spec.name, split=split_label,
@@ -489,6 +493,13 @@ def evaluate(
         seconds=seconds, energy_j=energy_j, energy_method=row.energy_method, energy_label=energy["label"],
         clip_encoder=clip_name, result_id=result_id, resumed=predictions.resumed, generated=predictions.generated,
         skipped=list(predictions.skipped), notes=notes, per_image=per_image, extra=extra)
+
+
+def _by_domain(records, predictions, references, per_image) -> dict:
+    """by_domain, its scope and each image's domain for a benchmark whose images have domains (nocaps), else {}."""
+    from captionlab.evaluation.by_domain import domain_extra
+
+    return domain_extra(records, dict(predictions), references, per_image)
 
 
 def _score(predictions: dict, references: dict):

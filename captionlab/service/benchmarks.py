@@ -406,6 +406,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
         return [], "the paper publishes corpus scores only: pick one of your evaluations for per-image captions"
     per_image: dict[str, dict] = {}
     hallucinated: dict[str, list[str]] | None = None
+    image_domains: dict = {}
     results_json = row.get("results_json")
     if not results_json and row.get("predictions_path"):
         from captionlab.evaluation.results import results_json_path
@@ -418,6 +419,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
         try:
             loaded = load_results_json(results_json)
             per_image, hallucinated = loaded.per_image, loaded.hallucinated
+            image_domains = (loaded.result.extra or {}).get("image_domains") or {}  # nocaps: in/near/out-domain
         except (OSError, ValueError, KeyError, TypeError):
             per_image = {}
     predictions = _read_predictions(row.get("predictions_path"))
@@ -433,6 +435,8 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
             words = hallucinated.get(image_id, [])
             line["caption"] = mark_hallucinated(line["caption"], words)
             line["hallucinated"] = ", ".join(words)
+        if image_domains:
+            line["domain"] = image_domains.get(image_id, "")
         for metric, scores in per_image.items():
             value = scores.get(image_id)
             line[f"{metric} (image)"] = None if value is None else round(float(value), 3)

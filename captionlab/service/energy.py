@@ -20,10 +20,21 @@ from pathlib import Path
 from captionlab import atomic, paths
 from captionlab.service.benchmarks import coverage_label
 from captionlab.service.catalog import PAPER_STRATEGIES, strategy_label
+from captionlab.training.energy import MEASURED_METHODS, covered_parts
 
 PAPER_NOTE = ("The paper's Table 4 prints 19.7k (prompt learning) and 13.1k (prefix tuning) trainable parameters: "
               "10x below what its own method text gives, 48 tokens x 4096 = 196,608 and 32 layers x 1 token x 4096 "
               "= 131,072. Both are shown. Paper energy: four 64GB A100s, 4 epochs on COCO, method not stated.")
+
+
+LORA_TARGETS_NOTE = ("LoRA / DoRA (r=128, alpha=256) adapt the LLM's seven projections (q, k, v, o, gate, up, down): "
+                     "the layers whose count Table 4 prints (319,815,680 / 321,175,552). The paper's method text says "
+                     "\"all fully connected layers of the MLLMs\"; that literal reading (vision tower, projector and "
+                     "lm_head too) is the recipe option `lora_targets: all_linear`: 382,771,200 / 384,392,512 on "
+                     "LLaVA-1.5-7B (`python -m captionlab params` counts both).")
+SCOPE_NOTE = ("Each figure says what it covers: NVML counts the GPU only; RAPL, where readable, adds the CPU packages "
+              "and their DRAM (whole packages, every process on them); an estimate says what it assumed. The paper "
+              "does not say what its kWh cover.")
 
 
 def paper_table() -> list[dict]:
@@ -39,6 +50,7 @@ def paper_table() -> list[dict]:
             "Params (method text)": f"{row['trainable_params_method']:,}" if row["trainable_params_method"] else "—",
             "kWh all epochs": row["kwh_all_epochs"],
             "kWh up to best": row["kwh_best"],
+            "Covers": "not stated by the paper",
             "Note": row["note"],
         })
     return rows
@@ -99,14 +111,14 @@ def _shipped_artifacts(checkpoints: Path, folder: Path) -> list[Path]:
 def _energy_row(energy: dict, run: str, model: str, strategy: str, origin: str, folder: Path,
                 artifacts: list[Path]) -> dict:
     method = energy.get("method") or "unknown"
-    measured = energy.get("measured", method in ("nvml", "rapl"))
+    measured = energy.get("measured", method in MEASURED_METHODS)
     return {
         "Run": run, "Origin": origin, "Model": energy.get("model") or model,
         "Strategy": strategy_label(energy.get("strategy") or strategy), "key": energy.get("strategy") or strategy,
         "Params": f"{energy['trainable_parameters']:,}" if energy.get("trainable_parameters") else "—",
         "kWh all epochs": energy.get("kwh_all_epochs"), "kWh up to best": energy.get("kwh_best"),
         "Best epoch": f"{energy.get('best_epoch') or '—'} of {energy.get('epochs') or '?'}",
-        "Method": _method_text(energy.get("label") or method, measured),
+        "Method": _method_text(energy.get("label") or method, measured), "Covers": covered_parts(energy),
         "Device": energy.get("device") or "unknown", "folder": str(folder),
         "artifacts": [str(Path(a).resolve()) for a in artifacts],
     }

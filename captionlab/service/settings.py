@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captionlab import paths
+from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
 
 EMBEDDED_DIR = paths.CHECKPOINTS_DIR / "embedded"
 EMBEDDED_MODEL_NAME = "embedded"
@@ -34,7 +35,7 @@ class AppSettings:
     """Folder holding strategies/<key>/ artifacts, clip/, clip_captioner/, gallery/ (any may be missing)."""
     device: str | None = None
     """cpu, cuda, cuda:1 ...; None = cuda when available."""
-    max_new_tokens: int = 40
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     """Longest caption generated, in tokens."""
 
     @property
@@ -56,7 +57,7 @@ def embedded_settings() -> AppSettings:
 
 
 def settings_for(model: str | None, checkpoints: str | Path | None = None, device: str | None = None,
-                 max_new_tokens: int = 40) -> AppSettings:
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> AppSettings:
     """Settings from the command line: no model means the embedded default."""
     if model is None:
         base = embedded_settings()

@@ -2,9 +2,13 @@
 
 r=128, alpha=256 on every fully connected layer of the LLM (q, k, v, o, gate, up, down); the
 vision tower and the projector are untouched: 319,815,680 trainable parameters on LLaVA-1.5-7B,
-321,175,552 with DoRA's magnitudes. DoRA is LoRA with `use_dora=True`, as in peft. Artifacts are
-standard peft adapter folders (adapter_config.json + adapter_model.safetensors) that plain peft
-can load, plus captionlab's strategy.json. DoRA layers compute their row norms the short way
+321,175,552 with DoRA's magnitudes, Table 4's 319.8M / 321.2M. That is a choice: the method text
+(Sec. 3.2) says "all fully connected layers of the MLLMs", which the printed counts do not match.
+`targets="all_linear"` (a recipe's `lora_targets: all_linear`) is that literal reading: every
+linear layer of the model, the vision tower's, the projector's and lm_head included. DoRA is
+LoRA with `use_dora=True`, as in peft. Artifacts are standard peft adapter folders
+(adapter_config.json + adapter_model.safetensors) that plain peft can load, plus captionlab's
+strategy.json. DoRA layers compute their row norms the short way
 (`dora_fast.py`: peft's outputs and gradients without materialising B·A and W + s·B·A every forward).
 """
 
@@ -24,14 +28,46 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Only the LLM's layers: the CLIP vision tower also has q/k/v projections, which stay frozen.
 TARGET_MODULES = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
+# Which layers LoRA/DoRA adapt: "llm" (the default, the count Table 4 prints) or "all_linear" (the method text's
+# "all fully connected layers of the MLLMs").
+LORA_TARGETS: dict[str, str] = {
+    "llm": "the LLM's seven projections (q, k, v, o, gate, up, down), as Table 4's 319.8M / 321.2M count",
+    "all_linear": "every linear layer: the LLM's, the vision tower's, the projector's and lm_head",
+}
+DEFAULT_TARGETS = "llm"
 
 
-def lora_config(rank: int, alpha: int, use_dora: bool, init: str | bool = True):
+def target_modules(model: torch.nn.Module, targets: str) -> str | list[str]:
+    """peft's `target_modules` for `targets` (see LORA_TARGETS) on `model`."""
+    if targets not in LORA_TARGETS:
+        raise StrategyError(f"unknown lora_targets {targets!r}; choose one of {', '.join(LORA_TARGETS)}")
+    if targets == DEFAULT_TARGETS:
+        return TARGET_MODULES
+    from peft.tuners.lora import LoraLayer
+
+    # every linear layer by its full name (peft's own "all-linear" leaves the output layer, lm_head, out); on a base
+    # that already holds another adapter, its LoRA layers count once, not their inner base_layer / lora_A / lora_B
+    names: list[str] = []
+    adapted: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in adapted):
+            continue
+        if isinstance(module, LoraLayer):
+            adapted.append(name)
+            names.append(name)
+        elif isinstance(module, torch.nn.Linear):
+            names.append(name)
+    return names
+
+
+def lora_config(rank: int, alpha: int, use_dora: bool, init: str | bool = True,
+                modules: str | list[str] = TARGET_MODULES):
     """`init`: how A starts (B starts at zero either way): "gaussian" as the paper (and LoRA) describe it, the
-    registry's setting for the 7B models; True is peft's default, Kaiming-uniform, which the embedded study used."""
+    registry's setting for the 7B models; True is peft's default, Kaiming-uniform, which the embedded study used.
+    `modules`: peft's target_modules (`target_modules()` gives them for a LORA_TARGETS choice)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGET_MODULES, lora_dropout=0.0, bias="none",
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules, lora_dropout=0.0, bias="none",
                       use_dora=use_dora, init_lora_weights=init)
 
 
@@ -41,8 +77,8 @@ class LoRA(Strategy):
     use_dora = False
     takes_lora_settings = True
 
-    def __init__(self, rank: int | None = None, alpha: int | None = None):
-        self.rank, self.alpha = rank, alpha
+    def __init__(self, rank: int | None = None, alpha: int | None = None, targets: str | None = None):
+        self.rank, self.alpha, self.targets = rank, alpha, targets or DEFAULT_TARGETS
 
     @property
     def adapter_name(self) -> str:
@@ -57,7 +93,8 @@ class LoRA(Strategy):
 
         rank, alpha = self._settings(spec)
         freeze(model)
-        config = lora_config(rank, alpha, self.use_dora, spec.lora.get("init", True))
+        config = lora_config(rank, alpha, self.use_dora, spec.lora.get("init", True),
+                             target_modules(unwrap_peft(model), self.targets))
         if isinstance(model, PeftModel):  # a shared base that already holds other adapters
             model.add_adapter(self.adapter_name, config)
             model.set_adapter(self.adapter_name)
@@ -86,7 +123,8 @@ class LoRA(Strategy):
             for item in nested.iterdir():
                 item.replace(directory / item.name)
             nested.rmdir()
-        self.write_card(directory, rank=rank, alpha=alpha, use_dora=self.use_dora)
+        self.write_card(directory, rank=rank, alpha=alpha, use_dora=self.use_dora,
+                        **({} if self.targets == DEFAULT_TARGETS else {"targets": self.targets}))
 
     def load(self, model, spec, directory, tokenizer=None):
         from peft import PeftModel
@@ -103,6 +141,12 @@ class LoRA(Strategy):
         if bool(card.get("use_dora")) != self.use_dora:
             raise StrategyError(f"{directory}: use_dora={card.get('use_dora')} does not match {self.name}")
         return self._fast(loaded)
+
+
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under a peft wrapper (the base whose layers are named as in the HF model), else the model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 class DoRA(LoRA):

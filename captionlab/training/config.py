@@ -71,6 +71,11 @@ class TrainConfig:
     lora_rank: int | None = None
     """LoRA/DoRA rank; None = the model's registry value (128 for the 7B models)."""
     lora_alpha: int | None = None
+    lora_targets: str = field(default="llm", metadata={"omit_when_default": True})
+    """Which layers LoRA/DoRA adapt. llm: the LLM's seven projections (q, k, v, o, gate, up, down), the count the
+    paper's Table 4 prints (319.8M / 321.2M on LLaVA-1.5-7B). all_linear: every linear layer of the model (vision
+    tower, projector and lm_head too), the method text's literal "all fully connected layers of the MLLMs"
+    (`python -m captionlab params` shows both counts)."""
     prompt: str = ZERO_SHOT_PROMPT
     seed: int = 0
     device: str = "auto"
@@ -129,6 +134,7 @@ class TrainConfig:
             ("max_val_images", self.max_val_images is None or self.max_val_images >= 1, "must be at least 1"),
             ("lora_rank", self.lora_rank is None or self.lora_rank >= 1, "must be at least 1"),
             ("lora_alpha", self.lora_alpha is None or self.lora_alpha > 0, "must be positive"),
+            ("lora_targets", self.lora_targets in ("llm", "all_linear"), "must be llm or all_linear"),
             ("dataset", bool(str(self.dataset).strip()), "must name a dataset"),
             ("model", bool(str(self.model).strip()), "must name a model"),
             ("prompt", self.strategy != "prompt_learning" or self.prompt == ZERO_SHOT_PROMPT,

@@ -4,16 +4,22 @@
     meter.start()
     ...                              # train; call meter.joules() every step or so
     meter.joules()                   # cumulative joules since start()
-    meter.describe()                 # {"method": "nvml", "label": "measured: ...", "device": "NVIDIA H100 ..."}
+    meter.describe()                 # {"method": "nvml", "label": "measured: GPU only, NVML ...",
+                                     #  "device": "NVIDIA H100 ...", "covers": "GPU"}
 
 Methods, best first:
-  nvml      the GPU's own cumulative energy counter (nvmlDeviceGetTotalEnergyConsumption, mJ),
-            summed over the GPUs this process uses. Volta or newer.
-  rapl      Linux powercap RAPL counters (/sys/class/powercap/intel-rapl:N/energy_uj) for a CPU run,
-            where readable (often root-only). They cover whole CPU packages, every process on them.
-  estimate  assumed watts x elapsed seconds; the assumption is written into the label.
-A GPU run never falls back to RAPL: the CPU package's energy is not the GPU's. Every figure carries
-its method and device; `method == "estimate"` is never presented as a measurement.
+  nvml       the GPU's own cumulative energy counter (nvmlDeviceGetTotalEnergyConsumption, mJ),
+             summed over the GPUs this process uses. Volta or newer. GPU only.
+  nvml+rapl  the same, plus the CPU packages and their DRAM through RAPL where readable: the GPU,
+             CPU package and DRAM together (still not the rest of the machine: fans, disks, PSU losses).
+  rapl       Linux powercap RAPL counters (/sys/class/powercap/intel-rapl:N/energy_uj, and the `dram`
+             sub-zones intel-rapl:N:M, which the package's counter leaves out) for a CPU run, where
+             readable (often root-only). They cover whole CPU packages, every process on them.
+  estimate   assumed watts x elapsed seconds; the assumption is written into the label.
+A GPU run never replaces NVML by RAPL: the CPU package's energy is not the GPU's. Every figure carries
+its method, device and `covers` (the parts its number counts: "GPU", "GPU + CPU package + DRAM", ...);
+`method == "estimate"` is never presented as a measurement. The paper does not say what its Table 4's kWh
+cover (GPU only, or the whole node): its figures and ours are comparable only where the scopes agree.
 
 `summarize_energy` turns per-epoch joules into the paper's Table 4 shape (kWh for all epochs and
 up to the best checkpoint).
@@ -31,7 +37,9 @@ JOULES_PER_KWH = 3.6e6
 RAPL_ROOT = Path("/sys/class/powercap")
 ASSUMED_WATTS_PER_CPU_CORE = 10.0
 ASSUMED_GPU_WATTS = 300.0  # used only when NVML cannot even report the GPU's power limit
-_RAPL_PACKAGE = re.compile(r"^intel-rapl:\d+$")  # packages; intel-rapl:N:M are sub-zones already counted
+_RAPL_PACKAGE = re.compile(r"^intel-rapl:\d+$")  # packages; their core/uncore sub-zones are already counted
+_RAPL_SUBZONE = re.compile(r"^intel-rapl:\d+:\d+$")  # of which `dram` is not part of the package's counter
+MEASURED_METHODS = ("nvml", "nvml+rapl", "rapl")
 
 
 class EnergyMeter:
@@ -45,6 +53,7 @@ class EnergyMeter:
         self.method: str = self._reader.method
         self.label: str = self._reader.label
         self.device_name: str = self._reader.device_name
+        self.covers: str = self._reader.covers
 
     @property
     def is_estimate(self) -> bool:
@@ -62,12 +71,27 @@ class EnergyMeter:
         return self._reader.joules(time.monotonic() - self._start_time)
 
     def describe(self) -> dict:
-        """method, label and device: what every energy figure records beside its number."""
-        return {"method": self.method, "label": self.label, "device": self.device_name}
+        """method, label, device and the parts counted: what every energy figure records beside its number."""
+        return {"method": self.method, "label": self.label, "device": self.device_name, "covers": self.covers}
+
+
+def covered_parts(energy: Mapping) -> str:
+    """What an energy figure (energy.json, a meter's describe()) counts: its `covers`, or for figures written before
+    they said so, what their method counts."""
+    if energy.get("covers"):
+        return str(energy["covers"])
+    method = energy.get("method")
+    if method == "nvml":
+        return "GPU"
+    if method == "rapl":
+        return "CPU package"
+    gpu = "GPU" in str(energy.get("device") or "") or "GPU" in str(energy.get("label") or "")
+    return ("GPU" if gpu else "CPU") + (" (estimated)" if method == "estimate" else "")
 
 
 def summarize_energy(per_epoch_joules: Sequence[float] | Mapping[int, float], best_epoch: int | None, *,
-                     method: str = "unknown", label: str | None = None, device: str = "unknown") -> dict:
+                     method: str = "unknown", label: str | None = None, device: str = "unknown",
+                     covers: str | None = None) -> dict:
     """Energy for all epochs and up to (and including) the best one, in kWh, as in the paper's Table 4.
 
     `per_epoch_joules` is a list for epochs 1..n, or a mapping {epoch number: joules} in whatever
@@ -90,7 +114,8 @@ def summarize_energy(per_epoch_joules: Sequence[float] | Mapping[int, float], be
         "method": method,
         "label": label or method,
         "device": device,
-        "measured": method in ("nvml", "rapl"),
+        "covers": covers or covered_parts({"method": method, "label": label, "device": device}),
+        "measured": method in MEASURED_METHODS,
     }
 
 
@@ -121,7 +146,8 @@ class _NvmlReader:
     def __init__(self, nvml, handles: list, names: list[str]):
         self._nvml, self._handles = nvml, handles
         self.device_name = _join_names(names)
-        self.label = f"measured: NVML total energy counter, {len(handles)} GPU(s)"
+        self.label = f"measured: GPU only, NVML total energy counter, {len(handles)} GPU(s)"
+        self.covers = "GPU"
         self._start_mj: list[int] = []
 
     def start(self) -> None:
@@ -141,8 +167,11 @@ class _RaplReader:
         self._zones = zones
         self._max_uj = [int((z / "max_energy_range_uj").read_text()) for z in zones]
         names = [_read_or(z / "name", z.name) for z in zones]
+        dram = sum(name == "dram" for name in names)
         self.device_name = f"CPU ({', '.join(names)}; whole package, all processes)"
-        self.label = f"measured: Linux RAPL energy counters, {len(zones)} package(s)"
+        self.label = (f"measured: Linux RAPL energy counters, {len(zones) - dram} package(s)"
+                      + (f" + {dram} DRAM zone(s)" if dram else ""))
+        self.covers = "CPU package + DRAM" if dram else "CPU package"
         self._last_uj: list[int] = []
         self._total_uj = 0
 
@@ -161,11 +190,33 @@ class _RaplReader:
         return [int((z / "energy_uj").read_text()) for z in self._zones]
 
 
+class _GpuAndCpuReader:
+    """NVML's GPU energy plus RAPL's CPU packages and DRAM, where RAPL is readable on a GPU run."""
+
+    method = "nvml+rapl"
+
+    def __init__(self, gpu: _NvmlReader, cpu: _RaplReader):
+        self._gpu, self._cpu = gpu, cpu
+        self.device_name = f"{gpu.device_name} + {cpu.device_name}"
+        self.covers = f"GPU + {cpu.covers}"
+        self.label = (f"measured: GPU by NVML ({gpu.label.split(', ')[-1]}) + {cpu.covers} by RAPL "
+                      f"({cpu.label.removeprefix('measured: Linux RAPL energy counters, ')}; whole packages, "
+                      "all processes)")
+
+    def start(self) -> None:
+        self._gpu.start()
+        self._cpu.start()
+
+    def joules(self, elapsed_s: float) -> float:
+        return self._gpu.joules(elapsed_s) + self._cpu.joules(elapsed_s)
+
+
 class _EstimateReader:
     method = "estimate"
 
     def __init__(self, watts: float, label: str, device_name: str):
         self.watts, self.label, self.device_name = watts, label, device_name
+        self.covers = ("GPU" if device_name.startswith("GPU") or "GPU(s)" in label else "CPU") + " (estimated)"
 
     def start(self) -> None:
         pass
@@ -176,7 +227,9 @@ class _EstimateReader:
 
 def _build_reader(device: str, rapl_root: Path, cpu_cores: int | None, watts_per_core: float):
     if device.startswith("cuda"):
-        return _gpu_reader(_cuda_indices(device))
+        gpu = _gpu_reader(_cuda_indices(device))
+        zones = _readable_rapl_zones(rapl_root) if isinstance(gpu, _NvmlReader) else []
+        return _GpuAndCpuReader(gpu, _RaplReader(zones)) if zones else gpu
     zones = _readable_rapl_zones(rapl_root)
     if zones:
         return _RaplReader(zones)
@@ -226,7 +279,10 @@ def _nvml_handle(pynvml, cuda_index: int):
 
 
 def _readable_rapl_zones(root: Path) -> list[Path]:
+    """The readable package zones and their `dram` sub-zones (none when any of them cannot be read)."""
     zones = sorted(p for p in root.glob("intel-rapl:*") if _RAPL_PACKAGE.match(p.name))
+    zones += sorted(p for p in root.glob("intel-rapl:*") if _RAPL_SUBZONE.match(p.name)
+                    and _read_or(p / "name", "") == "dram")
     try:
         for zone in zones:
             int((zone / "energy_uj").read_text())

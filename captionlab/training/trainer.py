@@ -94,7 +94,7 @@ def load_for_training(config: TrainConfig, device: torch.device):
     spec = get_model_spec(config.model)
     settings = {}
     if config.strategy in STRATEGIES and STRATEGIES[config.strategy].takes_lora_settings:
-        settings = {"rank": config.lora_rank, "alpha": config.lora_alpha}
+        settings = {"rank": config.lora_rank, "alpha": config.lora_alpha, "targets": config.lora_targets}
     strategy = get_strategy(config.strategy, **settings)
     loaded = load_model(spec, device=device, load_in_4bit=strategy.loads_4bit_base)
     torch.manual_seed(config.seed)

@@ -4,7 +4,7 @@ trade-off, a per-image drill-down of your evaluations, and evaluation jobs."""
 import gradio as gr
 import pandas as pd
 
-from captionlab.service import benchmarks, eval_launch, jobs
+from captionlab.service import benchmarks, domains, eval_launch, jobs
 from captionlab.service.catalog import COMPARE_ORDER, DATASETS, FIG2_DATASETS, PAPER_TABLES, strategy_label
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
@@ -65,6 +65,10 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     table = gr.Dataframe(label="Results", interactive=False, wrap=True, datatype="markdown",
                          elem_id="bench-table", max_height=900)
     keys = gr.State([])
+    with gr.Accordion("nocaps by domain", open=True, visible=False) as domain_box:
+        gr.Markdown(domains.domain_note())
+        domain_table = gr.Dataframe(_frame([], domains.DOMAIN_COLUMNS), interactive=False, wrap=True,
+                                    elem_id="bench-nocaps-domains", max_height=500)
     with gr.Accordion("Per-image drill-down", open=True):
         drill_note = gr.Markdown("*Click a row of your results above.*")
         drill = gr.Dataframe(_frame([], DRILL_COLUMNS), interactive=False, wrap=True, datatype="markdown",
@@ -108,11 +112,15 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         datasets = PAPER_TABLES[table_name]
         columns, cells, row_keys = benchmarks.table_rows(rows, datasets)
         clip_note = benchmarks.clip_encoder_note([r for r in rows if r["dataset"] in datasets])
-        message = "\n".join(part for part in (message, f"- {clip_note}" if clip_note else "") if part)
+        length_note = domains.generation_note([r for r in rows if r["dataset"] in datasets])
+        message = "\n".join(part for part in (message, f"- {clip_note}" if clip_note else "",
+                                               f"- {length_note}" if length_note else "") if part)
         frame = pd.DataFrame(cells, columns=columns)
         bars = charts.cider_bars(benchmarks.cider_series(rows, FIG2_DATASETS))
         scatter = charts.generalisation_scatter(benchmarks.generalisation_points(rows))
-        return frame, row_keys, message, bars, scatter
+        by_domain = domains.domain_rows(rows) if "nocaps" in datasets else []
+        return (frame, row_keys, message, bars, scatter, gr.update(visible=bool(by_domain)),
+                _frame(by_domain, domains.DOMAIN_COLUMNS))
 
     def on_select(event: gr.SelectData, table_name: str, row_keys: list[dict]):
         row, column = (event.index if isinstance(event.index, (list, tuple)) else (event.index, 0))
@@ -154,7 +162,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         except ValueError as exc:
             return f"⚠️ {exc}", _jobs_frame()
 
-    outputs = [table, keys, notes, fig2, tradeoff]
+    outputs = [table, keys, notes, fig2, tradeoff, domain_box, domain_table]
     # triggers=None: on every page load and whenever the table or source choice changes.
     gr.on(None, show, [table_choice, source_choice], outputs, api_visibility="private")
     reload_button.click(show, [table_choice, source_choice], outputs, api_visibility="private")

@@ -9,10 +9,12 @@ from captionlab.service.catalog import TRAINABLE_STRATEGIES, strategy_label
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
 
-PAPER_COLUMNS = ["Strategy", "Params (printed)", "Params (method text)", "kWh all epochs", "kWh up to best", "Note"]
+PAPER_COLUMNS = ["Strategy", "Params (printed)", "Params (method text)", "kWh all epochs", "kWh up to best", "Covers",
+                 "Note"]
 RUN_COLUMNS = ["Run", "Origin", "Model", "Strategy", "Params", "kWh all epochs", "kWh up to best", "Best epoch",
-               "Method", "Device"]
-RUN_WIDTHS = ["15%", "7%", "11%", "8%", "8%", "8%", "8%", "7%", "17%", "11%"]
+               "Method", "Covers", "Device"]
+RUN_WIDTHS = ["13%", "6%", "10%", "8%", "8%", "8%", "8%", "6%", "15%", "8%", "10%"]
+COUNTED_KEYS = ("lora:all_linear", "dora:all_linear")  # the method text's literal LoRA/DoRA, counted beside
 
 
 def _kwh(value: float | None) -> str:
@@ -23,21 +25,27 @@ def _counted_frame(counts: dict | None, model: str) -> pd.DataFrame:
     if not counts:
         return pd.DataFrame(columns=["Strategy", f"Trainable params ({model}, counted by captionlab)"])
     total = counts.get("total")
-    rows = [[strategy_label(k), f"{counts[k]:,}" + (f" ({counts[k] / total:.4%})" if total else "")]
-            for k in TRAINABLE_STRATEGIES if k in counts]
+    rows = [[_count_label(k), f"{counts[k]:,}" + (f" ({counts[k] / total:.4%})" if total else "")]
+            for k in (*TRAINABLE_STRATEGIES, *COUNTED_KEYS) if k in counts]
     return pd.DataFrame(rows, columns=["Strategy", f"Trainable params ({model}, counted by captionlab)"])
+
+
+def _count_label(key: str) -> str:
+    name, _, targets = key.partition(":")
+    return f"{strategy_label(name)} (all linear layers)" if targets else strategy_label(name)
 
 
 def create_energy_tab(settings: AppSettings) -> None:
     """Lay out the Energy tab inside the current gr.Tab."""
     gr.Markdown("### The paper's Table 4 (LLaVA-v1.5-7B, COCO, four 64GB A100s, 4 epochs)")
-    gr.Markdown(f"⚠️ {energy.PAPER_NOTE}")
+    gr.Markdown(f"⚠️ {energy.PAPER_NOTE}\n\n{energy.LORA_TARGETS_NOTE}\n\n{energy.SCOPE_NOTE}")
     paper_table = gr.Dataframe(interactive=False, wrap=True, elem_id="energy-paper",
-                               column_widths=["13%", "9%", "11%", "8%", "8%", "51%"])
+                               column_widths=["13%", "9%", "11%", "8%", "8%", "9%", "42%"])
     with gr.Accordion("Trainable parameters counted by captionlab on LLaVA-1.5-7B's config (no weights)", open=False):
         count_button = gr.Button("Count (builds the model on the meta device; takes a while)")
         counted = gr.Dataframe(interactive=False)
-    gr.Markdown("### Your runs (energy.json of each run; measured = NVML or RAPL counters, ESTIMATE otherwise)")
+    gr.Markdown("### Your runs (energy.json of each run; measured = NVML (GPU only) and/or RAPL (CPU package, DRAM) "
+                "counters, ESTIMATE otherwise; Covers: the parts each figure counts)")
     runs_table = gr.Dataframe(interactive=False, wrap=True, elem_id="energy-runs", column_widths=RUN_WIDTHS)
     runs_note = gr.Markdown()
     reload_button = gr.Button("Reload")

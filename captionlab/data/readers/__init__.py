@@ -8,6 +8,7 @@ purpose is counted in the `ReadReport` passed in. The formats:
     nocaps     nocaps_val_4500_captions.json                    (readers/nocaps.py)
     cc3m       Google's Validation_GCC-1.1.0-Validation.tsv      (readers/cc3m.py)
     cc3m_tsv   a headed caption<TAB>image TSV                    (readers/cc3m.py)
+    img2dataset  an img2dataset output folder (files or webdataset) (readers/img2dataset.py)
     vizwiz     VizWiz-Captions val.json                          (readers/vizwiz.py)
     textcaps   TextCaps_0.1_val.json                             (readers/textcaps.py)
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from captionlab.data.errors import DatasetError, ReadReport
-from captionlab.data.readers import cc3m, karpathy, nocaps, textcaps, vizwiz
+from captionlab.data.readers import cc3m, img2dataset, karpathy, nocaps, textcaps, vizwiz
 from captionlab.data.records import CaptionRecord
 
 
@@ -34,6 +35,7 @@ READERS: dict[str, Reader] = {
     "nocaps": nocaps.read,
     "cc3m": cc3m.read,
     "cc3m_tsv": cc3m.read_tsv,
+    "img2dataset": img2dataset.read,
     "vizwiz": vizwiz.read,
     "textcaps": textcaps.read,
 }

@@ -11,9 +11,10 @@ nocaps sub-domain) and an `annotations` list holding one caption each (ten per i
                       "caption": "A baby is standing in front of a house."}, ...]}
 
 Mapping: image path = IMAGES/file_name; image_id = the image's `id`; references = its
-captions in file order; split "val"; domain "nocaps" unless given. (The in/near/out-domain
-tag is not kept: CaptionRecord has no field for it.) A file without `annotations` (the test
-image list) reads as records with no references.
+captions in file order; split "val"; domain "nocaps" unless given; subdomain = the image's
+`domain` (in-domain, near-domain or out-domain: how many of its objects COCO's classes hold),
+None where the file has none; any other value is an error. A file without `annotations` (the
+test image list) reads as records with no references.
 
 `index_images` and `iter_captions` read this COCO captions layout for other readers too.
 """
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from captionlab.data.errors import (DatasetError, ReadReport, as_object, check_inputs, finish_read,
-                                    get_field, get_list, load_json_object, record_id)
+                                    get_field, get_list, load_json_object, optional_field, record_id)
 from captionlab.data.records import CaptionRecord
 
 SPLIT = "val"
+# nocaps' image domains, in the order its paper and leaderboard report them (`images[].domain` of its files).
+NOCAPS_DOMAINS: tuple[str, ...] = ("in-domain", "near-domain", "out-domain")
 
 
 def read(annotations: Path, images: Path, split: str | None = None, domain: str | None = None, *,
@@ -41,11 +44,21 @@ def read(annotations: Path, images: Path, split: str | None = None, domain: str 
         references[image_id].append(caption)
     records = [
         CaptionRecord(image_id=image_id, image_path=images / entry["file_name"],
-                      references=tuple(references[image_id]), split=SPLIT, domain=domain or "nocaps")
+                      references=tuple(references[image_id]), split=SPLIT, domain=domain or "nocaps",
+                      subdomain=_image_domain(entry, annotations, image_id))
         for image_id, entry in image_entries.items()
     ]
     return finish_read(records, source=annotations, images=images, split=split,
                        skip_missing=skip_missing, report=report)
+
+
+def _image_domain(entry: dict[str, Any], source: Path, image_id: str) -> str | None:
+    """The image's nocaps domain (None when the file gives none), checked to be one of NOCAPS_DOMAINS."""
+    value = optional_field(entry, "domain", str, source, f"images (id {image_id})")
+    if value is not None and value not in NOCAPS_DOMAINS:
+        raise DatasetError(f"{source}: images (id {image_id}) has domain {value!r}; "
+                           f"expected one of {', '.join(NOCAPS_DOMAINS)}")
+    return value
 
 
 def index_images(data: dict[str, Any], source: Path) -> dict[str, dict[str, Any]]:

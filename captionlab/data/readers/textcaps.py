@@ -13,8 +13,11 @@ Every entry of an image repeats the image's full `reference_strs`, so entries ar
 `image_id` and the first list is the image's references, kept as it is: a caption two
 annotators wrote alike counts twice, as in the official evaluation (CIDEr-D averages over the
 references). A file without `reference_strs` gives each entry's `caption_str`; test entries
-have neither and give an image with no references. Image path = IMAGES/image_path, falling back to IMAGES/<basename of
-image_path> (the TextVQA images, `train/...`, are often unpacked flat or as `train_images/`);
+have neither and give an image with no references. The images are TextVQA's: the official
+`train_val_images.zip` unpacks to `train_images/`, `test_images.zip` to `test_images/`, while
+`image_path` says `train/...` or `test/...`; IMAGES may be either folder level. Image path = the
+first that exists of IMAGES/image_path, IMAGES/<basename> (IMAGES is `train_images/` itself, or a
+flat folder), IMAGES/<folder>_images/<basename> (IMAGES is the folder the zips were unpacked in);
 split = the entry's `set_name`, else the file's `dataset_type`; domain "textcaps" unless given.
 """
 
@@ -83,4 +86,8 @@ class _Image:
         return tuple(self.reference_strs if self.reference_strs is not None else self.captions)
 
     def locate(self, images: Path) -> Path:
-        return first_existing([images / self.relative_path, images / PurePosixPath(self.relative_path).name])
+        relative = PurePosixPath(self.relative_path)
+        candidates = [images / self.relative_path, images / relative.name]
+        if len(relative.parts) > 1:  # train/x.jpg -> train_images/x.jpg, as the official zips unpack
+            candidates.append(images / f"{relative.parts[0]}_images" / relative.name)
+        return first_existing(candidates)
