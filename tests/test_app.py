@@ -617,6 +617,54 @@ def test_running_app_captions_through_gradio_client(tmp_path, tiny_llava_dir, se
         stop_app(process)
 
 
+def api_refusal(client, data) -> str:
+    """What the running app's caption API answers to `data` through plain HTTP: the SSE stream's error text."""
+    event = client.post("/gradio_api/call/caption", json={"data": [data]})
+    assert event.status_code == 200, event.text
+    stream = client.get(f"/gradio_api/call/caption/{event.json()['event_id']}").text
+    assert "event: error" in stream and "zero_shot" not in stream, stream
+    return stream.split("event: error", 1)[1]
+
+
+@pytest.mark.slow
+def test_the_caption_api_opens_only_files_uploaded_to_it(tmp_path, tiny_llava_dir):
+    """A server path given as a string, as {"path": ...} or as a FileData the app never received is refused with one
+    message that says nothing about it (exists or not, image or not); an upload still captions."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from captionlab.paths import CHECKPOINTS_DIR
+    from captionlab.safety.uploads import NOT_AN_UPLOAD
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server_images = [str(next((CHECKPOINTS_DIR / "embedded" / "gallery").glob("*.png"))),
+                     str(write_png(tmp_path / "server.png", size=(640, 480)))]
+    missing = [str(tmp_path / "missing.png"), "/no/such/folder/image.png"]
+    process, url = start_app(["--model", str(tiny_llava_dir), "--checkpoints", str(tmp_path / "none"),
+                              "--device", "cpu", "--max-new-tokens", "4"], home)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            answers = {}
+            for path in [*server_images, *missing, str(ROOT / "app.py"), str(tmp_path)]:
+                for form in (path, {"path": path}, {"path": path, "orig_name": "x.png", "size": 5}):
+                    answers[(path, json.dumps(form))] = api_refusal(client, form)
+            assert len(set(answers.values())) == 1, set(answers.values())  # one message for every path and form
+            message = next(iter(answers.values()))
+            assert NOT_AN_UPLOAD in message
+            for path in [*server_images, *missing]:
+                assert Path(path).name not in message
+            # as a FileData, gradio refuses it before the function runs: the same answer whether it exists or not
+            as_file_data = {api_refusal(client, {"path": path, "meta": {"_type": "gradio.FileData"}})
+                            for path in [*server_images, *missing]}
+            assert len(as_file_data) == 1, as_file_data
+            assert not any(Path(path).name in text for path in [*server_images, *missing] for text in as_file_data)
+        captions = Client(url, verbose=False).predict(handle_file(server_images[1]), api_name="/caption")
+        assert isinstance(captions.get("zero_shot"), str)
+    finally:
+        stop_app(process)
+
+
 def test_cider_of_a_caption_uses_the_gallery_as_its_corpus():
     from captionlab.service.scoring import cider_scores
 
