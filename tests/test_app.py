@@ -665,6 +665,31 @@ def test_the_caption_api_opens_only_files_uploaded_to_it(tmp_path, tiny_llava_di
         stop_app(process)
 
 
+def test_a_broken_checkpoint_is_named_and_the_other_strategies_still_caption(home, tmp_path, tiny_llava_dir,
+                                                                              served_checkpoints):
+    import shutil
+
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    image = write_png(tmp_path / "red.png")
+    clean = compare.caption_image(settings_for(str(tiny_llava_dir), served_checkpoints, "cpu", 4), image)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(served_checkpoints, damaged)
+    weights = damaged / "strategies" / "lora" / "adapter_model.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + weights.read_bytes()[200:])
+    settings = settings_for(str(tiny_llava_dir), damaged, "cpu", 4)
+
+    answer = compare.caption_image(settings, image)
+    errors = answer.pop(compare.API_ERRORS_KEY)
+    assert list(errors) == ["lora"] and str(weights) in errors["lora"] and "safetensors" in errors["lora"], errors
+    # every other strategy captions, as it does when nothing is broken (the shared base was rebuilt without LoRA)
+    assert answer == {key: text for key, text in clean.items() if key != "lora"}
+    rows = compare.compare_images(settings, [image], score=False).rows
+    lora_row = next(row for row in rows if row["key"] == "lora")
+    assert str(weights) in lora_row["caption"] and lora_row["words"] is None  # named in the Compare table
+
+
 def test_cider_of_a_caption_uses_the_gallery_as_its_corpus():
     from captionlab.service.scoring import cider_scores
 
