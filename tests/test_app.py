@@ -690,6 +690,38 @@ def test_a_broken_checkpoint_is_named_and_the_other_strategies_still_caption(hom
     assert str(weights) in lora_row["caption"] and lora_row["words"] is None  # named in the Compare table
 
 
+def test_shipped_files_that_differ_from_the_manifest_are_named_and_not_served(home, tmp_path):
+    import os
+    import shutil
+
+    from captionlab.paths import CHECKPOINTS_DIR
+    from captionlab.safety import manifest
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    shipped = tmp_path / "embedded"
+    shutil.copytree(CHECKPOINTS_DIR / "embedded", shipped, ignore=shutil.ignore_patterns("results", "runs"))
+    assert manifest.manifest_problems(shipped).keys() == {k for k in json.loads(
+        (shipped / "manifest.json").read_text())["files"] if k.split("/")[0] in ("results", "runs")}
+    weights = shipped / "strategies" / "lora" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x55  # one flipped byte in the last float: still loads, as a weight file damaged on disk would
+    weights.write_bytes(bytes(data))
+
+    computed = manifest.digests_computed()
+    problems = manifest.manifest_problems(shipped)
+    assert "differs" in problems["strategies/lora/adapter_model.safetensors"]
+    assert manifest.digests_computed() == computed + 1  # only the changed file is hashed again: size+mtime cache
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    manifest.manifest_problems(shipped)
+    assert manifest.digests_computed() == computed + 2
+
+    answer = compare.caption_image(settings_for(None, shipped, "cpu", 4), write_png(tmp_path / "red.png"))
+    why = answer.pop(compare.API_ERRORS_KEY)["lora"]
+    assert str(weights) in why and "differs from" in why and "manifest.json" in why, why
+    assert "lora" not in answer and {"zero_shot", "dora", "full", "clip_captioner"} <= set(answer)
+
+
 def test_cider_of_a_caption_uses_the_gallery_as_its_corpus():
     from captionlab.service.scoring import cider_scores
 

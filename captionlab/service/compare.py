@@ -207,7 +207,7 @@ class CaptionerPool:
         if self.captioners is not None:
             return self.captioners
         started = time.perf_counter()
-        slots = {s.key: s for s in discover_strategies(self.settings) if s.available}
+        slots = self._without_damaged_files({s.key: s for s in discover_strategies(self.settings) if s.available})
         captioners: dict = {}
         llava = {k: s.artifact for k, s in slots.items() if k != CLIP_CAPTIONER}
         if llava:
@@ -225,6 +225,25 @@ class CaptionerPool:
         self.captioners = captioners
         self.load_seconds = time.perf_counter() - started
         return captioners
+
+    def _without_damaged_files(self, slots: dict[str, StrategySlot]) -> dict[str, StrategySlot]:
+        """The slots whose files match the checkpoints' manifest.json (when it has one); each other one gets a
+        load error naming the files that differ, and is not loaded (a damaged weight file captions nonsense)."""
+        from captionlab.safety.manifest import MANIFEST_NAME, damaged_under, manifest_problems, repair_hint
+
+        root = Path(self.settings.checkpoints) if self.settings.checkpoints else None
+        problems = manifest_problems(root) if root else {}
+        if MANIFEST_NAME in problems:
+            self.load_errors[MANIFEST_NAME] = f"{root / MANIFEST_NAME}: {problems[MANIFEST_NAME]}"
+        kept = {}
+        for key, slot in slots.items():
+            damaged = damaged_under(problems, root, _folders_used_by(self.settings, slot)) if problems else []
+            if damaged:
+                self.load_errors[key] = (f"{slot.label} not loaded: its files differ from {root / MANIFEST_NAME}: "
+                                         f"{'; '.join(damaged)}; {repair_hint(root)}")
+            else:
+                kept[key] = slot
+        return kept
 
     def _load_llava(self, artifacts: dict[str, Path | None]) -> dict:
         from captionlab.captioner import GenerationSettings, load_captioners
@@ -271,6 +290,28 @@ class CaptionerPool:
                     if cut is not None and len(cut) == len(images):
                         done.cut[key] = [bool(flag) for flag in cut]
             return done
+
+
+def _folders_used_by(settings: AppSettings, slot: StrategySlot) -> list[Path | None]:
+    """The folders a slot's captioner loads: its artifact, and the base model (LLaVA) or CLIP encoder (baseline)."""
+    from captionlab.paths import PROJECT_ROOT
+
+    folders = [slot.artifact]
+    if slot.key == CLIP_CAPTIONER:
+        try:
+            encoder = json.loads((slot.artifact / ARTIFACT_CARD).read_text()).get("encoder")
+        except (OSError, ValueError, TypeError, AttributeError):
+            encoder = None
+        if isinstance(encoder, str):
+            folders.append(PROJECT_ROOT / encoder)  # an absolute encoder path stays absolute
+        return folders
+    from captionlab.models.registry import get_model_spec
+
+    try:
+        folders.append(get_model_spec(settings.model).weights_dir)
+    except Exception:  # no spec: discovery already said so
+        pass
+    return folders
 
 
 @dataclass
