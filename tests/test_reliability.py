@@ -785,6 +785,15 @@ def test_access(served_app, tmp_path, monkeypatch, capsys):
         assert anonymous.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0,
                                                               "session_hash": "x"}).status_code == 401
         assert anonymous.post("/gradio_api/call/caption", json={"data": [None]}).status_code == 401
+        # routes gradio itself leaves open: closed by the gate (captionlab.ui.access) like every other acting one
+        for route, body in (("/gradio_api/cancel", {"session_hash": "x", "fn_index": 0, "event_id": "e"}),
+                            ("/gradio_api/reset", {"event_id": "e"}), ("/gradio_api/stream/e", {})):
+            assert anonymous.post(route, json=body).status_code == 401, route
+        for route in ("/gradio_api/heartbeat/x", "/gradio_api/upload_progress?upload_id=x", "/gradio_api/user",
+                      "/monitoring/x", "/gradio_api/queue/data?session_hash=x"):
+            assert anonymous.get(route).status_code == 401, route
+        assets = re.findall(r'(?:src|href)="\./(assets/[^"]+)"', page.text)
+        assert assets and all(anonymous.get(f"/{asset}").status_code == 200 for asset in assets)  # the login page
         assert anonymous.post("/login", data={"username": AUTH[0], "password": "wrong"}).status_code >= 400
     with pytest.raises(Exception, match="(?i)auth|login|credential"):
         served_app.client(auth=None)
@@ -805,3 +814,26 @@ def test_access(served_app, tmp_path, monkeypatch, capsys):
         assert "event: error" in stream and "zero_shot" not in stream
 
     _launch_config_warns_when_exposed(monkeypatch, capsys)
+    _failed_logins_are_rate_limited(served_app)  # last: it locks this client out for a minute
+
+
+def _failed_logins_are_rate_limited(served: ServedApp) -> None:
+    from captionlab.ui.access import FAILED_LOGIN_WINDOW_S, MAX_FAILED_LOGINS, FailedLogins
+
+    limiter = FailedLogins(limit=3, window_s=10)
+    for second in range(3):
+        limiter.record("a", failed=True, now=100.0 + second)
+    assert limiter.blocked_for("a", now=103.0) == pytest.approx(7.0) and limiter.blocked_for("b", now=103.0) == 0
+    assert limiter.blocked_for("a", now=110.5) == 0  # the oldest failure left the window
+    limiter.record("a", failed=False, now=111.0)
+    assert not limiter.failures
+
+    import httpx
+
+    with httpx.Client(base_url=served.url, timeout=30) as guesser:
+        statuses = [guesser.post("/login", data={"username": AUTH[0], "password": f"guess{i}"}).status_code
+                    for i in range(MAX_FAILED_LOGINS + 2)]
+        assert statuses[:MAX_FAILED_LOGINS] == [400] * MAX_FAILED_LOGINS, statuses
+        assert statuses[MAX_FAILED_LOGINS:] == [429, 429], statuses
+        locked = guesser.post("/login", data={"username": AUTH[0], "password": AUTH[1]})  # even the right password
+        assert locked.status_code == 429 and 0 < int(locked.headers["Retry-After"]) <= FAILED_LOGIN_WINDOW_S + 1
