@@ -349,6 +349,19 @@ def test_run_view_reads_progress_curves_energy_and_log(home):
     assert format_duration(30) == "30s" and format_duration(3725) == "1h02m"
 
 
+def test_broken_metrics_lines_are_counted_where_the_run_is_shown(home):
+    from captionlab.service.runs import run_view
+    from captionlab.ui.train_tab import _stats_markdown
+
+    folder = make_run(home)
+    with (folder / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 4, "loss": 2.\nnot json at all\n\n{"step": 5, "loss": 1.5}\n')
+    view = run_view("r1")
+    assert view.train_curve[-1] == (5, 1.5) and len(view.train_curve) == 4  # the good rows still drawn
+    assert view.skipped_metrics_lines == 2  # the blank line is not a broken one
+    assert "2 broken line(s) of metrics.jsonl skipped" in _stats_markdown(view)
+
+
 def test_a_finished_run_counts_the_initial_validation_pass_in_its_energy_but_not_in_its_epochs(home):
     from captionlab.service import runs
     from captionlab.training.run_folder import RunFolder
