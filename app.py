@@ -68,9 +68,11 @@ def apply_limits(args: argparse.Namespace) -> int:
     from captionlab.safety import images, paths
 
     if args.max_upload_mb is not None:
-        if args.max_upload_mb <= 0:
-            raise SystemExit("error: --max-upload-mb must be positive")
-        os.environ[images.MAX_UPLOAD_ENV] = repr(args.max_upload_mb)
+        try:
+            megabytes = images.parse_upload_mb(args.max_upload_mb)
+        except ValueError as exc:
+            raise SystemExit(f"error: --max-upload-mb: {exc}") from None
+        os.environ[images.MAX_UPLOAD_ENV] = repr(megabytes)
     if args.allow_root:
         extra = [str(os.path.abspath(os.path.expanduser(d))) for d in args.allow_root]
         os.environ[paths.ROOTS_ENV] = os.pathsep.join(filter(None, [os.environ.get(paths.ROOTS_ENV), *extra]))

@@ -108,7 +108,7 @@ def _upload_cases(folder: Path) -> None:
     """Every kind of awkward file: handled correctly, or refused with a message naming it."""
     from PIL import Image
 
-    from captionlab.safety.images import ImageRejected, open_upload
+    from captionlab.safety.images import MAX_KEPT_SIDE, ImageRejected, open_upload
 
     def opened(name: str, data: bytes):
         image = open_upload(write(folder / name, data))
@@ -135,7 +135,7 @@ def _upload_cases(folder: Path) -> None:
         frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], duration=100)
         red = opened(f"animated.{fmt.lower()}", buffer.getvalue()).getpixel((3, 3))
         assert red[0] > 200 and red[1] < 50, (fmt, red)  # the first frame
-    assert max(opened("large.png", png_bytes(size=(4000, 300))).size) == 2048  # kept at most 2048 a side
+    assert max(opened("large.png", png_bytes(size=(4000, 300))).size) == MAX_KEPT_SIDE  # kept at most that a side
 
     good = png_bytes()
     refused = {
@@ -269,6 +269,72 @@ def test_uploads(tmp_path, served_app):
     _upload_cases(tmp_path)
     _fuzz_uploads(tmp_path)
     _app_keeps_serving_around_bad_uploads(served_app, tmp_path)
+
+
+DECODE_PEAK = """
+import re, sys
+from PIL import Image
+from captionlab.safety.images import ImageRejected, open_upload
+def peak_kb():  # this process's peak RSS (VmHWM; ru_maxrss would start at the forking pytest's)
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+Image.new("I;16", (8, 8)).save(sys.argv[2])
+open_upload(sys.argv[2])  # the decoders and lazy imports loaded before the baseline
+before = peak_kb()
+try:
+    outcome = "x".join(map(str, open_upload(sys.argv[1], max_bytes=2**30).size))
+except ImageRejected as exc:
+    outcome = f"refused: {exc}"
+print((peak_kb() - before) / 1024, outcome)
+"""
+MAX_DECODE_PEAK_MB = 200  # accepted worst cases: 16 MP at 4 bytes a pixel (64 MB) + the decoder's buffers (TIFF: most)
+
+
+def _decode_peak_mb(path: Path) -> tuple[float, str]:
+    """The peak memory growth of one open_upload of `path`, in a fresh process (PIL allocates outside Python's
+    allocator, where tracemalloc cannot see it: the process's peak RSS does)."""
+    done = subprocess.run([sys.executable, "-c", DECODE_PEAK, str(path), str(path.with_name("warm.png"))],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak, outcome = done.stdout.strip().split(" ", 1)
+    return float(peak), outcome
+
+
+def test_decoding_an_upload_takes_bounded_memory(tmp_path):
+    """A 77 KB 16-bit PNG of 6300x6300 took ~1 GB to decode; 4000x4000 ones (16 MP, 30-50 KB files) took ~430 MB.
+    Now: at most MAX_DECODED_PIXELS are decoded, and reduced before any conversion."""
+    from PIL import Image
+
+    from captionlab.safety.images import MAX_DECODED_PIXELS, MAX_KEPT_SIDE
+
+    small_file_bomb = tmp_path / "gray16-6300.png"
+    Image.new("I;16", (6300, 6300), 0).save(small_file_bomb)
+    assert small_file_bomb.stat().st_size < 100_000
+    peak, outcome = _decode_peak_mb(small_file_bomb)
+    assert outcome.startswith("refused: gray16-6300.png: 6300x6300 is too large") and peak < 20, (peak, outcome)
+    side = int(MAX_DECODED_PIXELS ** 0.5)
+    peaks = {}
+    for mode, colour in (("I;16", 60000), ("I", 70000), ("RGBA", (10, 200, 30, 128)), ("F", 0.5)):
+        path = tmp_path / f"{mode.replace(';', '')}-{side}.{'tiff' if mode == 'F' else 'png'}"
+        Image.new(mode, (side, side), colour).save(path, **({"compression": "tiff_deflate"} if mode == "F" else {}))
+        peaks[mode], outcome = _decode_peak_mb(path)
+        assert outcome == f"{MAX_KEPT_SIDE}x{MAX_KEPT_SIDE}", (mode, outcome)
+    print(f"\ndecode peak, {side}x{side}: " + ", ".join(f"{mode} {mb:.0f} MB" for mode, mb in peaks.items()))
+    assert max(peaks.values()) < MAX_DECODE_PEAK_MB, peaks
+
+
+def test_upload_limit_and_upload_cache_lifetime(home, monkeypatch):
+    from captionlab.safety import images
+    from captionlab.ui.app import UPLOAD_CACHE_AGE_S, build_app
+
+    for value in ("inf", "nan", "1e-9", "0", "-5", "1e6"):
+        with pytest.raises(SystemExit, match=r"--max-upload-mb: .*megabytes from 0\.01 to 1024, not "):
+            app_module.apply_limits(app_module.parse_args(["--max-upload-mb", value]))
+    monkeypatch.setenv(images.MAX_UPLOAD_ENV, "inf")  # a bad environment value falls back to the default
+    assert images.max_upload_bytes() == int(images.DEFAULT_MAX_UPLOAD_MB * 2**20)
+    assert app_module.apply_limits(app_module.parse_args(["--max-upload-mb", "0.5"])) == 2**19
+    sweep_s, age_s = build_app().delete_cache  # gradio deletes uploads older than age_s every sweep_s
+    assert age_s == UPLOAD_CACHE_AGE_S and 0 < sweep_s <= age_s <= 24 * 3600
 
 
 # --- 2. forms and paths -----------------------------------------------------------------------------
