@@ -171,9 +171,10 @@ def load_captioners(spec: ModelSpec, artifacts: dict[str, Path | None], settings
                 raise
             failures[key] = describe_load_failure(artifacts[key], exc)
             if key != "full":
-                base = _rebuilt_base(spec, device, {k: artifacts[k] for k, c in captioners.items() if c.base is not None})
-                captioners.update({k: LlavaCaptioner(base, c.strategy, settings)
-                                   for k, c in captioners.items() if c.base is not None})
+                shared = {k: c for k, c in captioners.items() if c.base is not None}
+                base = _rebuilt_base(spec, device, {k: artifacts[k] for k in shared})
+                captioners.update({k: LlavaCaptioner(base, base.strategies.get(k, c.strategy), settings)
+                                   for k, c in shared.items()})
             continue
         captioners[key] = LlavaCaptioner(base, strategy, settings)
     return captioners

@@ -1,9 +1,12 @@
 """The Compare tab: captions of every strategy and the CLIP-Captioner side by side, with scores.
 
-Also registers the `caption` API endpoint (one image in, {strategy key: caption} out):
+Also registers the `caption` API endpoint (one uploaded image in, {strategy key: caption} out, plus
+{"errors": {strategy key: why}} when a served strategy could not caption):
 
     from gradio_client import Client, handle_file
     Client("http://127.0.0.1:7860/").predict(handle_file("cat.jpg"), api_name="/caption")
+
+It opens only files the app received as uploads (`captionlab.safety.uploads`), never a server path.
 """
 
 import gradio as gr
@@ -113,7 +116,8 @@ def create_compare_tab(settings: AppSettings) -> None:
     examples.select(run_example, inputs=None, outputs=outputs, api_visibility="private")
 
     def caption(image: FileData) -> dict:
-        """Caption one image with every available strategy: {strategy key: caption}."""
+        """Caption one uploaded image with every available strategy: {strategy key: caption}, and
+        {"errors": {strategy key: why}} for a served strategy that failed to load or caption."""
         try:  # only a file this app received as an upload: a bare path would read any file on the server
             path = uploaded_path(image, _uploaded_files(), get_upload_folder())
         except NotAnUpload as exc:
