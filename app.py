@@ -71,9 +71,11 @@ def apply_limits(args: argparse.Namespace) -> int:
     from captionlab.safety import images, paths
 
     if args.max_upload_mb is not None:
-        if args.max_upload_mb <= 0:
-            raise SystemExit("error: --max-upload-mb must be positive")
-        os.environ[images.MAX_UPLOAD_ENV] = repr(args.max_upload_mb)
+        try:
+            megabytes = images.parse_upload_mb(args.max_upload_mb)
+        except ValueError as exc:
+            raise SystemExit(f"error: --max-upload-mb: {exc}") from None
+        os.environ[images.MAX_UPLOAD_ENV] = repr(megabytes)
     if args.allow_root:
         extra = [str(os.path.abspath(os.path.expanduser(d))) for d in args.allow_root]
         os.environ[paths.ROOTS_ENV] = os.pathsep.join(filter(None, [os.environ.get(paths.ROOTS_ENV), *extra]))
@@ -83,8 +85,15 @@ def apply_limits(args: argparse.Namespace) -> int:
 def launch_options(args: argparse.Namespace, auth: tuple[str, str] | None, allowed: list[str],
                    max_upload_bytes: int) -> dict:
     """Keyword arguments of demo.launch: where it listens, who may use it, what it serves."""
-    return dict(server_name=args.host, server_port=args.port, auth=auth, share=args.share, allowed_paths=allowed,
-                max_file_size=max_upload_bytes, show_error=False, footer_links=["api"])
+    options = dict(server_name=args.host, server_port=args.port, auth=auth, share=args.share, allowed_paths=allowed,
+                   max_file_size=max_upload_bytes, show_error=False, footer_links=["api"])
+    if auth is not None:  # gradio leaves some acting routes (/cancel, /reset) open: the gate closes all but the login
+        from starlette.middleware import Middleware
+
+        from captionlab.ui.access import AccessGate
+
+        options["app_kwargs"] = {"middleware": [Middleware(AccessGate)]}
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:

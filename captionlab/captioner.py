@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
+from captionlab.load_failures import describe_load_failure
 from captionlab.models.decoding import GreedyDecoder
 from captionlab.models.loading import LoadedModel, load_model
 from captionlab.models.prompting import build_prompt
@@ -147,19 +148,42 @@ def cut_short(new_tokens: torch.Tensor, max_new_tokens: int, eos_token_id: int |
 
 
 def load_captioners(spec: ModelSpec, artifacts: dict[str, Path | None], settings: GenerationSettings = GenerationSettings(),
-                    device: str | None = None) -> dict[str, LlavaCaptioner]:
-    """Captioners for the given strategies (key -> artifact folder; None for zero-shot) on one shared base."""
+                    device: str | None = None, failures: dict[str, str] | None = None) -> dict[str, LlavaCaptioner]:
+    """Captioners for the given strategies (key -> artifact folder; None for zero-shot) on one shared base.
+
+    failures: when given, a strategy that fails to load is left out and why is put there (key -> the file and
+    the reason) instead of failing them all; the shared base is then rebuilt without it, since a half-attached
+    strategy could change the others' captions."""
     base = SharedBase(load_model(spec, device=device))
     captioners: dict[str, LlavaCaptioner] = {}
     ordered = sorted(artifacts, key=lambda k: PAPER_STRATEGIES.index(k) if k in PAPER_STRATEGIES else 99)
     for key in ordered:
         strategy = get_strategy(key)
-        if key == "full":  # its own copy of the weights
-            full = load_model(spec, device=device)
-            full.model = strategy.load(full.model, spec, Path(artifacts[key]), full.tokenizer)
-            captioners[key] = LlavaCaptioner(full, strategy, settings)
+        try:
+            if key == "full":  # its own copy of the weights
+                full = load_model(spec, device=device)
+                full.model = strategy.load(full.model, spec, Path(artifacts[key]), full.tokenizer)
+                captioners[key] = LlavaCaptioner(full, strategy, settings)
+                continue
+            if key != "zero_shot":
+                base.attach(strategy, artifacts[key])
+        except Exception as exc:
+            if failures is None:
+                raise
+            failures[key] = describe_load_failure(artifacts[key], exc)
+            if key != "full":
+                shared = {k: c for k, c in captioners.items() if c.base is not None}
+                base = _rebuilt_base(spec, device, {k: artifacts[k] for k in shared})
+                captioners.update({k: LlavaCaptioner(base, base.strategies.get(k, c.strategy), settings)
+                                   for k, c in shared.items()})
             continue
-        if key != "zero_shot":
-            base.attach(strategy, artifacts[key])
         captioners[key] = LlavaCaptioner(base, strategy, settings)
     return captioners
+
+
+def _rebuilt_base(spec: ModelSpec, device: str | None, attached: dict[str, Path | None]) -> SharedBase:
+    base = SharedBase(load_model(spec, device=device))
+    for key, artifact in attached.items():
+        if key != "zero_shot":
+            base.attach(get_strategy(key), artifact)
+    return base

@@ -351,6 +351,19 @@ def test_run_view_reads_progress_curves_energy_and_log(home):
     assert format_duration(30) == "30s" and format_duration(3725) == "1h02m"
 
 
+def test_broken_metrics_lines_are_counted_where_the_run_is_shown(home):
+    from captionlab.service.runs import run_view
+    from captionlab.ui.train_tab import _stats_markdown
+
+    folder = make_run(home)
+    with (folder / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 4, "loss": 2.\nnot json at all\n\n{"step": 5, "loss": 1.5}\n')
+    view = run_view("r1")
+    assert view.train_curve[-1] == (5, 1.5) and len(view.train_curve) == 4  # the good rows still drawn
+    assert view.skipped_metrics_lines == 2  # the blank line is not a broken one
+    assert "2 broken line(s) of metrics.jsonl skipped" in _stats_markdown(view)
+
+
 def test_a_finished_run_counts_the_initial_validation_pass_in_its_energy_but_not_in_its_epochs(home):
     from captionlab.service import runs
     from captionlab.training.run_folder import RunFolder
@@ -618,6 +631,111 @@ def test_running_app_captions_through_gradio_client(tmp_path, tiny_llava_dir, se
             client.predict(handle_file(str(bad)), api_name="/caption")
     finally:
         stop_app(process)
+
+
+def api_refusal(client, data) -> str:
+    """What the running app's caption API answers to `data` through plain HTTP: the SSE stream's error text."""
+    event = client.post("/gradio_api/call/caption", json={"data": [data]})
+    assert event.status_code == 200, event.text
+    stream = client.get(f"/gradio_api/call/caption/{event.json()['event_id']}").text
+    assert "event: error" in stream and "zero_shot" not in stream, stream
+    return stream.split("event: error", 1)[1]
+
+
+@pytest.mark.slow
+def test_the_caption_api_opens_only_files_uploaded_to_it(tmp_path, tiny_llava_dir):
+    """A server path given as a string, as {"path": ...} or as a FileData the app never received is refused with one
+    message that says nothing about it (exists or not, image or not); an upload still captions."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from captionlab.paths import CHECKPOINTS_DIR
+    from captionlab.safety.uploads import NOT_AN_UPLOAD
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server_images = [str(next((CHECKPOINTS_DIR / "embedded" / "gallery").glob("*.png"))),
+                     str(write_png(tmp_path / "server.png", size=(640, 480)))]
+    missing = [str(tmp_path / "missing.png"), "/no/such/folder/image.png"]
+    process, url = start_app(["--model", str(tiny_llava_dir), "--checkpoints", str(tmp_path / "none"),
+                              "--device", "cpu", "--max-new-tokens", "4"], home)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            answers = {}
+            for path in [*server_images, *missing, str(ROOT / "app.py"), str(tmp_path)]:
+                for form in (path, {"path": path}, {"path": path, "orig_name": "x.png", "size": 5}):
+                    answers[(path, json.dumps(form))] = api_refusal(client, form)
+            assert len(set(answers.values())) == 1, set(answers.values())  # one message for every path and form
+            message = next(iter(answers.values()))
+            assert NOT_AN_UPLOAD in message
+            for path in [*server_images, *missing]:
+                assert Path(path).name not in message
+            # as a FileData, gradio refuses it before the function runs: the same answer whether it exists or not
+            as_file_data = {api_refusal(client, {"path": path, "meta": {"_type": "gradio.FileData"}})
+                            for path in [*server_images, *missing]}
+            assert len(as_file_data) == 1, as_file_data
+            assert not any(Path(path).name in text for path in [*server_images, *missing] for text in as_file_data)
+        captions = Client(url, verbose=False).predict(handle_file(server_images[1]), api_name="/caption")
+        assert isinstance(captions.get("zero_shot"), str)
+    finally:
+        stop_app(process)
+
+
+def test_a_broken_checkpoint_is_named_and_the_other_strategies_still_caption(home, tmp_path, tiny_llava_dir,
+                                                                              served_checkpoints):
+    import shutil
+
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    image = write_png(tmp_path / "red.png")
+    clean = compare.caption_image(settings_for(str(tiny_llava_dir), served_checkpoints, "cpu", 4), image)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(served_checkpoints, damaged)
+    weights = damaged / "strategies" / "lora" / "adapter_model.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + weights.read_bytes()[200:])
+    settings = settings_for(str(tiny_llava_dir), damaged, "cpu", 4)
+
+    answer = compare.caption_image(settings, image)
+    errors = answer.pop(compare.API_ERRORS_KEY)
+    assert list(errors) == ["lora"] and str(weights) in errors["lora"] and "safetensors" in errors["lora"], errors
+    # every other strategy captions, as it does when nothing is broken (the shared base was rebuilt without LoRA)
+    assert answer == {key: text for key, text in clean.items() if key != "lora"}
+    rows = compare.compare_images(settings, [image], score=False).rows
+    lora_row = next(row for row in rows if row["key"] == "lora")
+    assert str(weights) in lora_row["caption"] and lora_row["words"] is None  # named in the Compare table
+
+
+def test_shipped_files_that_differ_from_the_manifest_are_named_and_not_served(home, tmp_path):
+    import os
+    import shutil
+
+    from captionlab.paths import CHECKPOINTS_DIR
+    from captionlab.safety import manifest
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    shipped = tmp_path / "embedded"
+    shutil.copytree(CHECKPOINTS_DIR / "embedded", shipped, ignore=shutil.ignore_patterns("results", "runs"))
+    assert manifest.manifest_problems(shipped).keys() == {k for k in json.loads(
+        (shipped / "manifest.json").read_text())["files"] if k.split("/")[0] in ("results", "runs")}
+    weights = shipped / "strategies" / "lora" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x55  # one flipped byte in the last float: still loads, as a weight file damaged on disk would
+    weights.write_bytes(bytes(data))
+
+    computed = manifest.digests_computed()
+    problems = manifest.manifest_problems(shipped)
+    assert "differs" in problems["strategies/lora/adapter_model.safetensors"]
+    assert manifest.digests_computed() == computed + 1  # only the changed file is hashed again: size+mtime cache
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    manifest.manifest_problems(shipped)
+    assert manifest.digests_computed() == computed + 2
+
+    answer = compare.caption_image(settings_for(None, shipped, "cpu", 4), write_png(tmp_path / "red.png"))
+    why = answer.pop(compare.API_ERRORS_KEY)["lora"]
+    assert str(weights) in why and "differs from" in why and "manifest.json" in why, why
+    assert "lora" not in answer and {"zero_shot", "dora", "full", "clip_captioner"} <= set(answer)
 
 
 def test_cider_of_a_caption_uses_the_gallery_as_its_corpus():

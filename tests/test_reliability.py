@@ -108,7 +108,7 @@ def _upload_cases(folder: Path) -> None:
     """Every kind of awkward file: handled correctly, or refused with a message naming it."""
     from PIL import Image
 
-    from captionlab.safety.images import ImageRejected, open_upload
+    from captionlab.safety.images import MAX_KEPT_SIDE, ImageRejected, open_upload
 
     def opened(name: str, data: bytes):
         image = open_upload(write(folder / name, data))
@@ -135,7 +135,7 @@ def _upload_cases(folder: Path) -> None:
         frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], duration=100)
         red = opened(f"animated.{fmt.lower()}", buffer.getvalue()).getpixel((3, 3))
         assert red[0] > 200 and red[1] < 50, (fmt, red)  # the first frame
-    assert max(opened("large.png", png_bytes(size=(4000, 300))).size) == 2048  # kept at most 2048 a side
+    assert max(opened("large.png", png_bytes(size=(4000, 300))).size) == MAX_KEPT_SIDE  # kept at most that a side
 
     good = png_bytes()
     refused = {
@@ -271,6 +271,72 @@ def test_uploads(tmp_path, served_app):
     _app_keeps_serving_around_bad_uploads(served_app, tmp_path)
 
 
+DECODE_PEAK = """
+import re, sys
+from PIL import Image
+from captionlab.safety.images import ImageRejected, open_upload
+def peak_kb():  # this process's peak RSS (VmHWM; ru_maxrss would start at the forking pytest's)
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+Image.new("I;16", (8, 8)).save(sys.argv[2])
+open_upload(sys.argv[2])  # the decoders and lazy imports loaded before the baseline
+before = peak_kb()
+try:
+    outcome = "x".join(map(str, open_upload(sys.argv[1], max_bytes=2**30).size))
+except ImageRejected as exc:
+    outcome = f"refused: {exc}"
+print((peak_kb() - before) / 1024, outcome)
+"""
+MAX_DECODE_PEAK_MB = 200  # accepted worst cases: 16 MP at 4 bytes a pixel (64 MB) + the decoder's buffers (TIFF: most)
+
+
+def _decode_peak_mb(path: Path) -> tuple[float, str]:
+    """The peak memory growth of one open_upload of `path`, in a fresh process (PIL allocates outside Python's
+    allocator, where tracemalloc cannot see it: the process's peak RSS does)."""
+    done = subprocess.run([sys.executable, "-c", DECODE_PEAK, str(path), str(path.with_name("warm.png"))],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak, outcome = done.stdout.strip().split(" ", 1)
+    return float(peak), outcome
+
+
+def test_decoding_an_upload_takes_bounded_memory(tmp_path):
+    """A 77 KB 16-bit PNG of 6300x6300 took ~1 GB to decode; 4000x4000 ones (16 MP, 30-50 KB files) took ~430 MB.
+    Now: at most MAX_DECODED_PIXELS are decoded, and reduced before any conversion."""
+    from PIL import Image
+
+    from captionlab.safety.images import MAX_DECODED_PIXELS, MAX_KEPT_SIDE
+
+    small_file_bomb = tmp_path / "gray16-6300.png"
+    Image.new("I;16", (6300, 6300), 0).save(small_file_bomb)
+    assert small_file_bomb.stat().st_size < 100_000
+    peak, outcome = _decode_peak_mb(small_file_bomb)
+    assert outcome.startswith("refused: gray16-6300.png: 6300x6300 is too large") and peak < 20, (peak, outcome)
+    side = int(MAX_DECODED_PIXELS ** 0.5)
+    peaks = {}
+    for mode, colour in (("I;16", 60000), ("I", 70000), ("RGBA", (10, 200, 30, 128)), ("F", 0.5)):
+        path = tmp_path / f"{mode.replace(';', '')}-{side}.{'tiff' if mode == 'F' else 'png'}"
+        Image.new(mode, (side, side), colour).save(path, **({"compression": "tiff_deflate"} if mode == "F" else {}))
+        peaks[mode], outcome = _decode_peak_mb(path)
+        assert outcome == f"{MAX_KEPT_SIDE}x{MAX_KEPT_SIDE}", (mode, outcome)
+    print(f"\ndecode peak, {side}x{side}: " + ", ".join(f"{mode} {mb:.0f} MB" for mode, mb in peaks.items()))
+    assert max(peaks.values()) < MAX_DECODE_PEAK_MB, peaks
+
+
+def test_upload_limit_and_upload_cache_lifetime(home, monkeypatch):
+    from captionlab.safety import images
+    from captionlab.ui.app import UPLOAD_CACHE_AGE_S, build_app
+
+    for value in ("inf", "nan", "1e-9", "0", "-5", "1e6"):
+        with pytest.raises(SystemExit, match=r"--max-upload-mb: .*megabytes from 0\.01 to 1024, not "):
+            app_module.apply_limits(app_module.parse_args(["--max-upload-mb", value]))
+    monkeypatch.setenv(images.MAX_UPLOAD_ENV, "inf")  # a bad environment value falls back to the default
+    assert images.max_upload_bytes() == int(images.DEFAULT_MAX_UPLOAD_MB * 2**20)
+    assert app_module.apply_limits(app_module.parse_args(["--max-upload-mb", "0.5"])) == 2**19
+    sweep_s, age_s = build_app().delete_cache  # gradio deletes uploads older than age_s every sweep_s
+    assert age_s == UPLOAD_CACHE_AGE_S and 0 < sweep_s <= age_s <= 24 * 3600
+
+
 # --- 2. forms and paths -----------------------------------------------------------------------------
 
 
@@ -348,6 +414,10 @@ def _benchmark_inputs_are_checked(home: Path) -> None:
         assert str(caught.value).startswith(f"{field}: "), (arguments, str(caught.value))
     message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", "/etc", None)
     assert message.startswith("⚠️ checkpoint: ") and jobs.list_jobs() == []  # nothing started
+    for long_name in ("a" * 5000, "runs/" + "b" * 5000, "/c" * 3000):  # longer than the file system takes
+        message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", long_name, None)
+        assert message.startswith("⚠️ checkpoint: ") and "too long" in message and len(message) < 300, message[:400]
+    assert jobs.list_jobs() == []
 
 
 def _run_names_are_sanitised(home: Path) -> None:
@@ -785,6 +855,15 @@ def test_access(served_app, tmp_path, monkeypatch, capsys):
         assert anonymous.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0,
                                                               "session_hash": "x"}).status_code == 401
         assert anonymous.post("/gradio_api/call/caption", json={"data": [None]}).status_code == 401
+        # routes gradio itself leaves open: closed by the gate (captionlab.ui.access) like every other acting one
+        for route, body in (("/gradio_api/cancel", {"session_hash": "x", "fn_index": 0, "event_id": "e"}),
+                            ("/gradio_api/reset", {"event_id": "e"}), ("/gradio_api/stream/e", {})):
+            assert anonymous.post(route, json=body).status_code == 401, route
+        for route in ("/gradio_api/heartbeat/x", "/gradio_api/upload_progress?upload_id=x", "/gradio_api/user",
+                      "/monitoring/x", "/gradio_api/queue/data?session_hash=x"):
+            assert anonymous.get(route).status_code == 401, route
+        assets = re.findall(r'(?:src|href)="\./(assets/[^"]+)"', page.text)
+        assert assets and all(anonymous.get(f"/{asset}").status_code == 200 for asset in assets)  # the login page
         assert anonymous.post("/login", data={"username": AUTH[0], "password": "wrong"}).status_code >= 400
     with pytest.raises(Exception, match="(?i)auth|login|credential"):
         served_app.client(auth=None)
@@ -805,3 +884,26 @@ def test_access(served_app, tmp_path, monkeypatch, capsys):
         assert "event: error" in stream and "zero_shot" not in stream
 
     _launch_config_warns_when_exposed(monkeypatch, capsys)
+    _failed_logins_are_rate_limited(served_app)  # last: it locks this client out for a minute
+
+
+def _failed_logins_are_rate_limited(served: ServedApp) -> None:
+    from captionlab.ui.access import FAILED_LOGIN_WINDOW_S, MAX_FAILED_LOGINS, FailedLogins
+
+    limiter = FailedLogins(limit=3, window_s=10)
+    for second in range(3):
+        limiter.record("a", failed=True, now=100.0 + second)
+    assert limiter.blocked_for("a", now=103.0) == pytest.approx(7.0) and limiter.blocked_for("b", now=103.0) == 0
+    assert limiter.blocked_for("a", now=110.5) == 0  # the oldest failure left the window
+    limiter.record("a", failed=False, now=111.0)
+    assert not limiter.failures
+
+    import httpx
+
+    with httpx.Client(base_url=served.url, timeout=30) as guesser:
+        statuses = [guesser.post("/login", data={"username": AUTH[0], "password": f"guess{i}"}).status_code
+                    for i in range(MAX_FAILED_LOGINS + 2)]
+        assert statuses[:MAX_FAILED_LOGINS] == [400] * MAX_FAILED_LOGINS, statuses
+        assert statuses[MAX_FAILED_LOGINS:] == [429, 429], statuses
+        locked = guesser.post("/login", data={"username": AUTH[0], "password": AUTH[1]})  # even the right password
+        assert locked.status_code == 429 and 0 < int(locked.headers["Retry-After"]) <= FAILED_LOGIN_WINDOW_S + 1

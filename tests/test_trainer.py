@@ -123,11 +123,25 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_llava_
     last.write_bytes(last.read_bytes()[:-7] + b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(run_dir / "last")
-    folder, (state, _, _) = latest_good_checkpoint(run_dir)
-    assert folder.name == "previous"
+    passed_over: list[str] = []
+    folder, (state, _, _) = latest_good_checkpoint(run_dir, passed_over)
+    assert folder.name == "previous" and passed_over == [f"{run_dir / 'last'}: trainable.safetensors is missing or "
+                                                        f"corrupt (checksum mismatch)"]
     (run_dir / "last" / "COMPLETE").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
         load_checkpoint(run_dir / "last")
+
+
+def test_a_resume_that_falls_back_to_previous_logs_why(tmp_path, tiny_llava_dir, tiny_world, capsys):
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="prompt_learning", checkpoint_every_steps=1,
+                       epochs=1, lr_max=1.0)
+    assert train_run(run_dir) == 0
+    (run_dir / "last" / "COMPLETE").unlink()  # killed while last/ was written
+    capsys.readouterr()
+    assert train_run(run_dir, resume=True) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint not used: {run_dir / 'last'}: incomplete checkpoint" in out
+    assert out.index("checkpoint not used") < out.index("resumed from previous/")
 
 
 def test_resume_drops_the_metrics_rows_written_after_its_checkpoint(tmp_path, tiny_llava_dir, tiny_world):
@@ -173,6 +187,47 @@ def test_a_kill_right_after_an_epochs_checkpoint_still_gives_best_and_its_valida
     assert (status["state"], status["best_epoch"]) == ("finished", 1)
     assert status["best_val_loss"] == pytest.approx(val_losses(run_dir)[-1])
     assert run.read_energy()["best_epoch"] == 1
+
+
+def test_a_kill_during_the_last_epochs_best_copy_resumes_at_the_end_of_that_epoch(tmp_path, tiny_llava_dir,
+                                                                                   tiny_world, monkeypatch, capsys):
+    """Killed while the last epoch's checkpoint was copied to best/: the resume says where it is (the end of epoch 2
+    of 2), not in an "epoch 3" the run does not have, and finishes best/."""
+    from captionlab.training import trainer as trainer_module
+
+    class Killed(BaseException):
+        """Stands for SIGKILL during the copy."""
+
+    copies = []
+
+    def copy_then_die(source, target):
+        copies.append(target)
+        if len(copies) == 2:
+            (Path(target).with_name(".best.staging")).mkdir()  # the copy had begun
+            raise Killed
+
+    run_dir = make_run(tmp_path, tiny_llava_dir, tiny_world, strategy="prompt_learning", epochs=2, lr_max=1.0)
+    monkeypatch.setattr(trainer_module, "copy_checkpoint", copy_then_die)
+    with pytest.raises(Killed):
+        train_run(run_dir)
+    assert len(copies) == 2  # both epochs improved: the kill came in the last one's copy
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert train_run(run_dir, resume=True) == 0
+    out = capsys.readouterr().out
+    assert "(the end of epoch 2 of 2)" in out and "epoch 3" not in out, out
+    run = RunFolder(run_dir)
+    assert checkpoint_step(run.best_dir) == checkpoint_step(run.last_dir) and run.read_status()["state"] == "finished"
+
+
+def test_read_metrics_counts_the_broken_lines_it_skips(tmp_path):
+    run = RunFolder(tmp_path)
+    run.append_metrics({"step": 1, "loss": 3.0})
+    with run.metrics_path.open("a") as handle:
+        handle.write('{"step": 2, "lo\n\n[1, 2\n')
+    run.append_metrics({"step": 3, "loss": 1.0})
+    rows, skipped = run.read_metrics_counted()
+    assert [r["step"] for r in rows] == [1, 3] and skipped == 2 and run.read_metrics() == rows
 
 
 def test_read_metrics_keeps_the_last_row_of_a_step_written_twice(tmp_path):

@@ -10,11 +10,14 @@ formats are decoded (no EPS, which runs Ghostscript, nor the rarer plugins). A t
 file is refused with the decoder's complaint. What is accepted is normalised: EXIF orientation
 applied, the first frame of an animation, 16-bit and float pixels scaled to 8 bits, CMYK and
 palettes converted, transparency composited on white, and at most MAX_KEPT_SIDE pixels on the
-longer side (the captioners look at 224-672 px anyway).
+longer side (the captioners look at 224-672 px anyway). Decoding memory is bounded: at most
+MAX_DECODED_PIXELS are decoded (a large JPEG is decoded at a reduced scale first), and the decoded
+image is shrunk by a whole factor before any conversion (`reduced`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import threading
@@ -25,9 +28,12 @@ from PIL import Image, ImageOps
 
 MAX_UPLOAD_ENV = "CAPTIONLAB_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 20.0
-MAX_PIXELS = 40_000_000  # decoded pixels; PIL's own bomb limit (Image.MAX_IMAGE_PIXELS) is ~89M
+MIN_UPLOAD_MB = 0.01  # 10 KB: below that no photo fits
+MAX_UPLOAD_MB = 1024.0  # 1 GB: far past any photo, still a number gradio's size check can hold
+MAX_PIXELS = 40_000_000  # pixels a file's header may promise; PIL's own bomb limit (Image.MAX_IMAGE_PIXELS) is ~89M
+MAX_DECODED_PIXELS = 16_000_000  # pixels actually decoded (a JPEG after its reduced-scale draft): at most 64 MB
 MAX_SIDE = 16_384
-MAX_KEPT_SIDE = 2048
+MAX_KEPT_SIDE = 1344  # twice the largest side the captioners look at (LLaVA-1.6's anyres grid: 672; CLIP: 224-336)
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 FORMATS_TEXT = "PNG, JPEG, WebP, GIF, BMP, TIFF or AVIF"
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -38,13 +44,27 @@ class ImageRejected(ValueError):
     """An upload that is not used; str() is a message for the user that starts with the file's name."""
 
 
-def max_upload_bytes() -> int:
-    """The upload limit in bytes: $CAPTIONLAB_MAX_UPLOAD_MB megabytes, else DEFAULT_MAX_UPLOAD_MB."""
+def parse_upload_mb(value: str | float) -> float:
+    """An upload limit in megabytes, from MIN_UPLOAD_MB to MAX_UPLOAD_MB; else ValueError saying so (inf, nan and
+    1e-9 are not limits: the first two overflow or disable the check, the last refuses every file)."""
     try:
-        megabytes = float(os.environ.get(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB))
+        megabytes = float(value)
+    except (TypeError, ValueError):
+        megabytes = math.nan
+    if not math.isfinite(megabytes) or not MIN_UPLOAD_MB <= megabytes <= MAX_UPLOAD_MB:
+        raise ValueError(f"the upload limit must be a number of megabytes from {MIN_UPLOAD_MB:g} to "
+                         f"{MAX_UPLOAD_MB:g}, not {value!r}")
+    return megabytes
+
+
+def max_upload_bytes() -> int:
+    """The upload limit in bytes: $CAPTIONLAB_MAX_UPLOAD_MB megabytes if valid (`parse_upload_mb`), else
+    DEFAULT_MAX_UPLOAD_MB."""
+    try:
+        megabytes = parse_upload_mb(os.environ.get(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB))
     except ValueError:
         megabytes = DEFAULT_MAX_UPLOAD_MB
-    return int(max(0.0, megabytes) * 1024 * 1024)
+    return int(megabytes * 1024 * 1024)
 
 
 def _megabytes(size: int) -> str:
@@ -103,6 +123,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def reduced(image: Image.Image, max_side: int = MAX_KEPT_SIDE) -> Image.Image:
+    """`image` shrunk by a whole factor (a box filter, cheap) to no less than `max_side` on its longer side, before
+    any conversion: mode changes, EXIF rotation and 16/32-bit scaling then work on the small copy, not on the
+    decoded full size (a 77 KB 16-bit PNG of 40 megapixels cost ~1 GB that way)."""
+    factor = max(image.size) // max_side
+    if factor < 2:
+        return image
+    sixteen_bit = image.mode.startswith("I;16")
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif sixteen_bit:  # reduce() takes 32-bit integers, not 16-bit ones
+        image = image.convert("I")
+    small = image.reduce(factor)
+    return small.point(lambda value: value * (1 / 257)) if sixteen_bit else small  # to 0-255, as to_rgb would
+
+
 def _decode(path: Path, max_pixels: int) -> Image.Image:
     name = path.name
     with _open_lock, warnings.catch_warnings():
@@ -110,15 +148,18 @@ def _decode(path: Path, max_pixels: int) -> Image.Image:
         image = Image.open(path, formats=ALLOWED_FORMATS)
     with image:
         check_size(name, *image.size, max_pixels=max_pixels)
-        if image.format in ("JPEG", "MPO"):
-            image.draft("RGB", (MAX_KEPT_SIDE, MAX_KEPT_SIDE))  # decode big JPEGs at a reduced scale (MPO: multi-picture JPEG)
+        if image.format in ("JPEG", "MPO"):  # decoded at a reduced scale (1/2 to 1/8; MPO: multi-picture JPEG)
+            image.draft("RGB", (MAX_KEPT_SIDE, MAX_KEPT_SIDE))
+        check_size(name, *image.size, max_pixels=min(max_pixels, MAX_DECODED_PIXELS))
         image.seek(0)  # animations: the first frame
         image.load()
+        small = reduced(image)
         try:
-            upright = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(small)
         except Exception:  # malformed EXIF: keep the pixels as stored
-            upright = image.copy()
-        rgb = to_rgb(upright)
+            upright = small.copy() if small is image else small
+        del small
+    rgb = to_rgb(upright)
     rgb.thumbnail((MAX_KEPT_SIDE, MAX_KEPT_SIDE))
     return rgb
 

@@ -43,6 +43,20 @@ def allow_root(path: str | Path | None) -> None:
             _registered.append(resolved)
 
 
+MAX_NAME_CHARS = 255  # one folder or file name (Linux NAME_MAX)
+MAX_PATH_CHARS = 4096  # a whole path (Linux PATH_MAX)
+
+
+def check_length(text: str, field: str) -> None:
+    """Refuse a value whose path, or one of its names, is longer than the file system takes, before any lookup
+    (which would fail with 'File name too long') and without echoing it back."""
+    longest = max((len(part) for part in text.replace("\\", "/").split("/")), default=0)
+    if len(text) > MAX_PATH_CHARS or longest > MAX_NAME_CHARS:
+        raise PathNotAllowed(f"{field}: a value of {len(text):,} characters (longest name {longest:,}) is too long: "
+                             f"at most {MAX_NAME_CHARS} characters per folder or file name and {MAX_PATH_CHARS} "
+                             f"in all")
+
+
 def allowed_roots() -> list[Path]:
     """Workspace, project checkpoints/, the app's registered folders, then $CAPTIONLAB_ALLOWED_ROOTS."""
     roots = [paths.workspace(), paths.CHECKPOINTS_DIR, *_registered]
@@ -62,6 +76,7 @@ def resolve_within(path: str | Path, roots: list[Path] | None = None, base: Path
     text = str(path)
     if not text.strip() or "\0" in text:
         raise PathNotAllowed(f"{field}: {text!r} is not a usable path")
+    check_length(text, field)
     candidate = Path(text).expanduser()
     if not candidate.is_absolute():
         candidate = Path(base or paths.PROJECT_ROOT) / candidate
@@ -85,6 +100,7 @@ def looks_like_path(text: str) -> bool:
 def check_dataset(value: str, known: list[str], formats: tuple[str, ...], field: str = "dataset") -> str:
     """A dataset name among `known`, or FORMAT:PATH with the path inside the roots (returned resolved)."""
     text = str(value or "").strip()
+    check_length(text, field)
     if not text:
         raise PathNotAllowed(f"{field}: choose a dataset (a name, or FORMAT:PATH)")
     format_name, sep, path_text = text.partition(":")
@@ -103,6 +119,7 @@ def check_dataset(value: str, known: list[str], formats: tuple[str, ...], field:
 def check_model(value: str, known: list[str], field: str = "model") -> str:
     """A registry name among `known`, a folder inside the roots (returned resolved), or a Hugging Face id."""
     text = str(value or "").strip()
+    check_length(text, field)
     if not text:
         raise PathNotAllowed(f"{field}: choose a model")
     if text in known:
@@ -119,6 +136,7 @@ def check_checkpoint(value: str, field: str = "checkpoint") -> str:
     """A run id (or a unique prefix of one, as the CLI takes) of the workspace's runs, or a run/artifact folder
     inside the roots: its resolved path. A plain word that is neither is answered as an unknown run id."""
     text = str(value or "").strip()
+    check_length(text, field)
     if text.startswith("-"):
         raise PathNotAllowed(f"{field}: {text!r} is not a run id or folder")
     as_path = Path(text).expanduser()

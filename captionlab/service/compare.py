@@ -2,7 +2,7 @@
 
     slots = discover_strategies(settings)          # every strategy, available or with the reason why not
     result = compare_images(settings, ["a.png"])   # captions, words, batch ms per image (+ per-image scores)
-    caption_image(settings, "a.png")               # {strategy key: caption}, the `caption` API endpoint
+    caption_image(settings, "a.png")               # {strategy key: caption, "errors": {key: why}}: the `caption` API
 
 Discovery only looks at files (no torch). The captioners are loaded on first use, once per
 settings, on one shared base model (`captionlab.captioner.load_captioners`), and captioning is
@@ -207,7 +207,7 @@ class CaptionerPool:
         if self.captioners is not None:
             return self.captioners
         started = time.perf_counter()
-        slots = {s.key: s for s in discover_strategies(self.settings) if s.available}
+        slots = self._without_damaged_files({s.key: s for s in discover_strategies(self.settings) if s.available})
         captioners: dict = {}
         llava = {k: s.artifact for k, s in slots.items() if k != CLIP_CAPTIONER}
         if llava:
@@ -218,32 +218,49 @@ class CaptionerPool:
 
                 captioners[CLIP_CAPTIONER] = load_clip_captioner(slots[CLIP_CAPTIONER].artifact, self.settings.device)
             except Exception as exc:  # a broken baseline must not take the LLaVA columns down
-                self.load_errors[CLIP_CAPTIONER] = f"CLIP-Captioner failed to load: {type(exc).__name__}: {exc}"
+                from captionlab.load_failures import describe_load_failure
+
+                self.load_errors[CLIP_CAPTIONER] = (f"CLIP-Captioner failed to load: "
+                                                    f"{describe_load_failure(slots[CLIP_CAPTIONER].artifact, exc)}")
         self.captioners = captioners
         self.load_seconds = time.perf_counter() - started
         return captioners
 
+    def _without_damaged_files(self, slots: dict[str, StrategySlot]) -> dict[str, StrategySlot]:
+        """The slots whose files match the checkpoints' manifest.json (when it has one); each other one gets a
+        load error naming the files that differ, and is not loaded (a damaged weight file captions nonsense)."""
+        from captionlab.safety.manifest import MANIFEST_NAME, damaged_under, manifest_problems, repair_hint
+
+        root = Path(self.settings.checkpoints) if self.settings.checkpoints else None
+        problems = manifest_problems(root) if root else {}
+        if MANIFEST_NAME in problems:
+            self.load_errors[MANIFEST_NAME] = f"{root / MANIFEST_NAME}: {problems[MANIFEST_NAME]}"
+        kept = {}
+        for key, slot in slots.items():
+            damaged = damaged_under(problems, root, _folders_used_by(self.settings, slot)) if problems else []
+            if damaged:
+                self.load_errors[key] = (f"{slot.label} not loaded: its files differ from {root / MANIFEST_NAME}: "
+                                         f"{'; '.join(damaged)}; {repair_hint(root)}")
+            else:
+                kept[key] = slot
+        return kept
+
     def _load_llava(self, artifacts: dict[str, Path | None]) -> dict:
         from captionlab.captioner import GenerationSettings, load_captioners
+        from captionlab.load_failures import describe_load_failure
         from captionlab.models.registry import get_model_spec
 
         spec = get_model_spec(self.settings.model)
         generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens, compile_prefill=False)
+        failures: dict[str, str] = {}  # each strategy loads on its own: a broken one is named, the rest caption
         try:
-            return load_captioners(spec, artifacts, generation, device=self.settings.device)
-        except Exception as exc:
-            # One bad artifact fails the shared load: keep zero-shot and say what broke.
-            message = f"failed to load the strategy checkpoints: {type(exc).__name__}: {exc}"
-            for key in artifacts:
-                if key != "zero_shot":
-                    self.load_errors[key] = message
-            if "zero_shot" not in artifacts:
-                return {}
-            try:
-                return load_captioners(spec, {"zero_shot": None}, generation, device=self.settings.device)
-            except Exception as exc2:
-                self.load_errors["zero_shot"] = f"the base model failed to load: {type(exc2).__name__}: {exc2}"
-                return {}
+            captioners = load_captioners(spec, artifacts, generation, device=self.settings.device, failures=failures)
+        except Exception as exc:  # the base model itself
+            message = describe_load_failure(None, exc)
+            self.load_errors.update({key: message for key in artifacts})
+            return {}
+        self.load_errors.update({key: f"{strategy_label(key)} failed to load: {why}" for key, why in failures.items()})
+        return captioners
 
     def caption(self, images: list) -> tuple[dict[str, list[str]], dict[str, float], dict[str, str]]:
         """(captions per key, milliseconds per image per key, error per key) for `images`."""
@@ -275,6 +292,28 @@ class CaptionerPool:
             return done
 
 
+def _folders_used_by(settings: AppSettings, slot: StrategySlot) -> list[Path | None]:
+    """The folders a slot's captioner loads: its artifact, and the base model (LLaVA) or CLIP encoder (baseline)."""
+    from captionlab.paths import PROJECT_ROOT
+
+    folders = [slot.artifact]
+    if slot.key == CLIP_CAPTIONER:
+        try:
+            encoder = json.loads((slot.artifact / ARTIFACT_CARD).read_text()).get("encoder")
+        except (OSError, ValueError, TypeError, AttributeError):
+            encoder = None
+        if isinstance(encoder, str):
+            folders.append(PROJECT_ROOT / encoder)  # an absolute encoder path stays absolute
+        return folders
+    from captionlab.models.registry import get_model_spec
+
+    try:
+        folders.append(get_model_spec(settings.model).weights_dir)
+    except Exception:  # no spec: discovery already said so
+        pass
+    return folders
+
+
 @dataclass
 class Captioned:
     """One `CaptionerPool.caption_details` call: captions, ms per image and errors per key; `cut`: per key, which
@@ -301,11 +340,18 @@ def get_pool(settings: AppSettings) -> CaptionerPool:
 # --- the two entry points ----------------------------------------------------------------------
 
 
-def caption_image(settings: AppSettings, path: str | Path) -> dict[str, str]:
-    """{strategy key: caption} for one image file, for every strategy that can caption (the API)."""
+API_ERRORS_KEY = "errors"  # the caption API's entry {strategy key: why} for served strategies that did not caption
+
+
+def caption_image(settings: AppSettings, path: str | Path) -> dict:
+    """{strategy key: caption} for one image file, for every strategy that can caption (the API), plus
+    {"errors": {strategy key: why}} when a served strategy failed to load or to caption."""
     image = open_image(path)
-    captions, _, _ = get_pool(settings).caption([image])
-    return {key: texts[0] for key, texts in captions.items()}
+    captions, _, errors = get_pool(settings).caption([image])
+    answer: dict = {key: texts[0] for key, texts in captions.items()}
+    if errors:
+        answer[API_ERRORS_KEY] = dict(errors)
+    return answer
 
 
 def batch_latency_note(count: int) -> str:

@@ -343,6 +343,7 @@ class RunView:
     log_tail: str
     resumable: bool
     running: bool
+    skipped_metrics_lines: int = 0  # broken lines of metrics.jsonl left out of the curves
 
 
 def run_view(run_id: str, log_lines: int = 40) -> RunView:
@@ -355,7 +356,7 @@ def run_view(run_id: str, log_lines: int = 40) -> RunView:
         raise KeyError(f"no run with id {run_id!r}")
     folder = RunFolder(Path(row["run_dir"]))
     status, energy = folder.read_status(), folder.read_energy()
-    metrics = folder.read_metrics()
+    metrics, skipped_lines = folder.read_metrics_counted()
     steps = [m for m in metrics if "event" not in m and "loss" in m]
     vals = [m for m in metrics if m.get("event") == "val"]
     step = int(status.get("step") or (steps[-1]["step"] if steps else 0))
@@ -385,7 +386,7 @@ def run_view(run_id: str, log_lines: int = 40) -> RunView:
         energy=figures,
         best_epoch=status.get("best_epoch"), best_val_loss=status.get("best_val_loss"),
         log_tail=folder.log_tail(log_lines), resumable=state in ("stopped", "crashed", "failed"),
-        running=state in ("running", "queued"),
+        running=state in ("running", "queued"), skipped_metrics_lines=skipped_lines,
     )
 
 

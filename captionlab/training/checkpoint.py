@@ -118,9 +118,10 @@ def checkpoint_step(folder: Path) -> int | None:
     return None
 
 
-def latest_good_checkpoint(run_dir: Path) -> tuple[Path, tuple] | None:
-    """The newest checkpoint that verifies: last/, else previous/. None if neither does."""
-    errors = []
+def latest_good_checkpoint(run_dir: Path, problems: list[str] | None = None) -> tuple[Path, tuple] | None:
+    """The newest checkpoint that verifies: last/, else previous/. None if neither does. `problems`, when given,
+    receives why each checkpoint passed over failed (so a fallback to previous/ can say why)."""
+    errors = [] if problems is None else problems
     for name in ("last", "previous"):
         folder = Path(run_dir) / name
         if not folder.exists():

@@ -56,18 +56,24 @@ class RunFolder:
         """Every complete line of metrics.jsonl (a line cut short by a crash is skipped), one row per step
         and kind (training step or validation): where a step was written twice, the last row wins (runs
         resumed before `drop_metrics_after` existed repeat the steps redone after their checkpoint)."""
+        return self.read_metrics_counted()[0]
+
+    def read_metrics_counted(self) -> tuple[list[dict], int]:
+        """(`read_metrics`' rows, how many non-empty lines were skipped as broken) so that readers can say so."""
         if not self.metrics_path.exists():
-            return []
+            return [], 0
         rows: dict = {}
-        for index, line in enumerate(self.metrics_path.read_text().splitlines()):
+        skipped = 0
+        for index, line in enumerate(self.metrics_path.read_text(errors="replace").splitlines()):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                skipped += bool(line.strip())
                 continue
             key = (row.get("event"), row["step"]) if isinstance(row, dict) and "step" in row else index
             rows.pop(key, None)  # the last row takes the last one's place, so steps stay in order
             rows[key] = row
-        return list(rows.values())
+        return list(rows.values()), skipped
 
     def append_metrics(self, row: dict) -> None:
         with self.metrics_path.open("a") as handle:

@@ -220,7 +220,10 @@ class Trainer:
 
     # --- state ---------------------------------------------------------------------------------
     def _restore(self) -> None:
-        found = latest_good_checkpoint(self.run.path)
+        passed_over: list[str] = []
+        found = latest_good_checkpoint(self.run.path, passed_over)
+        for problem in passed_over if found is not None else []:
+            self.log(f"checkpoint not used: {problem}")  # why the resume falls back to previous/
         if found is None:
             raise RuntimeError(f"{self.run.path}: no complete checkpoint to resume from")
         folder, (state, trainable, optimizer) = found
@@ -234,7 +237,10 @@ class Trainer:
         self.state.update({k: v for k, v in state.items() if k in self.state})
         # the steps after the checkpoint are trained again and logged anew: their old rows must go
         dropped = self.run.drop_metrics_after(self.state["step"]) if self.main else 0
-        self.log(f"resumed from {folder.name}/ at step {self.state['step']} (epoch {self.state['epoch'] + 1})"
+        epoch, epochs = self.state["epoch"], self.config.epochs
+        where = (f"the end of epoch {epoch} of {epochs}" if self.state["step_in_epoch"] == 0 and epoch > 0
+                 else f"epoch {epoch + 1} of {epochs}")  # a checkpoint saved after an epoch is not in the next one
+        self.log(f"resumed from {folder.name}/ at step {self.state['step']} ({where})"
                  + (f"; dropped {dropped} metrics row(s) written after it" if dropped else ""))
 
     def _energy_j(self) -> float:

@@ -16,6 +16,8 @@ from captionlab.ui.energy_tab import create_energy_tab
 from captionlab.ui.train_tab import create_train_tab
 
 TITLE = "captionlab: personalizing multimodal LLMs for image captioning"
+UPLOAD_CACHE_AGE_S = 3600  # gradio's cache of uploads (and shown images) keeps a file this long ...
+UPLOAD_CACHE_SWEEP_S = 600  # ... looking for older ones this often; without it the cache only ever grew
 
 
 def build_app(settings: AppSettings | None = None) -> gr.Blocks:
@@ -23,7 +25,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or embedded_settings()
     for folder in (settings.model, settings.checkpoints):  # what the app serves, forms may name
         allow_root(folder)
-    with gr.Blocks(title="captionlab") as demo:
+    with gr.Blocks(title="captionlab", delete_cache=(UPLOAD_CACHE_SWEEP_S, UPLOAD_CACHE_AGE_S)) as demo:
         gr.Markdown(f"## {TITLE}\nCan multimodal LLMs replace classic captioners, and which way of personalizing "
                     f"them adapts them to COCO-style captions while keeping their generality? "
                     f"Serving **{settings.model_label}**"

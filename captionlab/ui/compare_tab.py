@@ -1,20 +1,32 @@
 """The Compare tab: captions of every strategy and the CLIP-Captioner side by side, with scores.
 
-Also registers the `caption` API endpoint (one image in, {strategy key: caption} out):
+Also registers the `caption` API endpoint (one uploaded image in, {strategy key: caption} out, plus
+{"errors": {strategy key: why}} when a served strategy could not caption):
 
     from gradio_client import Client, handle_file
     Client("http://127.0.0.1:7860/").predict(handle_file("cat.jpg"), api_name="/caption")
+
+It opens only files the app received as uploads (`captionlab.safety.uploads`), never a server path.
 """
 
 import gradio as gr
 import pandas as pd
 from gradio import FileData
+from gradio.context import Context, LocalContext
+from gradio.utils import get_upload_folder
 
+from captionlab.safety.uploads import NotAnUpload, uploaded_path
 from captionlab.service import compare, gallery
 from captionlab.service.settings import AppSettings
 
 TABLE_COLUMNS = ["image", "strategy", "caption", "words", "latency_ms", "CIDEr", "CLIP-S"]
 TABLE_HEADERS = ["Image", "Strategy", "Caption", "Words", compare.LATENCY_LABEL, "CIDEr", "CLIP-S"]
+
+
+def _uploaded_files() -> set[str]:
+    """gradio's record of the files this app received through its /upload route (the running Blocks')."""
+    blocks = LocalContext.blocks.get(None) or Context.root_block
+    return set(getattr(blocks, "upload_file_set", ()))
 
 
 def _strategies_markdown(settings: AppSettings) -> str:
@@ -104,8 +116,12 @@ def create_compare_tab(settings: AppSettings) -> None:
     examples.select(run_example, inputs=None, outputs=outputs, api_visibility="private")
 
     def caption(image: FileData) -> dict:
-        """Caption one image with every available strategy: {strategy key: caption}."""
-        path = image.get("path") if isinstance(image, dict) else getattr(image, "path", image)
+        """Caption one uploaded image with every available strategy: {strategy key: caption}, and
+        {"errors": {strategy key: why}} for a served strategy that failed to load or caption."""
+        try:  # only a file this app received as an upload: a bare path would read any file on the server
+            path = uploaded_path(image, _uploaded_files(), get_upload_folder())
+        except NotAnUpload as exc:
+            raise gr.Error(str(exc)) from None
         try:
             return compare.caption_image(settings, path)
         except compare.ImageError as exc:
