@@ -11,6 +11,8 @@ can load, plus captionlab's strategy.json. DoRA layers compute their row norms t
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,6 +26,16 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Only the LLM's layers: the CLIP vision tower also has q/k/v projections, which stay frozen.
 TARGET_MODULES = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
+
+
+@contextmanager
+def quiet_checkpointing_alias():
+    """peft (0.21) wraps a model after reading its `is_gradient_checkpointing`, an alias transformers 5 deprecated
+    with a FutureWarning, so every LoRA/DoRA run and evaluation log opened with it; silence that one warning
+    around peft's wrapping only (peft reads the flag; nothing of ours does)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
 
 
 def lora_config(rank: int, alpha: int, use_dora: bool, init: str | bool = True):
@@ -62,7 +74,9 @@ class LoRA(Strategy):
             model.add_adapter(self.adapter_name, config)
             model.set_adapter(self.adapter_name)
             return self._fast(model)
-        return self._fast(get_peft_model(model, config, adapter_name=self.adapter_name))
+        with quiet_checkpointing_alias():
+            wrapped = get_peft_model(model, config, adapter_name=self.adapter_name)
+        return self._fast(wrapped)
 
     def _fast(self, model):
         if self.use_dora:
@@ -99,7 +113,8 @@ class LoRA(Strategy):
             model.set_adapter(self.adapter_name)
             return self._fast(model)
         freeze(model)
-        loaded = PeftModel.from_pretrained(model, str(directory), adapter_name=self.adapter_name)
+        with quiet_checkpointing_alias():
+            loaded = PeftModel.from_pretrained(model, str(directory), adapter_name=self.adapter_name)
         if bool(card.get("use_dora")) != self.use_dora:
             raise StrategyError(f"{directory}: use_dora={card.get('use_dora')} does not match {self.name}")
         return self._fast(loaded)
