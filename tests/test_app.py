@@ -149,7 +149,7 @@ class FakePool:
     def __init__(self, cut: list[bool] | None = None, load_seconds: float = 0.0):
         self.cut, self.load_seconds, self.loaded = cut, load_seconds, False
 
-    def caption_details(self, images):
+    def caption_details(self, images, runs=None):
         from captionlab.service.compare import Captioned
 
         loaded_now, self.loaded = not self.loaded, True
@@ -159,13 +159,43 @@ class FakePool:
                          load_seconds=self.load_seconds if loaded_now else 0.0)
 
 
-def compare_without_models(monkeypatch, tmp_path, files, references=None, pool=None):
+def compare_without_models(monkeypatch, tmp_path, files, references=None, pool=None, settings=None, score=False):
     from captionlab.service import compare
     from captionlab.service.settings import settings_for
 
     pool = pool or FakePool()
     monkeypatch.setattr(compare, "get_pool", lambda settings: pool)
-    return compare.compare_images(settings_for(str(tmp_path / "no-model")), files, references, score=False)
+    return compare.compare_images(settings or settings_for(str(tmp_path / "no-model")), files, references,
+                                  score=score)
+
+
+def test_embedded_models_on_an_upload_say_what_they_know_and_grey_clip_s(home, tmp_path, monkeypatch):
+    from captionlab.service import compare
+    from captionlab.service.settings import embedded_settings
+    from captionlab.ui.compare_tab import _embedded_note, _table
+
+    photo = str(write_png(tmp_path / "pagoda.png", size=(64, 48)))
+    result = compare_without_models(monkeypatch, tmp_path, [photo], settings=embedded_settings(), score=True)
+    assert result.out_of_world == ["pagoda.png"]
+    (row,) = [r for r in result.rows if r["key"] == "zero_shot"]
+    assert row["CLIP-S"] is not None and row["clip_note"] == compare.EMBEDDED_CLIP_REASON  # scored, but flagged
+    styled = _table(result)
+    assert styled.data.loc[0, "CLIP-S"].endswith("(not meaningful)")
+    assert "color: #9a9a9a" in styled.to_html()  # greyed
+    note = _embedded_note(result)
+    assert "pagoda.png" in note and "embedded caption world" in note and "CLIP-S is greyed" in note
+
+
+def test_served_real_weights_say_nothing_of_the_embedded_world(home, tmp_path, monkeypatch, tiny_llava_dir,
+                                                               served_checkpoints):
+    from captionlab.service.settings import settings_for
+    from captionlab.ui.compare_tab import _embedded_note
+
+    photo = str(write_png(tmp_path / "pagoda.png"))
+    settings = settings_for(str(tiny_llava_dir), served_checkpoints, "cpu", 4)
+    result = compare_without_models(monkeypatch, tmp_path, [photo], settings=settings)
+    assert result.out_of_world == [] and not any(r["clip_note"] for r in result.rows)
+    assert _embedded_note(result) == ""
 
 
 def test_captions_cut_at_the_token_limit_are_marked_and_explained(home, tmp_path, monkeypatch):
@@ -211,7 +241,7 @@ def test_latency_of_a_batch_is_labelled_as_its_mean_per_image(home, tmp_path, mo
     table = _table(result)
     (latency_header,) = [h for h in table.columns if "ms" in h]
     assert latency_header == "ms per image (batch mean)"
-    assert list(table[latency_header].dropna()) == [15.0, 15.0]  # the 30 ms batch over its two images
+    assert [ms for ms in table[latency_header] if ms] == ["15", "15"]  # the 30 ms batch over its 2 images
     assert any(note.startswith("ms per image (batch mean): each captioner captions the 2 images as one batch")
                for note in result.notes)
 
@@ -717,6 +747,43 @@ def test_a_run_launched_from_the_form_is_watched_from_its_folder(home):
         runs.stop(run_id)
     with pytest.raises(LaunchError, match="only a stopped, crashed or failed run"):
         runs.resume(run_id)
+
+
+def register_finished_run(home: Path, run_id: str, artifact: Path, strategy: str, model: str) -> Path:
+    """A finished run of the workspace whose best checkpoint holds a copy of `artifact`."""
+    import shutil
+
+    from captionlab.training import runs_db
+    from captionlab.training.run_folder import CHECKPOINT_COMPLETE
+
+    folder = home / "runs" / run_id
+    shutil.copytree(artifact, folder / "best" / "artifact")
+    (folder / "best" / CHECKPOINT_COMPLETE).write_text("")
+    runs_db.register_run(run_id, name=run_id.split("-2026")[0], run_dir=folder, state="finished", model=model,
+                         strategy=strategy, dataset="coco", pid=None)
+    return folder
+
+
+@pytest.mark.slow
+def test_compare_captions_with_a_workspace_run_labelled_by_its_name(home, tmp_path, tiny_llava_dir,
+                                                                    served_checkpoints):
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    run_id = "my-lora-20261207-101500"
+    register_finished_run(home, run_id, served_checkpoints / "strategies" / "lora", "lora", str(tiny_llava_dir))
+    (listed,) = compare.discover_runs()
+    assert listed.run_id == run_id and listed.label == "my-lora (run, LoRA)"
+    settings = settings_for(str(tiny_llava_dir), served_checkpoints, "cpu", 4)
+    photo = str(write_png(tmp_path / "photo.png"))
+    result = compare.compare_images(settings, [photo], score=False, runs=[run_id])
+    (row,) = [r for r in result.rows if r["key"] == f"run:{run_id}"]
+    assert row["strategy"] == "my-lora (run, LoRA)" and row["caption"] and row["latency_ms"] > 0
+    captions = compare.caption_image(settings, photo, [run_id])
+    assert captions[f"run:{run_id}"] == row["caption"]  # the API takes the same choice
+    assert captions["lora"] == result.captions["lora"][0]  # the served LoRA is still itself beside the run
+    with pytest.raises(compare.ImageError, match="no finished run"):
+        compare.caption_image(settings, photo, ["nobody"])
 
 
 @pytest.mark.slow
