@@ -7,17 +7,21 @@ Also registers the `caption` API endpoint (one image in, {strategy key: caption}
     Client(...).predict(handle_file("cat.jpg"), ["my-run-20261207-101500"], api_name="/caption")  # + your runs
 """
 
+from html import escape
+
 import gradio as gr
 import pandas as pd
 from gradio import FileData
 
-from captionlab.service import compare, gallery
+from captionlab.service import compare, drill_images, gallery
 from captionlab.service.settings import AppSettings
 
 TABLE_COLUMNS = ["image", "strategy", "caption", "words", "latency_ms", "CIDEr", "CLIP-S"]
 TABLE_HEADERS = ["Image", "Strategy", "Caption", "Words", compare.LATENCY_LABEL, "CIDEr", "CLIP-S"]
 CELL_FORMATS = {"latency_ms": "{:.0f}", "CIDEr": "{:.1f}", "CLIP-S": "{:.3f}"}  # one precision per column
 GREYED = "color: #9a9a9a; font-style: italic"
+RUNS_LABEL = "Also caption with your runs (finished, or with a best checkpoint)"
+NO_RUNS_LABEL = "Your runs: none has finished or kept a best checkpoint yet (train one in the Train tab)"
 EMBEDDED_EXAMPLES = 2  # gallery images shown beside the note on what the embedded models know
 
 
@@ -35,7 +39,7 @@ def _cell(row: dict, column: str):
     value = row[column]
     if column in CELL_FORMATS and value is not None:
         text = CELL_FORMATS[column].format(value)
-        return f"{text} (not meaningful)" if column == "CLIP-S" and row.get("clip_note") else text
+        return f"({text})" if column == "CLIP-S" and row.get("clip_note") else text  # greyed by _table
     return "" if value is None else value
 
 
@@ -55,7 +59,18 @@ def _embedded_note(result: compare.CompareResult) -> str:
         return ""
     reason = next((r["clip_note"] for r in result.rows if r.get("clip_note")), "")
     return (f"\n\n**About {', '.join(result.out_of_world)}:** {compare.EMBEDDED_WORLD_NOTE}"
-            + (f" CLIP-S is greyed: {reason}." if reason else ""))
+            + (f" CLIP-S in grey, in parentheses, is {reason}." if reason else ""))
+
+
+def _known_examples_html(items: list[gallery.GalleryItem]) -> str:
+    """Gallery images with a reference caption each: what the embedded models do know."""
+    figures = []
+    for item in items:
+        uri = drill_images.thumbnail_uri(item.path, size=256)
+        if uri:
+            figures.append(f'<figure><img src="{uri}" alt="{escape(item.id)}">'
+                           f"<figcaption>{escape(item.references[0])}</figcaption></figure>")
+    return f'<div class="known-examples">{"".join(figures)}</div>'
 
 
 def _run_choices() -> list[tuple[str, str]]:
@@ -90,14 +105,13 @@ def create_compare_tab(settings: AppSettings) -> None:
                 gr.Markdown(f"**What these models know.** {compare.EMBEDDED_WORLD_NOTE} Two examples of the world "
                             f"they do know, with a reference caption of each:")
             with gr.Column(scale=2):
-                gr.Gallery([(str(item.path), item.references[0]) for item in items[:EMBEDDED_EXAMPLES]],
-                           columns=EMBEDDED_EXAMPLES, height=170, allow_preview=False, buttons=[],
-                           show_label=False, elem_id="compare-known-examples")
+                gr.HTML(_known_examples_html(items[:EMBEDDED_EXAMPLES]), elem_id="compare-known-examples")
     with gr.Row(equal_height=True):
         with gr.Column(scale=2):
             uploads = gr.File(file_count="multiple", label="Images to caption", height=200, elem_id="compare-upload")
-            runs = gr.CheckboxGroup(_run_choices(), label="Also caption with your runs (finished, or with a best "
-                                    "checkpoint)", elem_id="compare-runs")
+            run_choices = _run_choices()
+            runs = gr.CheckboxGroup(run_choices, label=RUNS_LABEL if run_choices else NO_RUNS_LABEL,
+                                    elem_id="compare-runs")
             caption_button = gr.Button("Caption uploaded images", variant="primary", elem_id="compare-run")
         with gr.Column(scale=3):
             examples = gr.Gallery(value=[(str(item.path), item.domain) for item in items],
@@ -108,7 +122,7 @@ def create_compare_tab(settings: AppSettings) -> None:
                        preview=False, fit_columns=False, elem_id="compare-shown",
                        buttons=[])
     table = gr.Dataframe(value=_table(None), label="Captions side by side", wrap=True, interactive=False,
-                         max_height=720, column_widths=["11%", "12%", "47%", "6%", "9%", "7%", "8%"],
+                         max_height=720, column_widths=["15%", "14%", "40%", "6%", "9%", "7%", "9%"],
                          elem_id="compare-table")
     with gr.Row():
         references = gr.Markdown()
@@ -140,7 +154,8 @@ def create_compare_tab(settings: AppSettings) -> None:
         return run([str(item.path)], run_ids, [list(item.references)], use_corpus=True)
 
     def refresh_runs():
-        return gr.update(choices=_run_choices(), value=[])
+        choices = _run_choices()
+        return gr.update(choices=choices, value=[], label=RUNS_LABEL if choices else NO_RUNS_LABEL)
 
     outputs = [status, shown, table, references, notes]
     caption_button.click(run_uploads, inputs=[uploads, runs], outputs=outputs, api_visibility="private")
