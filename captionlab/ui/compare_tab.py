@@ -109,9 +109,8 @@ def create_compare_tab(settings: AppSettings) -> None:
     with gr.Row(equal_height=True):
         with gr.Column(scale=2):
             uploads = gr.File(file_count="multiple", label="Images to caption", height=200, elem_id="compare-upload")
-            run_choices = _run_choices()
-            runs = gr.CheckboxGroup(run_choices, label=RUNS_LABEL if run_choices else NO_RUNS_LABEL,
-                                    elem_id="compare-runs")
+            # filled by the page's load event (below), so that a run finished since the app started is offered
+            runs = gr.CheckboxGroup([], label="Your runs", elem_id="compare-runs")
             caption_button = gr.Button("Caption uploaded images", variant="primary", elem_id="compare-run")
         with gr.Column(scale=3):
             examples = gr.Gallery(value=[(str(item.path), item.domain) for item in items],
@@ -160,7 +159,7 @@ def create_compare_tab(settings: AppSettings) -> None:
     outputs = [status, shown, table, references, notes]
     caption_button.click(run_uploads, inputs=[uploads, runs], outputs=outputs, api_visibility="private")
     examples.select(run_example, inputs=runs, outputs=outputs, api_visibility="private")
-    # triggers=None and no inputs: on every page load, so that a run finished since the app started is offered
+    # triggers=None and no inputs: on every page load
     gr.on(None, refresh_runs, None, runs, api_visibility="private")
 
     def caption(image: FileData, runs: list[str] | None = None) -> dict:
