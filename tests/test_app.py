@@ -670,7 +670,7 @@ def test_evaluation_jobs_run_the_evaluate_cli_without_a_shell(home, monkeypatch)
     assert argv[1:] == ["-m", "captionlab", "evaluate", "--model", "llava-1.5-7b", "--strategy", "lora", "--dataset",
                         "coco", "--max-new-tokens", "30", "--checkpoint", "/runs/r1", "--limit", "50",
                         "--device", "cuda"]
-    assert "⚠️ limit" in jobs.start_evaluation(settings, "lora", "coco", limit=0)
+    assert "Error: limit" in jobs.start_evaluation(settings, "lora", "coco", limit=0)
     monkeypatch.setattr(jobs, "evaluate_available", lambda: False)
     assert "not part of this version" in jobs.start_evaluation(settings, "lora", "coco")
     assert jobs.list_jobs() == []
@@ -690,7 +690,7 @@ def test_an_evaluation_checkpoint_is_a_run_id_or_prefix_and_an_unknown_word_is_n
     with pytest.raises(ValueError, match=r"^checkpoint: 'lora-2026' matches 2 runs: .*give more of the id"):
         jobs.validate_evaluation("lora", "coco", "lora-2026", None)
     message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", "no-such-run", None)
-    assert message == "⚠️ checkpoint: no run with id 'no-such-run' (and not a folder)" and jobs.list_jobs() == []
+    assert message == "Error: checkpoint: no run with id 'no-such-run' (and not a folder)" and jobs.list_jobs() == []
 
 
 def test_shipped_results_are_read_with_their_predictions(home, tmp_path):
@@ -804,3 +804,13 @@ def test_compare_captions_several_images_and_scores_gallery_ones(home, tmp_path,
     assert all(r["CIDEr"] is not None and r["latency_ms"] > 0 and r["words"] is not None for r in gallery_rows)
     assert all(r["CIDEr"] is None for r in result.rows if r["image"] == "upload.png")
     assert list(result.references) == [items[0].path.name]
+
+
+def test_compare_table_formats_each_column_one_way_and_wraps_names_between_parts(home, tmp_path, monkeypatch):
+    from captionlab.ui.compare_tab import _cell
+
+    row = {"image": "pagoda_photo-of_a_temple.jpg", "latency_ms": 1811.94, "CIDEr": 12.0, "CLIP-S": 1.0,
+           "clip_note": ""}
+    assert _cell(row, "image") == "pagoda_\u200bphoto-\u200bof_\u200ba_\u200btemple.jpg"
+    assert [_cell(row, c) for c in ("latency_ms", "CIDEr", "CLIP-S")] == ["1812", "12.0", "1.000"]
+    assert _cell({**row, "latency_ms": 68}, "latency_ms") == "68" and _cell({**row, "CLIP-S": None}, "CLIP-S") == ""

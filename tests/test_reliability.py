@@ -347,7 +347,7 @@ def _benchmark_inputs_are_checked(home: Path) -> None:
             jobs.validate_evaluation(*arguments)
         assert str(caught.value).startswith(f"{field}: "), (arguments, str(caught.value))
     message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", "/etc", None)
-    assert message.startswith("⚠️ checkpoint: ") and jobs.list_jobs() == []  # nothing started
+    assert message.startswith("Error: checkpoint: ") and jobs.list_jobs() == []  # nothing started
 
 
 def _run_names_are_sanitised(home: Path) -> None:

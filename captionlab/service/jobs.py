@@ -29,8 +29,8 @@ def evaluate_help() -> str:
     if evaluate_available():
         return ("Starts `python -m captionlab evaluate` as its own process (no shell); its scores are added to "
                 "the results store, so they appear above after **Reload results**.")
-    return ("⚠️ The evaluation command (`python -m captionlab evaluate`) is not part of this version of captionlab "
-            "yet, so no evaluation job can be started from here.")
+    return ("Not available: the evaluation command (`python -m captionlab evaluate`) is not part of this version of "
+            "captionlab yet, so no evaluation job can be started from here.")
 
 
 def evaluation_argv(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None,
@@ -81,11 +81,11 @@ def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpo
     if not evaluate_available():
         return evaluate_help()
     if not strategy or not dataset:
-        return "⚠️ strategy and dataset: both are needed"
+        return "Error: strategy and dataset: both are needed"
     try:
         strategy, dataset, checkpoint, limit = validate_evaluation(strategy, dataset, checkpoint, limit)
     except ValueError as exc:
-        return f"⚠️ {exc}"
+        return f"Error: {exc}"
     argv = evaluation_argv(settings, strategy, dataset, checkpoint, limit)
     job_id = f"eval-{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = jobs_dir() / job_id
@@ -96,7 +96,7 @@ def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpo
                                    start_new_session=True)
     _children[process.pid] = process
     atomic.write_json(folder / "job.json", {"job": job_id, "argv": argv, "pid": process.pid, "started": time.time()})
-    return f"✅ started {job_id} (pid {process.pid}); log: {folder / 'log.txt'}"
+    return f"Started {job_id} (pid {process.pid}); log: {folder / 'log.txt'}"
 
 
 _children: dict[int, subprocess.Popen] = {}

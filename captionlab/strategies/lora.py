@@ -34,7 +34,8 @@ def quiet_checkpointing_alias():
     with a FutureWarning, so every LoRA/DoRA run and evaluation log opened with it; silence that one warning
     around peft's wrapping only (peft reads the flag; nothing of ours does)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                                category=FutureWarning)
         yield
 
 

@@ -7,6 +7,7 @@ Also registers the `caption` API endpoint (one image in, {strategy key: caption}
     Client(...).predict(handle_file("cat.jpg"), ["my-run-20261207-101500"], api_name="/caption")  # + your runs
 """
 
+import re
 from html import escape
 
 import gradio as gr
@@ -37,6 +38,8 @@ def _cell(row: dict, column: str):
     if column == "caption" and row.get("cut"):  # unfinished at the token limit: say so where it is read
         return f"{row['caption']} {compare.CUT_MARK}"
     value = row[column]
+    if column == "image":  # a long file name wraps after its _ and - (a zero-width space), not inside a part
+        return re.sub(r"([_-])", "\\1\u200b", value)
     if column in CELL_FORMATS and value is not None:
         text = CELL_FORMATS[column].format(value)
         return f"({text})" if column == "CLIP-S" and row.get("clip_note") else text  # greyed by _table

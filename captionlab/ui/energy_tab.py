@@ -30,7 +30,7 @@ def _counted_frame(counts: dict | None, model: str) -> pd.DataFrame:
 def create_energy_tab(settings: AppSettings) -> None:
     """Lay out the Energy tab inside the current gr.Tab."""
     gr.Markdown("### The paper's Table 4 (LLaVA-v1.5-7B, COCO, four 64GB A100s, 4 epochs)")
-    gr.Markdown(f"⚠️ {energy.PAPER_NOTE}")
+    gr.Markdown(f"**Note:** {energy.PAPER_NOTE}")
     paper_table = gr.Dataframe(interactive=False, wrap=True, elem_id="energy-paper",
                                column_widths=["13%", "9%", "11%", "8%", "8%", "51%"])
     with gr.Accordion("Trainable parameters counted by captionlab on LLaVA-1.5-7B's config (no weights)", open=False):
@@ -54,7 +54,7 @@ def create_energy_tab(settings: AppSettings) -> None:
                              columns=RUN_COLUMNS), note,
                 charts.energy_bars(energy.energy_bars(paper, runs)),
                 charts.quality_vs_energy(energy.quality_points(paper, runs, results)),
-                "\n\n".join(filter(None, [energy.quality_note(runs, results), *(f"⚠️ {p}" for p in problems)])),
+                "\n\n".join(filter(None, [energy.quality_note(runs, results), *(f"Warning: {p}" for p in problems)])),
                 _counted_frame(energy.counted_parameters("llava-1.5-7b"), "llava-1.5-7b"))
 
     def on_count():
