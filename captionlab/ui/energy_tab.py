@@ -11,7 +11,7 @@ from captionlab.ui import charts
 PAPER_COLUMNS = ["Strategy", "Params (printed)", "Params (method text)", "kWh all epochs", "kWh up to best", "Note"]
 RUN_COLUMNS = ["Run", "Origin", "Model", "Strategy", "Params", "kWh all epochs", "kWh up to best", "Best epoch",
                "Method", "Device"]
-RUN_WIDTHS = ["11%", "6%", "14%", "13%", "8%", "8%", "8%", "6%", "16%", "10%"]  # "Full fine-tuning" on one line
+RUN_WIDTHS = ["13%", "8%", "11%", "13%", "8%", "8%", "8%", "6%", "15%", "10%"]  # names and 0.0008364 unbroken
 
 
 def _kwh(value: float | None) -> str:
