@@ -84,9 +84,12 @@ def apply_limits(args: argparse.Namespace) -> int:
 
 def launch_options(args: argparse.Namespace, auth: tuple[str, str] | None, allowed: list[str],
                    max_upload_bytes: int) -> dict:
-    """Keyword arguments of demo.launch: where it listens, who may use it, what it serves."""
+    """Keyword arguments of demo.launch: where it listens, who may use it, what it serves, how it looks."""
+    from captionlab.ui.style import APP_CSS, app_theme
+
     options = dict(server_name=args.host, server_port=args.port, auth=auth, share=args.share, allowed_paths=allowed,
-                   max_file_size=max_upload_bytes, show_error=False, footer_links=["api"])
+                   max_file_size=max_upload_bytes, show_error=False, footer_links=["api"], theme=app_theme(),
+                   css=APP_CSS)
     if auth is not None:  # gradio leaves some acting routes (/cancel, /reset) open: the gate closes all but the login
         from starlette.middleware import Middleware
 

@@ -149,7 +149,7 @@ class FakePool:
     def __init__(self, cut: list[bool] | None = None, load_seconds: float = 0.0):
         self.cut, self.load_seconds, self.loaded = cut, load_seconds, False
 
-    def caption_details(self, images):
+    def caption_details(self, images, runs=None):
         from captionlab.service.compare import Captioned
 
         loaded_now, self.loaded = not self.loaded, True
@@ -159,13 +159,43 @@ class FakePool:
                          load_seconds=self.load_seconds if loaded_now else 0.0)
 
 
-def compare_without_models(monkeypatch, tmp_path, files, references=None, pool=None):
+def compare_without_models(monkeypatch, tmp_path, files, references=None, pool=None, settings=None, score=False):
     from captionlab.service import compare
     from captionlab.service.settings import settings_for
 
     pool = pool or FakePool()
     monkeypatch.setattr(compare, "get_pool", lambda settings: pool)
-    return compare.compare_images(settings_for(str(tmp_path / "no-model")), files, references, score=False)
+    return compare.compare_images(settings or settings_for(str(tmp_path / "no-model")), files, references,
+                                  score=score)
+
+
+def test_embedded_models_on_an_upload_say_what_they_know_and_grey_clip_s(home, tmp_path, monkeypatch):
+    from captionlab.service import compare
+    from captionlab.service.settings import embedded_settings
+    from captionlab.ui.compare_tab import _embedded_note, _table
+
+    photo = str(write_png(tmp_path / "pagoda.png", size=(64, 48)))
+    result = compare_without_models(monkeypatch, tmp_path, [photo], settings=embedded_settings(), score=True)
+    assert result.out_of_world == ["pagoda.png"]
+    (row,) = [r for r in result.rows if r["key"] == "zero_shot"]
+    assert row["CLIP-S"] is not None and row["clip_note"] == compare.EMBEDDED_CLIP_REASON  # scored, but flagged
+    styled = _table(result)
+    assert styled.data.loc[0, "CLIP-S"].startswith("(")
+    assert "color: #9a9a9a" in styled.to_html()  # greyed
+    note = _embedded_note(result)
+    assert "pagoda.png" in note and "embedded caption world" in note and "CLIP-S in grey" in note
+
+
+def test_served_real_weights_say_nothing_of_the_embedded_world(home, tmp_path, monkeypatch, tiny_llava_dir,
+                                                               served_checkpoints):
+    from captionlab.service.settings import settings_for
+    from captionlab.ui.compare_tab import _embedded_note
+
+    photo = str(write_png(tmp_path / "pagoda.png"))
+    settings = settings_for(str(tiny_llava_dir), served_checkpoints, "cpu", 4)
+    result = compare_without_models(monkeypatch, tmp_path, [photo], settings=settings)
+    assert result.out_of_world == [] and not any(r["clip_note"] for r in result.rows)
+    assert _embedded_note(result) == ""
 
 
 def test_captions_cut_at_the_token_limit_are_marked_and_explained(home, tmp_path, monkeypatch):
@@ -213,7 +243,7 @@ def test_latency_of_a_batch_is_labelled_as_its_mean_per_image(home, tmp_path, mo
     table = _table(result)
     (latency_header,) = [h for h in table.columns if "ms" in h]
     assert latency_header == "ms per image (batch mean)"
-    assert list(table[latency_header].dropna()) == [15.0, 15.0]  # the 30 ms batch over its two images
+    assert [ms for ms in table[latency_header] if ms] == ["15", "15"]  # the 30 ms batch over its 2 images
     assert any(note.startswith("ms per image (batch mean): each captioner captions the 2 images as one batch")
                for note in result.notes)
 
@@ -498,8 +528,8 @@ def test_drilldown_of_a_paper_row_and_no_jobs_keep_their_column_names(home, tmp_
     _, _, keys = benchmarks.table_rows(benchmarks.paper_rows(), PAPER_TABLES[list(PAPER_TABLES)[0]])
     row = next(i for i, k in enumerate(keys) if k["strategy"] == "zero_shot")
     event = gr.SelectData(None, {"index": [row, 6], "value": "", "selected": True})
-    title, frame = callbacks["on_select"](event, list(PAPER_TABLES)[0], keys)
-    assert list(frame.columns) == ["image", "caption", "references"]  # not gradio's 1, 2, 3 of a column-less frame
+    title, html = callbacks["on_select"](event, list(PAPER_TABLES)[0], keys)
+    assert "No per-image captions" in html
     assert "Zero-shot" in title and "publishes corpus scores only" in title  # the table's label, not zero_shot
     assert list(callbacks["on_jobs_tick"]([], list(PAPER_TABLES)[0], "Yours")[0].columns) == [
         "job", "state", "progress", "ETA", "last log line"]
@@ -761,7 +791,7 @@ def test_evaluation_jobs_run_the_evaluate_cli_without_a_shell(home, monkeypatch)
     assert argv[1:] == ["-m", "captionlab", "evaluate", "--model", "llava-1.5-7b", "--strategy", "lora", "--dataset",
                         "coco", "--max-new-tokens", "30", "--checkpoint", "/runs/r1", "--limit", "50",
                         "--device", "cuda"]
-    assert "⚠️ limit" in jobs.start_evaluation(settings, "lora", "coco", limit=0)
+    assert "Error: limit" in jobs.start_evaluation(settings, "lora", "coco", limit=0)
     monkeypatch.setattr(jobs, "evaluate_available", lambda: False)
     assert "not part of this version" in jobs.start_evaluation(settings, "lora", "coco")
     assert jobs.list_jobs() == []
@@ -781,7 +811,7 @@ def test_an_evaluation_checkpoint_is_a_run_id_or_prefix_and_an_unknown_word_is_n
     with pytest.raises(ValueError, match=r"^checkpoint: 'lora-2026' matches 2 runs: .*give more of the id"):
         jobs.validate_evaluation("lora", "coco", "lora-2026", None)
     message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", "no-such-run", None)
-    assert message == "⚠️ checkpoint: no run with id 'no-such-run' (and not a folder)" and jobs.list_jobs() == []
+    assert message == "Error: checkpoint: no run with id 'no-such-run' (and not a folder)" and jobs.list_jobs() == []
 
 
 def test_shipped_results_are_read_with_their_predictions(home, tmp_path):
@@ -798,7 +828,7 @@ def test_shipped_results_are_read_with_their_predictions(home, tmp_path):
     (found,) = benchmarks.your_rows(tmp_path / "ckpt")
     assert found["origin"] == "shipped" and found["metrics"]["CIDEr"] == 42.0
     records, _ = benchmarks.drilldown(found)
-    assert records == [{"image": "n1", "caption": "a crown on a lake", "CIDEr (image)": 42.0, "references": ""}]
+    assert records == [{"image": "n1", "caption": "a crown on a lake", "CIDEr (image)": 42.0, "references": []}]
 
 
 def test_a_damaged_shipped_results_file_is_named_and_the_rest_kept(home, tmp_path):
@@ -840,6 +870,43 @@ def test_a_run_launched_from_the_form_is_watched_from_its_folder(home):
         runs.resume(run_id)
 
 
+def register_finished_run(home: Path, run_id: str, artifact: Path, strategy: str, model: str) -> Path:
+    """A finished run of the workspace whose best checkpoint holds a copy of `artifact`."""
+    import shutil
+
+    from captionlab.training import runs_db
+    from captionlab.training.run_folder import CHECKPOINT_COMPLETE
+
+    folder = home / "runs" / run_id
+    shutil.copytree(artifact, folder / "best" / "artifact")
+    (folder / "best" / CHECKPOINT_COMPLETE).write_text("")
+    runs_db.register_run(run_id, name=run_id.split("-2026")[0], run_dir=folder, state="finished", model=model,
+                         strategy=strategy, dataset="coco", pid=None)
+    return folder
+
+
+@pytest.mark.slow
+def test_compare_captions_with_a_workspace_run_labelled_by_its_name(home, tmp_path, tiny_llava_dir,
+                                                                    served_checkpoints):
+    from captionlab.service import compare
+    from captionlab.service.settings import settings_for
+
+    run_id = "my-lora-20261207-101500"
+    register_finished_run(home, run_id, served_checkpoints / "strategies" / "lora", "lora", str(tiny_llava_dir))
+    (listed,) = compare.discover_runs()
+    assert listed.run_id == run_id and listed.label == "my-lora (run, LoRA)"
+    settings = settings_for(str(tiny_llava_dir), served_checkpoints, "cpu", 4)
+    photo = str(write_png(tmp_path / "photo.png"))
+    result = compare.compare_images(settings, [photo], score=False, runs=[run_id])
+    (row,) = [r for r in result.rows if r["key"] == f"run:{run_id}"]
+    assert row["strategy"] == "my-lora (run, LoRA)" and row["caption"] and row["latency_ms"] > 0
+    captions = compare.caption_image(settings, photo, [run_id])
+    assert captions[f"run:{run_id}"] == row["caption"]  # the API takes the same choice
+    assert captions["lora"] == result.captions["lora"][0]  # the served LoRA is still itself beside the run
+    with pytest.raises(compare.ImageError, match="no finished run"):
+        compare.caption_image(settings, photo, ["nobody"])
+
+
 @pytest.mark.slow
 def test_compare_captions_several_images_and_scores_gallery_ones(home, tmp_path, tiny_llava_dir, served_checkpoints):
     from captionlab.service import compare, gallery
@@ -858,3 +925,13 @@ def test_compare_captions_several_images_and_scores_gallery_ones(home, tmp_path,
     assert all(r["CIDEr"] is not None and r["latency_ms"] > 0 and r["words"] is not None for r in gallery_rows)
     assert all(r["CIDEr"] is None for r in result.rows if r["image"] == "upload.png")
     assert list(result.references) == [items[0].path.name]
+
+
+def test_compare_table_formats_each_column_one_way_and_wraps_names_between_parts(home, tmp_path, monkeypatch):
+    from captionlab.ui.compare_tab import _cell
+
+    row = {"image": "pagoda_photo-of_a_temple.jpg", "latency_ms": 1811.94, "CIDEr": 12.0, "CLIP-S": 1.0,
+           "clip_note": ""}
+    assert _cell(row, "image") == "pagoda_\u200bphoto-\u200bof_\u200ba_\u200btemple.jpg"
+    assert [_cell(row, c) for c in ("latency_ms", "CIDEr", "CLIP-S")] == ["1812", "12.0", "1.000"]
+    assert _cell({**row, "latency_ms": 68}, "latency_ms") == "68" and _cell({**row, "CLIP-S": None}, "CLIP-S") == ""

@@ -1,14 +1,19 @@
 """The real app in headless Chromium: Compare captions an upload, Benchmarks draws plotly charts, a
 training run started from the Train form advances and is still there after a page reload; the Train form
 refuses fractions where whole numbers go, and its log opens at the newest line; Compare labels uploads
-that share a file name apart; the Arena takes votes, names the captioners after each and rates them.
+that share a file name apart, captions with a run of the workspace beside the served strategies, and, serving
+the embedded models, says what they know beside an upload's captions (and nothing of it with other weights);
+the drill-down shows each image, its caption and all its references; the Arena takes votes, names the
+captioners after each and rates them.
 
-Chromium is Debian's (/usr/bin/chromium), driven by playwright's sync API; nothing is downloaded.
+Chromium is Debian's (/usr/bin/chromium), driven by playwright's sync API; nothing is downloaded. Where it is
+missing these tests fail (scripts/setup installs it), rather than skip and let a green run hide them.
 Screenshots go to $CAPTIONLAB_SCREENSHOTS when set (else the test's temp folder).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -64,9 +69,18 @@ def served(tmp_path_factory, tiny_llava_dir, served_checkpoints):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
+def served_embedded(tmp_path_factory):
+    """The app as `python app.py` starts it: the embedded study's models."""
+    home = tmp_path_factory.mktemp("embedded-home")
+    process, url = start_app(["--device", "cpu"], home)
+    yield url
+    stop_app(process)
+
+
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+        pytest.fail(f"no Chromium at {CHROMIUM}: `bash scripts/setup` installs it (apt, as root)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -75,15 +89,48 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, served):
-    url, _ = served
+def open_app(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(WAIT_MS)
     page.goto(url, timeout=WAIT_MS)
+    wait_until_ready(page)
+    return page
+
+
+def wait_until_ready(page) -> None:
+    """The page drawn and a load event answered (the Compare tab's list of runs, labelled "Your runs" until its
+    load event fills it): an upload sent before gradio's client is connected can be lost (the uploaded file's row
+    never showed once in five fresh runs)."""
     page.wait_for_selector("#compare-gallery", timeout=WAIT_MS)
+    page.wait_for_function("document.querySelector('#compare-runs').innerText.includes('finished')",
+                           timeout=WAIT_MS)
+
+
+@pytest.fixture
+def page(browser, served):
+    url, _ = served
+    page = open_app(browser, url)
     yield page
     page.close()
+
+
+def upload(page, files: list[Path]) -> None:
+    """Set the Compare tab's files and wait until the last one is listed; sent again once if its row never shows."""
+    for attempt in range(2):
+        page.locator("#compare-upload input[type=file]").set_input_files([str(f) for f in files])
+        try:  # the uploaded file's row, wherever gradio renders it (its element id moves between renders)
+            page.get_by_text(files[-1].stem).first.wait_for(timeout=WAIT_MS // 2)
+            return
+        except Exception:
+            if attempt:
+                raise
+
+
+def caption_uploads(page, count: int = 1) -> str:
+    page.click("#compare-run")
+    page.wait_for_function(f"document.querySelector('#compare-status').innerText.includes('Captioned {count} ')",
+                           timeout=WAIT_MS)
+    return page.inner_text("#compare-status")
 
 
 def screenshot(page, name: str, tmp_path: Path) -> None:
@@ -98,27 +145,99 @@ def open_tab(page, name: str) -> None:
 
 def test_compare_captions_an_upload_with_every_strategy(page, tmp_path):
     image = write_png(tmp_path / "upload.png", size=(64, 48), colour=(20, 160, 40))
-    page.locator("#compare-upload input[type=file]").set_input_files(str(image))
-    # the uploaded file's row, wherever gradio renders it (its element id moves between renders)
-    page.get_by_text("upload.png").first.wait_for(timeout=WAIT_MS)
-    page.click("#compare-run")
-    page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Captioned')",
-                           timeout=WAIT_MS)
+    upload(page, [image])
+    status = caption_uploads(page)
     table = page.inner_text("#compare-table")
     for label in ("Zero-shot", "Prompt learning", "Prefix tuning", "LoRA", "DoRA", "Full fine-tuning",
                   "CLIP-Captioner"):
         assert label in table
-    assert "Captioned 1 image(s) with 6 captioner(s)" in page.inner_text("#compare-status")
+    assert "Captioned 1 image(s) with 6 captioner(s)" in status
     assert "CLIP-Captioner checkpoint" in table  # shown with what to do, not hidden
+    # weights other than the embedded ones: nothing about the embedded world
+    assert "only ever seen the embedded caption world" not in page.inner_text("body")
+    assert page.locator("#compare-known-examples").count() == 0
     screenshot(page, "compare", tmp_path)
+
+
+def test_embedded_models_say_what_they_know_beside_an_uploads_captions(browser, served_embedded, tmp_path):
+    page = open_app(browser, served_embedded)
+    try:
+        assert page.locator("#compare-known-examples img").count() == 2  # before any upload: what they know
+        assert "only ever seen the embedded caption world" in page.inner_text("#compare-embedded-note")
+        photo = write_png(tmp_path / "pagoda.png", size=(96, 64), colour=(120, 160, 200))
+        upload(page, [photo])
+        status = caption_uploads(page)
+        assert "About pagoda.png" in status and "only ever seen the embedded caption world" in status
+        assert "CLIP-S in grey, in parentheses, is not meaningful" in status
+        clip_cells = page.evaluate("""(() => [...document.querySelectorAll('#compare-table [role=gridcell]')]
+            .filter(cell => /^\\(\\d\\.\\d{3}\\)$/.test(cell.innerText.trim()))
+            .map(cell => getComputedStyle(cell.querySelector('span') || cell).color))()""")
+        assert clip_cells and all(colour == "rgb(154, 154, 154)" for colour in clip_cells)  # greyed: #9a9a9a
+        screenshot(page, "compare-embedded-upload", tmp_path)
+    finally:
+        page.close()
+
+
+def register_finished_run(home: Path, served_checkpoints: Path, model: Path, run_id: str) -> None:
+    """A finished LoRA run of the served (tiny) model, its best checkpoint a copy of the served LoRA."""
+    import shutil
+
+    from captionlab.training import runs_db
+    from captionlab.training.run_folder import CHECKPOINT_COMPLETE
+
+    folder = home / "runs" / run_id
+    shutil.copytree(served_checkpoints / "strategies" / "lora", folder / "best" / "artifact")
+    (folder / "best" / CHECKPOINT_COMPLETE).write_text("")
+    runs_db.register_run(run_id, name="my-lora", run_dir=folder, state="finished", model=str(model),
+                         strategy="lora", dataset="coco", pid=None)
+
+
+def test_compare_captions_with_a_run_of_the_workspace(page, served, served_checkpoints, tiny_llava_dir,  # noqa: F811
+                                                      tmp_path, monkeypatch):
+    _, home = served
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(home))
+    register_finished_run(home, served_checkpoints, tiny_llava_dir, "my-lora-20261207-101500")
+    page.reload()
+    wait_until_ready(page)
+    page.get_by_label("my-lora (run, LoRA)").check()
+    upload(page, [write_png(tmp_path / "mine.png", size=(64, 48), colour=(200, 120, 40))])
+    status = caption_uploads(page)
+    assert "with 7 captioner(s)" in status  # the served six and the run
+    assert "my-lora (run, LoRA)" in page.inner_text("#compare-table")
+    screenshot(page, "compare-with-a-run", tmp_path)
+
+
+def test_drilldown_shows_images_captions_and_references(page, served, tmp_path, monkeypatch):
+    _, home = served
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(home))
+    from captionlab.data.datasets import load_records
+    from captionlab.evaluation import results
+
+    records = load_records("coco", split="test")[:3]
+    predictions = tmp_path / "eval" / "predictions.jsonl"
+    predictions.parent.mkdir()
+    predictions.write_text("".join(json.dumps({"image_id": r.image_id, "caption": f"drilled caption {i}",
+                                               "references": list(r.references)}) + "\n"
+                                   for i, r in enumerate(records)))
+    results.record_result(model="drill-model", strategy="lora", dataset="coco", split="test",
+                          metrics={"CIDEr": 12.5}, n_images=3, predictions_path=predictions)
+    open_tab(page, "Benchmarks")
+    page.get_by_role("button", name="Reload results").click()
+    page.wait_for_function("document.querySelector('#bench-table').innerText.includes('drill-model')",
+                           timeout=WAIT_MS)
+    page.locator("#bench-table [role=gridcell]").filter(has_text="drill-model").first.click()
+    page.wait_for_function("document.querySelectorAll('#bench-drill img.drill-thumb').length === 3",
+                           timeout=WAIT_MS)
+    drill = page.inner_text("#bench-drill")
+    assert "drilled caption 0" in drill and all(ref in drill for ref in records[0].references)
+    screenshot(page, "benchmarks-drilldown", tmp_path)
 
 
 def test_compare_tells_apart_uploads_that_share_a_name(page, tmp_path):
     for folder, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
         (tmp_path / folder).mkdir()
         write_png(tmp_path / folder / "normal.png", size=(64, 48), colour=colour)
-    page.locator("#compare-upload input[type=file]").set_input_files(
-        [str(tmp_path / "a" / "normal.png"), str(tmp_path / "b" / "normal.png")])
+    upload(page, [tmp_path / "a" / "normal.png", tmp_path / "b" / "normal.png"])
     page.wait_for_function("document.querySelector('#compare-upload').innerText.split('.png').length > 2",
                            timeout=WAIT_MS)  # both files listed (gradio breaks each name before its extension)
     page.click("#compare-run")

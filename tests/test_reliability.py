@@ -413,10 +413,10 @@ def _benchmark_inputs_are_checked(home: Path) -> None:
             jobs.validate_evaluation(*arguments)
         assert str(caught.value).startswith(f"{field}: "), (arguments, str(caught.value))
     message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", "/etc", None)
-    assert message.startswith("⚠️ checkpoint: ") and jobs.list_jobs() == []  # nothing started
+    assert message.startswith("Error: checkpoint: ") and jobs.list_jobs() == []  # nothing started
     for long_name in ("a" * 5000, "runs/" + "b" * 5000, "/c" * 3000):  # longer than the file system takes
         message = jobs.start_evaluation(settings_for("llava-1.5-7b"), "lora", "coco", long_name, None)
-        assert message.startswith("⚠️ checkpoint: ") and "too long" in message and len(message) < 300, message[:400]
+        assert message.startswith("Error: checkpoint: ") and "too long" in message and len(message) < 300, message[:400]
     assert jobs.list_jobs() == []
 
 

@@ -272,3 +272,17 @@ def test_lora_a_starts_gaussian_where_the_spec_says_so_as_the_paper_does(tiny_ll
         bound = max(1 / p.shape[1] ** 0.5 for p in a)
         outside[init] = sum(int((p.abs() > bound).sum()) for p in a) / sum(p.numel() for p in a)
     assert outside[True] == 0 and outside["gaussian"] > 0.1  # a uniform never passes its bound; a Gaussian does
+
+
+def test_lora_apply_and_load_leave_no_gradient_checkpointing_warning(tiny_llava_dir, tmp_path):
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: that FutureWarning
+    opened every LoRA/DoRA training and evaluation log."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # conftest ignores FutureWarnings suite-wide: see them here
+        loaded, strategy = fresh(tiny_llava_dir, "lora")
+        strategy.save(loaded.model, tmp_path / "lora")
+        again = load_model(get_model_spec(tiny_llava_dir), device="cpu")
+        strategy.load(again.model, again.spec, tmp_path / "lora", again.tokenizer)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

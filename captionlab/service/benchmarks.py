@@ -440,7 +440,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
         for metric, scores in per_image.items():
             value = scores.get(image_id)
             line[f"{metric} (image)"] = None if value is None else round(float(value), 3)
-        line["references"] = " | ".join(entry.get("references", [])[:2])
+        line["references"] = list(entry.get("references", []))
         out.append(line)
     source = f"{_about(row)}{len(ids)} images from {row.get('predictions_path') or results_json}"
     if len(ids) > MAX_DRILLDOWN_ROWS:

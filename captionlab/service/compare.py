@@ -3,6 +3,8 @@
     slots = discover_strategies(settings)          # every strategy, available or with the reason why not
     result = compare_images(settings, ["a.png"])   # captions, words, batch ms per image (+ per-image scores)
     caption_image(settings, "a.png")               # {strategy key: caption, "errors": {key: why}}: the `caption` API
+    discover_runs()                                # this workspace's runs that can caption (finished or best/)
+    compare_images(settings, ["a.png"], runs=[run_id])   # ... and with those runs beside the served strategies
 
 Discovery only looks at files (no torch). The captioners are loaded on first use, once per
 settings, on one shared base model (`captionlab.captioner.load_captioners`), and captioning is
@@ -26,6 +28,13 @@ ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, wit
 LATENCY_LABEL = "ms per image (batch mean)"  # the latency column: a batch's time over its images, not one image's
 CUT_MARK = "[cut]"  # after a caption that reached max_new_tokens unfinished (table) and before the note saying so
 MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
+RUN_KEY_PREFIX = "run:"  # a workspace run's key among the strategy keys of a comparison (and of the caption API)
+EMBEDDED_WORLD_NOTE = (
+    "These are the embedded miniature study's models: they have only ever seen the embedded caption world "
+    "(rendered scenes of simple shapes and a few objects), so on a photo they write a confident caption of that "
+    "world, not of the photo. Serve real weights (`python app.py --model llava-1.5-7b --checkpoints DIR`) for photos.")
+EMBEDDED_CLIP_REASON = ("not meaningful: the embedded 48-pixel CLIP only knows the embedded world, so its score of a "
+                        "caption on an uploaded photo says nothing about the photo")
 
 
 class ImageError(ImageRejected):
@@ -54,6 +63,7 @@ class CompareResult:
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one message per file that is not a usable image
     files: list[str] = field(default_factory=list)  # the captioned files, in the order of `names`
+    out_of_world: list[str] = field(default_factory=list)  # uploads (no references) the embedded models captioned
 
 
 # --- discovery (files only) --------------------------------------------------------------------
@@ -150,6 +160,74 @@ def _clip_captioner_slot(settings: AppSettings, root: Path | None) -> StrategySl
     return StrategySlot(CLIP_CAPTIONER, label, artifact, True)
 
 
+def run_key(run_id: str) -> str:
+    return f"{RUN_KEY_PREFIX}{run_id}"
+
+
+@dataclass(frozen=True)
+class RunSlot:
+    """A run of this workspace that can caption: its best (else last) artifact, labelled by the run's name."""
+
+    run_id: str
+    name: str
+    strategy: str
+    model: str
+    artifact: Path
+
+    @property
+    def key(self) -> str:
+        return run_key(self.run_id)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (run, {strategy_label(self.strategy)})"
+
+
+def discover_runs() -> list[RunSlot]:
+    """The workspace's runs, newest first, that finished or kept a best checkpoint and hold an artifact."""
+    from captionlab.training import runs_db
+    from captionlab.training.run_folder import is_complete_checkpoint
+
+    try:
+        runs = runs_db.list_runs()
+    except Exception:  # no registry yet (a fresh workspace) or one being written: no runs to offer
+        return []
+    slots = []
+    for run in runs:
+        folder, strategy = Path(run.get("run_dir") or ""), run.get("strategy") or ""
+        if not strategy or not folder.is_dir():
+            continue
+        if run.get("state") != "finished" and not is_complete_checkpoint(folder / "best"):
+            continue
+        artifact = find_artifact(folder, strategy)
+        if artifact is not None:
+            slots.append(RunSlot(run["run_id"], run.get("name") or run["run_id"], strategy, run.get("model") or "",
+                                 artifact))
+    return slots
+
+
+def chosen_runs(run_ids: list[str] | None) -> list[RunSlot]:
+    """The RunSlots of `run_ids` (ids as discover_runs lists them), in that order; ImageError names an unknown one."""
+    if not run_ids:
+        return []
+    known = {slot.run_id: slot for slot in discover_runs()}
+    unknown = [run_id for run_id in run_ids if run_id not in known]
+    if unknown:
+        raise ImageError(f"no finished run (or run with a best checkpoint) in this workspace is called "
+                         f"{', '.join(map(repr, unknown))}; choose among: {', '.join(known) or 'none yet'}")
+    return [known[run_id] for run_id in dict.fromkeys(run_ids)]
+
+
+def uses_embedded_clip(settings: AppSettings) -> bool:
+    """Whether CLIP-S is computed with the embedded tiny CLIP (`<checkpoints>/clip/` of the embedded study)."""
+    from captionlab.service.settings import EMBEDDED_DIR
+
+    if not settings.checkpoints:
+        return False
+    folder = Path(settings.checkpoints) / "clip"
+    return (folder / "config.json").is_file() and folder.resolve() == (EMBEDDED_DIR / "clip").resolve()
+
+
 # --- images ------------------------------------------------------------------------------------
 
 
@@ -201,6 +279,7 @@ class CaptionerPool:
         self.captioners: dict | None = None
         self.load_errors: dict[str, str] = {}
         self.load_seconds = 0.0
+        self.runs: dict[str, object] = {}  # run key -> its captioner (its own copy of its model), once loaded
 
     def load(self) -> dict:
         """key -> captioner for every available slot (called with the lock held)."""
@@ -267,12 +346,53 @@ class CaptionerPool:
         done = self.caption_details(images)
         return done.captions, done.latency, done.errors
 
-    def caption_details(self, images: list) -> "Captioned":
-        """What `caption` returns, plus which captions hit the token limit and whether this call loaded the models."""
+    def _load_run(self, run: RunSlot):
+        """The captioner of a workspace run: its own model (the run's, which may not be the served one) with the run's
+        artifact loaded, so that it never collides with the served strategy of the same name on the shared base."""
+        if CLIP_CAPTIONER == run.strategy:
+            from captionlab.baseline import load_clip_captioner
+
+            return load_clip_captioner(run.artifact, self.settings.device)
+        from captionlab.captioner import GenerationSettings, LlavaCaptioner
+        from captionlab.models.loading import load_model
+        from captionlab.models.registry import get_model_spec
+        from captionlab.strategies import get_strategy
+
+        spec = get_model_spec(run.model or self.settings.model)
+        loaded = load_model(spec, device=self.settings.device)
+        strategy = get_strategy(run.strategy)
+        if run.strategy != "zero_shot":
+            loaded.model = strategy.load(loaded.model, spec, run.artifact, loaded.tokenizer)
+        loaded.model.eval()
+        generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens, compile_prefill=False)
+        return LlavaCaptioner(loaded, strategy, generation)
+
+    def _caption_runs(self, images: list, runs: list[RunSlot], done: "Captioned") -> None:
+        for run in runs:
+            started = time.perf_counter()
+            try:
+                if run.key not in self.runs:
+                    self.runs[run.key] = self._load_run(run)
+                    done.load_seconds += time.perf_counter() - started
+                    started = time.perf_counter()
+                captioner = self.runs[run.key]
+                done.captions[run.key] = list(captioner.caption(images))
+            except Exception as exc:
+                done.errors[run.key] = f"run {run.name} could not caption: {type(exc).__name__}: {exc}"
+                continue
+            done.latency[run.key] = (time.perf_counter() - started) * 1000 / max(1, len(images))
+            cut = getattr(captioner, "last_cut", None)
+            if cut is not None and len(cut) == len(images):
+                done.cut[run.key] = [bool(flag) for flag in cut]
+
+    def caption_details(self, images: list, runs: list[RunSlot] | None = None) -> "Captioned":
+        """What `caption` returns, plus which captions hit the token limit and whether this call loaded the models;
+        `runs`: workspace runs to caption with too (keys `run:<id>`)."""
         with self.lock:
             loaded_now = self.captioners is None
             captioners = self.load()
             done = Captioned(errors=dict(self.load_errors), load_seconds=self.load_seconds if loaded_now else 0.0)
+            self._caption_runs(images, runs or [], done)
             from captionlab.models.vision_sharing import shared_vision_passes
 
             # every LLaVA captioner's vision tower is frozen and equal: one tower pass per image for all of them
@@ -340,17 +460,19 @@ def get_pool(settings: AppSettings) -> CaptionerPool:
 # --- the two entry points ----------------------------------------------------------------------
 
 
-API_ERRORS_KEY = "errors"  # the caption API's entry {strategy key: why} for served strategies that did not caption
+API_ERRORS_KEY = "errors"  # the caption API's entry {strategy key: why} for captioners that did not caption
 
 
-def caption_image(settings: AppSettings, path: str | Path) -> dict:
-    """{strategy key: caption} for one image file, for every strategy that can caption (the API), plus
-    {"errors": {strategy key: why}} when a served strategy failed to load or to caption."""
+def caption_image(settings: AppSettings, path: str | Path, runs: list[str] | None = None) -> dict:
+    """{strategy key: caption} for one image file, for every strategy that can caption (the API); `runs`: ids of
+    workspace runs (discover_runs) to caption with too, keyed `run:<id>`; plus {"errors": {key: why}} when a
+    served strategy or a chosen run failed to load or to caption."""
+    chosen = chosen_runs(runs)
     image = open_image(path)
-    captions, _, errors = get_pool(settings).caption([image])
-    answer: dict = {key: texts[0] for key, texts in captions.items()}
-    if errors:
-        answer[API_ERRORS_KEY] = dict(errors)
+    done = get_pool(settings).caption_details([image], chosen)
+    answer: dict = {key: texts[0] for key, texts in done.captions.items()}
+    if done.errors:
+        answer[API_ERRORS_KEY] = dict(done.errors)
     return answer
 
 
@@ -361,12 +483,16 @@ def batch_latency_note(count: int) -> str:
 
 
 def compare_images(settings: AppSettings, files: list[str | Path], references: list[list[str] | None] | None = None,
-                   corpus: dict[str, list[str]] | None = None, score: bool = True) -> CompareResult:
+                   corpus: dict[str, list[str]] | None = None, score: bool = True,
+                   runs: list[str] | None = None) -> CompareResult:
     """Caption `files` with every strategy; score them where possible.
 
     references: per file, its reference captions (gallery images) or None. corpus: references of
     a set of images (image id -> captions) whose document frequencies CIDEr uses; see `scoring`.
+    runs: ids of workspace runs (discover_runs) captioned beside the served strategies, labelled by run name.
     Raises ImageError when no file is a usable image; unusable files among good ones become notes.
+    With the embedded models, the uploads among the files (those without references) are listed in
+    `out_of_world`, and their CLIP-S, from the embedded CLIP, is flagged not meaningful (`clip_note`).
     """
     if not files:
         raise ImageError("no image given: upload one or more images, or pick one from the gallery")
@@ -377,13 +503,15 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
         raise ImageError("; ".join(errors))
     names = image_labels([files[index] for index in kept])
     kept_refs = [references[index] if references is not None and index < len(references) else None for index in kept]
-    done = get_pool(settings).caption_details(images)
+    chosen = chosen_runs(runs)
+    done = get_pool(settings).caption_details(images, chosen)
     captions, latency, errors_by_key = done.captions, done.latency, done.errors
     result = CompareResult(names=names, captions=captions, rows=[], skipped=list(errors),
                            files=[str(files[index]) for index in kept])
     if done.load_seconds and captions:  # only on the request that loaded them: later ones did not wait for it
         result.notes.append(f"this request first loaded the models: {done.load_seconds:.1f} s (once per app start)")
     cut_labels = [strategy_label(key) for key in COMPARE_ORDER if any(done.cut.get(key, []))]
+    cut_labels += [run.label for run in chosen if any(done.cut.get(run.key, []))]
     if cut_labels:
         result.notes.append(f"{CUT_MARK} {', '.join(cut_labels)}: caption(s) used all {settings.max_new_tokens} new "
                             f"tokens unfinished and were cut there (so their word counts are short); the app's "
@@ -396,13 +524,17 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
 
         scores, notes = scoring.score_captions_per_image(settings, images, captions, kept_refs, corpus)
         result.notes.extend(notes)
-    slots = discover_strategies(settings)
+    slots = discover_strategies(settings) + [StrategySlot(run.key, run.label, run.artifact, True) for run in chosen]
+    uploads = [index for index in range(len(names)) if not kept_refs[index]]
+    if settings.is_embedded and uploads:
+        result.out_of_world = [names[index] for index in uploads]
+    clip_meaningless = uses_embedded_clip(settings)
     for index, name in enumerate(names):
         if kept_refs[index]:
             result.references[name] = list(kept_refs[index])
         for slot in slots:
             row = {"image": name, "key": slot.key, "strategy": slot.label, "caption": "", "words": None,
-                   "latency_ms": None, "CIDEr": None, "CLIP-S": None, "cut": False}
+                   "latency_ms": None, "CIDEr": None, "CLIP-S": None, "cut": False, "clip_note": ""}
             if slot.key in captions:
                 text = captions[slot.key][index]
                 cut = done.cut.get(slot.key, [False] * len(names))[index]
@@ -410,6 +542,8 @@ def compare_images(settings: AppSettings, files: list[str | Path], references: l
                 for metric, digits in (("CIDEr", 1), ("CLIP-S", 3)):  # as the paper prints them
                     values = scores.get(metric, {}).get(slot.key)
                     row[metric] = None if values is None or values[index] is None else round(values[index], digits)
+                if clip_meaningless and not kept_refs[index] and row["CLIP-S"] is not None:
+                    row["clip_note"] = EMBEDDED_CLIP_REASON
             else:
                 row["caption"] = errors_by_key.get(slot.key) or slot.reason or "not loaded"
             result.rows.append(row)

@@ -41,8 +41,8 @@ def evaluate_help() -> str:
     if evaluate_available():
         return ("Starts `python -m captionlab evaluate` as its own process (no shell); its scores are added to "
                 "the results store and appear above as soon as the job finishes.")
-    return ("⚠️ The evaluation command (`python -m captionlab evaluate`) is not part of this version of captionlab "
-            "yet, so no evaluation job can be started from here.")
+    return ("Not available: the evaluation command (`python -m captionlab evaluate`) is not part of this version of "
+            "captionlab yet, so no evaluation job can be started from here.")
 
 
 def evaluation_argv(settings: AppSettings, strategy: str, dataset: str, checkpoint: str | None,
@@ -104,7 +104,7 @@ def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpo
     if not evaluate_available():
         return evaluate_help()
     if not strategy or not dataset:
-        return "⚠️ strategy and dataset: both are needed"
+        return "Error: strategy and dataset: both are needed"
     try:
         strategy, dataset, checkpoint, limit = validate_evaluation(strategy, dataset, checkpoint, limit)
         gpus = eval_launch.validate_gpus(gpus)

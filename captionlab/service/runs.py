@@ -213,7 +213,7 @@ def launched_message(run_id: str) -> str:
     row = runs_db.get_run(run_id)
     if row is not None and launcher.is_waiting(row):
         return f"Queued **{run_id}**: it starts when a slot frees ({capacity.slots().describe()})"
-    return f"✅ Started **{run_id}**"
+    return f"Started **{run_id}**"
 
 
 def stop(run_id: str) -> str:

@@ -15,6 +15,8 @@ strategy.json. DoRA layers compute their row norms the short way
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,6 +62,17 @@ def target_modules(model: torch.nn.Module, targets: str) -> str | list[str]:
     return names
 
 
+@contextmanager
+def quiet_checkpointing_alias():
+    """peft (0.21) wraps a model after reading its `is_gradient_checkpointing`, an alias transformers 5 deprecated
+    with a FutureWarning, so every LoRA/DoRA run and evaluation log opened with it; silence that one warning
+    around peft's wrapping only (peft reads the flag; nothing of ours does)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                                category=FutureWarning)
+        yield
+
+
 def lora_config(rank: int, alpha: int, use_dora: bool, init: str | bool = True,
                 modules: str | list[str] = TARGET_MODULES):
     """`init`: how A starts (B starts at zero either way): "gaussian" as the paper (and LoRA) describe it, the
@@ -99,7 +112,9 @@ class LoRA(Strategy):
             model.add_adapter(self.adapter_name, config)
             model.set_adapter(self.adapter_name)
             return self._fast(model)
-        return self._fast(get_peft_model(model, config, adapter_name=self.adapter_name))
+        with quiet_checkpointing_alias():
+            wrapped = get_peft_model(model, config, adapter_name=self.adapter_name)
+        return self._fast(wrapped)
 
     def _fast(self, model):
         if self.use_dora:
@@ -137,7 +152,8 @@ class LoRA(Strategy):
             model.set_adapter(self.adapter_name)
             return self._fast(model)
         freeze(model)
-        loaded = PeftModel.from_pretrained(model, str(directory), adapter_name=self.adapter_name)
+        with quiet_checkpointing_alias():
+            loaded = PeftModel.from_pretrained(model, str(directory), adapter_name=self.adapter_name)
         if bool(card.get("use_dora")) != self.use_dora:
             raise StrategyError(f"{directory}: use_dora={card.get('use_dora')} does not match {self.name}")
         return self._fast(loaded)

@@ -1,16 +1,19 @@
 """The Benchmarks tab: tables like the paper's Tables 1-3, Fig. 2's CIDEr bars, the generalisation
 trade-off, a per-image drill-down of your evaluations, and evaluation jobs."""
 
+import re
+from html import escape
+
 import gradio as gr
 import pandas as pd
 
-from captionlab.service import benchmarks, domains, eval_launch, jobs
+from captionlab.service import benchmarks, domains, drill_images, eval_launch, jobs
 from captionlab.service.catalog import COMPARE_ORDER, DATASETS, FIG2_DATASETS, PAPER_TABLES, strategy_label
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
 
 SOURCES = {"Yours and the paper's": ("yours", "paper"), "The paper's": ("paper",), "Yours": ("yours",)}
-DRILL_COLUMNS = ["image", "caption", "references"]
+DRILL_EMPTY = "<p><em>Click a row of your results above.</em></p>"
 JOB_COLUMNS = ["job", "state", "progress", "ETA", "last log line"]  # captionlab.service.jobs.list_jobs's keys
 JOBS_POLL_SECONDS = 2.0
 
@@ -36,6 +39,56 @@ def _jobs_view(finished_seen: list[str]) -> tuple[pd.DataFrame, str, list[str], 
     except ValueError as exc:
         slots = str(exc)
     return _frame(rows, JOB_COLUMNS), slots, finished, bool(set(finished) - set(finished_seen))
+
+
+LABEL_WIDTHS = [5, 10, 12]  # % of the table: Source, Model, Strategy (a long run label wraps inside its column)
+
+
+def table_widths(n_columns: int) -> list[str]:
+    """Column widths that keep every column on screen at 1400 px: the label columns fixed, the scores sharing the
+    rest (with Table 3's 12 score columns, a header such as "TextCaps B-4" still fits whole words)."""
+    scores = n_columns - len(LABEL_WIDTHS)
+    if scores <= 0:
+        return []
+    share = (100 - sum(LABEL_WIDTHS)) / scores
+    return [f"{w}%" for w in LABEL_WIDTHS] + [f"{share:.2f}%"] * scores
+
+
+def _score_text(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+DRILL_LABELS = ("domain", "hallucinated")  # text columns of benchmarks.drilldown's records, where present
+
+
+def caption_html(caption: str) -> str:
+    """A drill-down caption as HTML: CHAIR's hallucinated words (marked **word** by the service) highlighted."""
+    return re.sub(r"\*\*(.+?)\*\*", r'<mark class="hallucinated">\1</mark>', escape(caption))
+
+
+def drill_html(records: list[dict], dataset: str, split: str | None) -> tuple[str, str]:
+    """The drill-down as an HTML table: each image as a thumbnail beside its caption, per-image scores and all
+    its references; and a note when the images cannot be shown (the dataset is not on this machine)."""
+    if not records:
+        return "<p><em>No per-image captions for this row.</em></p>", ""
+    paths, note = drill_images.image_paths(dataset, split)
+    metrics = [key for key in records[0] if key.endswith("(image)")]
+    labels = [key for key in DRILL_LABELS if key in records[0]]  # nocaps' domain, CHAIR's hallucinated objects
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["Image", "Caption", *labels, *metrics, "References"])
+    lines = []
+    for index, record in enumerate(records):
+        path = paths.get(str(record["image"]))
+        uri = drill_images.thumbnail_uri(path) if path and index < drill_images.MAX_THUMBNAILS else None
+        picture = f'<img src="{uri}" alt="{escape(str(record["image"]))}" class="drill-thumb"><br>' if uri else ""
+        refs = "".join(f"<li>{escape(r)}</li>" for r in record.get("references") or [])
+        cells = [f'{picture}<span class="drill-id">{escape(str(record["image"]))}</span>',
+                 caption_html(record.get("caption", "")), *(escape(str(record.get(k) or "")) for k in labels),
+                 *(_score_text(record.get(m)) for m in metrics),
+                 f"<ol>{refs}</ol>" if refs else "<em>none recorded</em>"]
+        lines.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    if paths and len(records) > drill_images.MAX_THUMBNAILS:
+        note = f"thumbnails for the first {drill_images.MAX_THUMBNAILS} images only"
+    return f'<table class="drill-table"><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>', note
 
 
 def _load_rows(settings: AppSettings) -> tuple[list[dict], str]:
@@ -71,8 +124,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
                                     elem_id="bench-nocaps-domains", max_height=500)
     with gr.Accordion("Per-image drill-down", open=True):
         drill_note = gr.Markdown("*Click a row of your results above.*")
-        drill = gr.Dataframe(_frame([], DRILL_COLUMNS), interactive=False, wrap=True, datatype="markdown",
-                             max_height=400, elem_id="bench-drill")
+        drill = gr.HTML(DRILL_EMPTY, elem_id="bench-drill", max_height=520)
     with gr.Row():
         fig2 = gr.Plot(label="CIDEr per dataset (Fig. 2)", elem_id="bench-fig2")
         tradeoff = gr.Plot(label="Generalisation trade-off", elem_id="bench-tradeoff")
@@ -115,7 +167,7 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         length_note = domains.generation_note([r for r in rows if r["dataset"] in datasets])
         message = "\n".join(part for part in (message, f"- {clip_note}" if clip_note else "",
                                                f"- {length_note}" if length_note else "") if part)
-        frame = pd.DataFrame(cells, columns=columns)
+        frame = gr.update(value=pd.DataFrame(cells, columns=columns), column_widths=table_widths(len(columns)))
         bars = charts.cider_bars(benchmarks.cider_series(rows, FIG2_DATASETS))
         scatter = charts.generalisation_scatter(benchmarks.generalisation_points(rows))
         by_domain = domains.domain_rows(rows) if "nocaps" in datasets else []
@@ -131,10 +183,12 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
         dataset = benchmarks.dataset_for_column(column, datasets)
         chosen = line["rows"].get(dataset) or next(iter(line["rows"].values()), None)
         if chosen is None:
-            return "*Nothing evaluated for this row.*", _frame([], DRILL_COLUMNS)
+            return "*Nothing evaluated for this row.*", DRILL_EMPTY
         records, where = benchmarks.drilldown(chosen)
-        title = f"**{line['model']} · {strategy_label(chosen['strategy'])} · {chosen['dataset']}** — {where}"
-        return title, _frame(records, DRILL_COLUMNS)
+        html, images_note = drill_html(records, chosen["dataset"], chosen.get("split"))
+        title = (f"**{line['model']} · {strategy_label(chosen['strategy'])} · {chosen['dataset']}**: {where}"
+                 + (f" ({images_note})" if images_note else ""))
+        return title, html
 
     def on_evaluate(strategy: str, dataset: str, checkpoint: str, limit, gpus, where: str, partition: str):
         message = jobs.start_evaluation(settings, (strategy or "").strip(), (dataset or "").strip(),

@@ -173,7 +173,7 @@ def create_train_tab(settings: AppSettings) -> None:
         try:
             return "", runs.preview(read_form(*values))
         except runs.FormError as exc:
-            return f"⚠️ {exc}", ""
+            return f"**Error:** {exc}", ""
 
     def on_launch(*values):
         from captionlab.training.launcher import LaunchError
@@ -183,7 +183,7 @@ def create_train_tab(settings: AppSettings) -> None:
             line = runs.preview(form)
             new_id = runs.launch(form)
         except (runs.FormError, LaunchError) as exc:
-            return f"⚠️ {exc}", gr.skip(), gr.skip()
+            return f"**Error:** {exc}", gr.skip(), gr.skip()
         return runs.launched_message(new_id), line, new_id
 
     def on_defaults(model_value, strategy_value):
@@ -202,7 +202,7 @@ def create_train_tab(settings: AppSettings) -> None:
         try:
             view = runs.run_view(selected)
         except KeyError as exc:
-            return selected, _progress_html(None), f"⚠️ {exc.args[0]}", gr.skip(), "", table, \
+            return selected, _progress_html(None), f"**Error:** {exc.args[0]}", gr.skip(), "", table, \
                 gr.update(interactive=False), gr.update(interactive=False)
         return (selected, _progress_html(view), runs.registry_note() + _stats_markdown(view),
                 charts.loss_curves(view.train_curve, view.val_curve),
@@ -218,7 +218,7 @@ def create_train_tab(settings: AppSettings) -> None:
         try:
             return f"⏹ {runs.stop(current.strip())}"
         except LaunchError as exc:
-            return f"⚠️ {exc}"
+            return f"**Error:** {exc}"
 
     def on_resume(current: str):
         from captionlab.training.launcher import LaunchError
@@ -226,7 +226,7 @@ def create_train_tab(settings: AppSettings) -> None:
         try:
             return f"▶ {runs.resume(current.strip())}"
         except LaunchError as exc:
-            return f"⚠️ {exc}"
+            return f"**Error:** {exc}"
 
     watch_outputs = [run_id, progress, stats, curves, log, runs_table, stop_button, resume_button]
     preview_button.click(on_preview, form_inputs, [form_message, command], api_visibility="private")
