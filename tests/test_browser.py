@@ -432,7 +432,7 @@ def test_train_stop_and_resume_buttons_stop_and_continue_a_run(page, served, tmp
     screenshot(page, "train-stopped", tmp_path)
     wait_for(lambda: page.locator("#train-resume").is_enabled(), 30, "Resume to be offered")
     page.click("#train-resume")
-    wait_for(lambda: "resumed" in page.inner_text("#train-message") or "⚠" in page.inner_text("#train-message"),
+    wait_for(lambda: "resumed" in page.inner_text("#train-message") or "Error" in page.inner_text("#train-message"),
              120, "Resume's answer")
     assert f"run {run_id} resumed" in page.inner_text("#train-message"), page.inner_text("#train-message")
     wait_for(lambda: progress_step(page)[1] == "running" and progress_step(page)[0] >= stopped_at, 300,

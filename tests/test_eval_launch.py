@@ -75,7 +75,7 @@ def test_a_slurm_job_is_submitted_and_listed_with_its_state(home, monkeypatch):
     assert "not on PATH" in jobs.start_evaluation(settings, "zero_shot", "coco", gpus=2, slurm_partition="gpu")
     monkeypatch.setattr(eval_launch.shutil, "which", lambda name: "/usr/bin/" + name)
     assert "partition" in jobs.start_evaluation(settings, "zero_shot", "coco", slurm_partition="a b")
-    assert "⚠️ GPUs" in jobs.start_evaluation(settings, "zero_shot", "coco", gpus=0, slurm_partition="gpu")
+    assert "Error: GPUs" in jobs.start_evaluation(settings, "zero_shot", "coco", gpus=0, slurm_partition="gpu")
 
     from captionlab import atomic
     from captionlab.evaluation import slurm_grid

@@ -46,19 +46,19 @@ def submit_to_slurm(evaluate_args: list[str], folder: Path, partition: str, gpus
 
     partition = (partition or "").strip()
     if not slurm_available():
-        return "⚠️ Slurm is not available here: `sbatch` is not on PATH"
+        return "Error: Slurm is not available here: `sbatch` is not on PATH"
     if not partition or not all(c.isalnum() or c in "-_." for c in partition):
-        return "⚠️ partition: give the Slurm partition's name (letters, digits, '-', '_', '.')"
+        return "Error: partition: give the Slurm partition's name (letters, digits, '-', '_', '.')"
     settings = SlurmSettings(partition=partition, time_min=SLURM_TIME_MIN, gpus_per_cell=gpus)
     try:
         job_id = submit_evaluation([*evaluate_args, "--json"], folder, settings)
     except (EvaluationError, OSError, RuntimeError) as exc:
-        return f"⚠️ Slurm submission failed: {exc}"
+        return f"Error: Slurm submission failed: {exc}"
     record = json.loads((folder / "job.json").read_text())
     atomic.write_json(folder / "job.json", {**record, "job": folder.name, "argv": evaluate_args,
                                             "slurm_job_id": job_id, "pid": None, "state": "submitted to Slurm",
                                             "created": record.get("submitted", time.time())})
-    return (f"✅ submitted {folder.name} as Slurm job {job_id} on {partition} ({gpus} GPU(s)); "
+    return (f"Submitted {folder.name} as Slurm job {job_id} on {partition} ({gpus} GPU(s)); "
             f"its log: {folder / 'slurm'}")
 
 

@@ -109,7 +109,7 @@ def start_evaluation(settings: AppSettings, strategy: str, dataset: str, checkpo
         strategy, dataset, checkpoint, limit = validate_evaluation(strategy, dataset, checkpoint, limit)
         gpus = eval_launch.validate_gpus(gpus)
     except ValueError as exc:
-        return f"⚠️ {exc}"
+        return f"Error: {exc}"
     if slurm_partition is not None:
         folder = jobs_dir() / f"eval-{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         return eval_launch.submit_to_slurm(evaluation_args(settings, strategy, dataset, checkpoint, limit, gpus),
@@ -127,14 +127,14 @@ def submit_job(argv: list[str], prefix: str) -> str:
             free = capacity.slots().free
             job_id = _new_job(argv, prefix)
         except (OSError, ValueError) as exc:
-            return f"⚠️ could not record the job: {describe_os_error(exc)}"
+            return f"Error: could not record the job: {describe_os_error(exc)}"
         if free < 1:
             return f"queued {job_id}: it starts when a slot frees ({capacity.slots().describe()})"
         try:
             job = start_job(job_id)
         except OSError as exc:
-            return f"⚠️ could not start {job_id}: {describe_os_error(exc)}"
-    return f"✅ started {job_id} (pid {job['pid']}); log: {jobs_dir() / job_id / 'log.txt'}"
+            return f"Error: could not start {job_id}: {describe_os_error(exc)}"
+    return f"Started {job_id} (pid {job['pid']}); log: {jobs_dir() / job_id / 'log.txt'}"
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -184,7 +184,7 @@ def stop_job(job_id: str, grace_s: float = 10.0) -> str:
     folder = jobs_dir() / _safe_id(job_id)
     job = _refreshed(folder)
     if job is None:
-        return f"⚠️ no job {job_id!r}"
+        return f"Error: no job {job_id!r}"
     if job.get("slurm_job_id"):  # Slurm owns it: its scheduler cancels it, not a signal from here
         return f"{job_id} runs on Slurm: cancel it there with `scancel {job['slurm_job_id']}`"
     if job["state"] in FINAL_STATES:

@@ -15,7 +15,7 @@ from captionlab.service.settings import AppSettings
 from captionlab.ui import arena_charts
 
 BOARD_COLUMNS = ["rank", "captioner", "rating", "95% interval", "votes", "wins", "losses", "ties", "both bad"]
-VOTES = (("left", "⬅ Left is better"), ("tie", "Tie"), ("both_bad", "Both bad"), ("right", "Right is better ➡"))
+VOTES = (("left", "Left is better"), ("tie", "Tie"), ("both_bad", "Both bad"), ("right", "Right is better"))
 HIDDEN = "*Names hidden until you vote.*"
 
 
@@ -73,11 +73,11 @@ def create_arena_tab(settings: AppSettings) -> None:
     def start(path: str | None, key: str | None, browser_id: str, request: gr.Request, note: str = ""):
         disabled = [gr.update(interactive=False)] * len(VOTES)
         if not path or not key:
-            return ("⚠️ Pick an image first.", None, None, "", "", HIDDEN, *disabled)
+            return ("Error: Pick an image first.", None, None, "", "", HIDDEN, *disabled)
         try:
             chosen = arena.new_match(settings, path, key, voter_of(request, browser_id))
         except arena.ArenaError as exc:
-            return (f"⚠️ {exc}", None, path, "", "", HIDDEN, *disabled)
+            return (f"Error: {exc}", None, path, "", "", HIDDEN, *disabled)
         message = f"Which caption is better? {note}".strip()
         return (message, chosen.to_state(), path, chosen.left_caption, chosen.right_caption, HIDDEN,
                 *[gr.update(interactive=True)] * len(VOTES))
@@ -86,7 +86,7 @@ def create_arena_tab(settings: AppSettings) -> None:
         try:
             key = arena.upload_key(path) if path else None
         except arena.ArenaError as exc:
-            return (f"⚠️ {exc}", None, None, "", "", HIDDEN, *[gr.update(interactive=False)] * len(VOTES))
+            return (f"Error: {exc}", None, None, "", "", HIDDEN, *[gr.update(interactive=False)] * len(VOTES))
         return start(path, key, browser_id, request)
 
     def on_example(event: gr.SelectData, browser_id, request: gr.Request):
@@ -97,7 +97,7 @@ def create_arena_tab(settings: AppSettings) -> None:
         try:
             path, key, where = arena.dataset_sample(settings, random.Random())
         except arena.ArenaError as exc:
-            return (f"⚠️ {exc}", None, None, "", "", HIDDEN, *[gr.update(interactive=False)] * len(VOTES))
+            return (f"Error: {exc}", None, None, "", "", HIDDEN, *[gr.update(interactive=False)] * len(VOTES))
         return start(path, key, browser_id, request, note=f"({where})")
 
     def on_next(state, browser_id, request: gr.Request):
@@ -111,7 +111,7 @@ def create_arena_tab(settings: AppSettings) -> None:
             try:
                 text = arena.cast_vote(arena.Match.from_state(state), outcome, voter_of(request, browser_id))
             except arena.ArenaError as exc:
-                return (f"⚠️ {exc}", gr.skip(), *disabled)
+                return (f"Error: {exc}", gr.skip(), *disabled)
             return ("Vote recorded. Pick another image, or another pair on this one.", text, *disabled)
         return vote
 

@@ -210,11 +210,11 @@ def create_benchmarks_tab(settings: AppSettings) -> None:
     def on_stop_job(job_id: str):
         job_id = (job_id or "").strip()
         if not job_id:
-            return "⚠️ click a job in the table first", _jobs_frame()
+            return "Error: click a job in the table first", _jobs_frame()
         try:
             return jobs.stop_job(job_id), _jobs_frame()
         except ValueError as exc:
-            return f"⚠️ {exc}", _jobs_frame()
+            return f"Error: {exc}", _jobs_frame()
 
     outputs = [table, keys, notes, fig2, tradeoff, domain_box, domain_table]
     # triggers=None: on every page load and whenever the table or source choice changes.

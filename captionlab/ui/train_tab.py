@@ -74,7 +74,7 @@ def _stats_markdown(view: runs.RunView) -> str:
     if view.message:
         lines.append(f"**Message:** {view.message}")
     if view.skipped_metrics_lines:
-        lines.append(f"⚠️ {view.skipped_metrics_lines} broken line(s) of metrics.jsonl skipped: the curves leave "
+        lines.append(f"Warning: {view.skipped_metrics_lines} broken line(s) of metrics.jsonl skipped: the curves leave "
                      f"them out")
     return "\n\n".join(lines)
 
