@@ -663,11 +663,11 @@ def test_running_app_captions_through_gradio_client(tmp_path, tiny_llava_dir, se
         stop_app(process)
 
 
-def api_refusal(client, data) -> str:
+def api_refusal(client, data, endpoint: str = "caption", more: tuple = ()) -> str:
     """What the running app's caption API answers to `data` through plain HTTP: the SSE stream's error text."""
-    event = client.post("/gradio_api/call/caption", json={"data": [data]})
+    event = client.post(f"/gradio_api/call/{endpoint}", json={"data": [data, *more]})
     assert event.status_code == 200, event.text
-    stream = client.get(f"/gradio_api/call/caption/{event.json()['event_id']}").text
+    stream = client.get(f"/gradio_api/call/{endpoint}/{event.json()['event_id']}").text
     assert "event: error" in stream and "zero_shot" not in stream, stream
     return stream.split("event: error", 1)[1]
 
@@ -705,8 +705,13 @@ def test_the_caption_api_opens_only_files_uploaded_to_it(tmp_path, tiny_llava_di
                             for path in [*server_images, *missing]}
             assert len(as_file_data) == 1, as_file_data
             assert not any(Path(path).name in text for path in [*server_images, *missing] for text in as_file_data)
+            # the endpoint that also takes workspace runs opens nothing else either
+            assert {api_refusal(client, path, "caption_with_runs", ([],)) for path in server_images} == {message}
         captions = Client(url, verbose=False).predict(handle_file(server_images[1]), api_name="/caption")
         assert isinstance(captions.get("zero_shot"), str)
+        with_runs = Client(url, verbose=False).predict(handle_file(server_images[1]), [],
+                                                       api_name="/caption_with_runs")
+        assert with_runs == captions  # no run chosen: the served strategies' captions, the same greedy ones
     finally:
         stop_app(process)
 

@@ -5,7 +5,7 @@ Also registers the `caption` API endpoint (one uploaded image in, {strategy key:
 
     from gradio_client import Client, handle_file
     Client("http://127.0.0.1:7860/").predict(handle_file("cat.jpg"), api_name="/caption")
-    Client(...).predict(handle_file("cat.jpg"), ["my-run-20261207-101500"], api_name="/caption")  # + your runs
+    Client(...).predict(handle_file("cat.jpg"), ["my-run-20261207-101500"], api_name="/caption_with_runs")
 
 It opens only files the app received as uploads (`captionlab.safety.uploads`), never a server path.
 """
@@ -177,10 +177,7 @@ def create_compare_tab(settings: AppSettings) -> None:
     # triggers=None and no inputs: on every page load
     gr.on(None, refresh_runs, None, runs, api_visibility="private")
 
-    def caption(image: FileData, runs: list[str] | None = None) -> dict:
-        """Caption one uploaded image with every available strategy, and with the workspace runs named by id:
-        {strategy key (run:<id> for a run): caption}, and {"errors": {key: why}} for one that failed to load or
-        caption."""
+    def caption_uploaded(image: FileData, runs: list[str] | None) -> dict:
         try:  # only a file this app received as an upload: a bare path would read any file on the server
             path = uploaded_path(image, _uploaded_files(), get_upload_folder())
         except NotAnUpload as exc:
@@ -190,4 +187,17 @@ def create_compare_tab(settings: AppSettings) -> None:
         except compare.ImageError as exc:
             raise gr.Error(str(exc)) from None
 
+    def caption(image: FileData) -> dict:
+        """Caption one uploaded image with every available strategy: {strategy key: caption}, and
+        {"errors": {key: why}} for one that failed to load or caption."""
+        return caption_uploaded(image, None)
+
+    def caption_with_runs(image: FileData, runs: list[str]) -> dict:
+        """Caption one uploaded image with every available strategy and the workspace runs named by id:
+        {strategy key, or run:<id> for a run: caption}, and {"errors": {key: why}}."""
+        return caption_uploaded(image, runs)
+
+    # two endpoints, not one with an optional argument: gradio refuses a call that sends fewer values than the
+    # function takes, so a plain HTTP client's one-value `caption` call must stay one value
     gr.api(caption, api_name="caption")
+    gr.api(caption_with_runs, api_name="caption_with_runs")
