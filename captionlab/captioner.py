@@ -153,12 +153,12 @@ def load_captioners(spec: ModelSpec, artifacts: dict[str, Path | None], settings
     ordered = sorted(artifacts, key=lambda k: PAPER_STRATEGIES.index(k) if k in PAPER_STRATEGIES else 99)
     for key in ordered:
         strategy = get_strategy(key)
-        if key == "full":  # its own copy of the weights
+        if strategy.own_weights:  # full fine-tuning: its own copy of the weights, not an adapter on the base
             full = load_model(spec, device=device)
             full.model = strategy.load(full.model, spec, Path(artifacts[key]), full.tokenizer)
             captioners[key] = LlavaCaptioner(full, strategy, settings)
             continue
-        if key != "zero_shot":
+        if strategy.needs_artifact():  # zero-shot is the base as is
             base.attach(strategy, artifacts[key])
         captioners[key] = LlavaCaptioner(base, strategy, settings)
     return captioners

@@ -107,7 +107,7 @@ def test_a_missing_base_model_is_explained_for_every_strategy(home, tmp_path):
 
 
 def test_artifacts_are_found_in_strategies_folders_and_run_folders(tmp_path):
-    from captionlab.service.compare import find_artifact
+    from captionlab.artifacts import search_artifact as find_artifact  # the one search (was compare.find_artifact)
 
     shipped = tmp_path / "strategies" / "lora"
     shipped.mkdir(parents=True)

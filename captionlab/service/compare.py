@@ -12,17 +12,17 @@ serialised: the strategies of a shared base switch by mutating it.
 from __future__ import annotations
 
 import importlib.util
-import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captionlab.artifacts import search_artifact
+from captionlab.names import ZERO_SHOT, strategy_traits
 from captionlab.safety.images import ImageRejected, open_upload
-from captionlab.service.catalog import CLIP_CAPTIONER, COMPARE_ORDER, strategy_label
+from captionlab.service.catalog import COMPARE_ORDER, strategy_label
 from captionlab.service.settings import AppSettings
 
-ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, without importing torch
 LATENCY_LABEL = "ms per image (batch mean)"  # the latency column: a batch's time over its images, not one image's
 CUT_MARK = "[cut]"  # after a caption that reached max_new_tokens unfinished (table) and before the note saying so
 MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
@@ -97,57 +97,40 @@ def _registry_has(name: str) -> bool:
     return name in list_models()
 
 
-def find_artifact(folder: Path, key: str) -> Path | None:
-    """The artifact folder of strategy `key` under `folder`: <key>/ itself, or a run's best|last/artifact/."""
-    for candidate in (folder, folder / "best" / "artifact", folder / "artifact", folder / "last" / "artifact"):
-        card = candidate / ARTIFACT_CARD
-        if card.is_file():
-            try:
-                if json.loads(card.read_text()).get("strategy") == key:
-                    return candidate
-            except (OSError, json.JSONDecodeError):
-                continue
-    return None
-
-
 def discover_strategies(settings: AppSettings) -> list[StrategySlot]:
     """Every paper strategy plus the CLIP-Captioner, each available or with the reason it is not."""
     base_problem = base_model_problem(settings)
     root = Path(settings.checkpoints) if settings.checkpoints else None
-    slots = []
-    for key in COMPARE_ORDER:
-        label = strategy_label(key)
-        if key == CLIP_CAPTIONER:
-            slots.append(_clip_captioner_slot(settings, root))
-            continue
-        if base_problem:
-            slots.append(StrategySlot(key, label, None, False, base_problem))
-            continue
-        if key == "zero_shot":
-            slots.append(StrategySlot(key, label, None, True))
-            continue
-        candidates = [root / "strategies" / key, root / key] if root else []
-        artifact = next((a for a in (find_artifact(c, key) for c in candidates) if a is not None), None)
-        if artifact is None:
-            slots.append(StrategySlot(key, label, None, False, missing_checkpoint_message(settings, key)))
-        else:
-            slots.append(StrategySlot(key, label, artifact, True))
-    return slots
+    return [_slot(settings, key, root, base_problem) for key in COMPARE_ORDER]
 
 
-def _clip_captioner_slot(settings: AppSettings, root: Path | None) -> StrategySlot:
-    label = strategy_label(CLIP_CAPTIONER)
-    if importlib.util.find_spec("captionlab.baseline") is None:  # find_spec: importing it would import torch
-        return StrategySlot(CLIP_CAPTIONER, label, None, False,
-                            "CLIP-Captioner not available: captionlab.baseline is not in this version of captionlab")
-    candidates = [root / CLIP_CAPTIONER, root / "strategies" / CLIP_CAPTIONER] if root else []
-    artifact = next((a for a in (find_artifact(c, CLIP_CAPTIONER) for c in candidates) if a is not None), None)
+def _slot(settings: AppSettings, key: str, root: Path | None, base_problem: str | None) -> StrategySlot:
+    """Strategy `key`'s column, asked of its traits (`captionlab.names.StrategyTraits`), never of its name."""
+    traits, label = strategy_traits(key), strategy_label(key)
+    if not traits.uses_llava_base:
+        return _own_model_slot(key, label, root)
+    if base_problem:
+        return StrategySlot(key, label, None, False, base_problem)
+    if not traits.trains:  # the base model as is
+        return StrategySlot(key, label, None, True)
+    artifact = search_artifact(root, key)
     if artifact is None:
-        where = candidates[0] if candidates else "no --checkpoints folder"
-        return StrategySlot(CLIP_CAPTIONER, label, None, False,
-                            f"no trained CLIP-Captioner checkpoint ({where}) — train it with "
-                            f"`python -m train run --recipe embedded/clip_captioner` or run `python -m train zoo`")
-    return StrategySlot(CLIP_CAPTIONER, label, artifact, True)
+        return StrategySlot(key, label, None, False, missing_checkpoint_message(settings, key))
+    return StrategySlot(key, label, artifact, True)
+
+
+def _own_model_slot(key: str, label: str, root: Path | None) -> StrategySlot:
+    """A strategy with its own model (the CLIP-Captioner): it needs no LLaVA base, only its trained folder."""
+    if importlib.util.find_spec("captionlab.baseline") is None:  # find_spec: importing it would import torch
+        return StrategySlot(key, label, None, False,
+                            f"{label} not available: captionlab.baseline is not in this version of captionlab")
+    artifact = search_artifact(root, key)
+    if artifact is None:
+        where = root / key if root else "no --checkpoints folder"
+        return StrategySlot(key, label, None, False,
+                            f"no trained {label} checkpoint ({where}) — train it with "
+                            f"`python -m train run --recipe embedded/{key}` or run `python -m train zoo`")
+    return StrategySlot(key, label, artifact, True)
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -209,16 +192,16 @@ class CaptionerPool:
         started = time.perf_counter()
         slots = {s.key: s for s in discover_strategies(self.settings) if s.available}
         captioners: dict = {}
-        llava = {k: s.artifact for k, s in slots.items() if k != CLIP_CAPTIONER}
+        llava = {k: s.artifact for k, s in slots.items() if strategy_traits(k).uses_llava_base}
         if llava:
             captioners.update(self._load_llava(llava))
-        if CLIP_CAPTIONER in slots:
+        for key in [k for k in slots if k not in llava]:  # own models: the CLIP-Captioner
             try:
-                from captionlab.baseline import load_clip_captioner
+                from captionlab.strategies import strategy_class
 
-                captioners[CLIP_CAPTIONER] = load_clip_captioner(slots[CLIP_CAPTIONER].artifact, self.settings.device)
+                captioners[key] = strategy_class(key).load_captioner(slots[key].artifact, self.settings.device)
             except Exception as exc:  # a broken baseline must not take the LLaVA columns down
-                self.load_errors[CLIP_CAPTIONER] = f"CLIP-Captioner failed to load: {type(exc).__name__}: {exc}"
+                self.load_errors[key] = f"{slots[key].label} failed to load: {type(exc).__name__}: {exc}"
         self.captioners = captioners
         self.load_seconds = time.perf_counter() - started
         return captioners
@@ -235,14 +218,14 @@ class CaptionerPool:
             # One bad artifact fails the shared load: keep zero-shot and say what broke.
             message = f"failed to load the strategy checkpoints: {type(exc).__name__}: {exc}"
             for key in artifacts:
-                if key != "zero_shot":
+                if strategy_traits(key).trains:
                     self.load_errors[key] = message
-            if "zero_shot" not in artifacts:
+            if ZERO_SHOT not in artifacts:  # the base model as is: nothing of the failed artifacts
                 return {}
             try:
-                return load_captioners(spec, {"zero_shot": None}, generation, device=self.settings.device)
+                return load_captioners(spec, {ZERO_SHOT: None}, generation, device=self.settings.device)
             except Exception as exc2:
-                self.load_errors["zero_shot"] = f"the base model failed to load: {type(exc2).__name__}: {exc2}"
+                self.load_errors[ZERO_SHOT] = f"the base model failed to load: {type(exc2).__name__}: {exc2}"
                 return {}
 
     def caption(self, images: list) -> tuple[dict[str, list[str]], dict[str, float], dict[str, str]]:

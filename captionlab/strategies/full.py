@@ -16,6 +16,7 @@ from captionlab.strategies.base import Strategy, StrategyError, freeze
 class FullFineTuning(Strategy):
     name = "full"
     label = "Full fine-tuning"
+    own_weights = True
     supports_fsdp = True
 
     def apply(self, model, spec, tokenizer=None):
