@@ -100,3 +100,62 @@ def test_a_registered_toy_strategy_appears_in_the_train_tab(tmp_path, monkeypatc
 
     assert "toy_strategy" not in names.trainable_strategies() and "toy_strategy" not in names.STRATEGY_LABELS
 
+
+def test_a_toy_model_family_captions(tmp_path, tiny_tokenizer, tiny_images):
+    """A family added at run time (its own config and model classes, its own prompt template) is loaded, given a
+    LoRA and captions through the same registry, loading, strategies and captioner as LLaVA."""
+    import transformers
+
+    from captionlab.captioner import GenerationSettings, load_captioners
+    from captionlab.models.families import family_of, register_family, unregister_family
+    from captionlab.models.families.llava import LlavaFamily
+    from captionlab.models.loading import load_model
+    from captionlab.models.prompting import build_prompt, language_model
+    from captionlab.models.registry import get_model_spec
+    from captionlab.models.tiny import save_tiny_llava
+    from captionlab.strategies import get_strategy
+
+    class ToyConfig(transformers.LlavaConfig):
+        model_type = "toy_vlm"
+
+    class ToyModel(transformers.LlavaForConditionalGeneration):
+        config_class = ToyConfig
+
+    class ToyFamily(LlavaFamily):
+        architecture = "toy_vlm"
+        prompt_template = "{system}\nUSER: <image> {prompt}\nASSISTANT:"
+        asked: list[str] = []
+
+        def model_class(self):
+            return ToyModel
+
+        def config_class(self):
+            return ToyConfig
+
+        def load_processor(self, folder):
+            return transformers.LlavaProcessor.from_pretrained(folder)
+
+        def language_model(self, model):
+            self.asked.append("language_model")
+            return super().language_model(model)
+
+    family = register_family(ToyFamily())
+    try:
+        folder = save_tiny_llava(tmp_path / "toy", tiny_tokenizer, architecture="toy_vlm", name="toy")
+        spec = get_model_spec(folder)
+        assert spec.architecture == "toy_vlm" and spec.family is family
+        assert build_prompt(spec).endswith("\nUSER: <image> Briefly caption the image\nASSISTANT:")
+        loaded = load_model(spec, device="cpu")
+        assert isinstance(loaded.model, ToyModel) and family_of(loaded.model) is family
+        lora = get_strategy("lora")
+        loaded.model = lora.apply(loaded.model, spec, loaded.tokenizer)
+        assert language_model(loaded.model) is loaded.model.get_base_model().model.language_model
+        lora.save(loaded.model, tmp_path / "lora")
+        captioners = load_captioners(spec, {"zero_shot": None, "lora": tmp_path / "lora"},
+                                     GenerationSettings(max_new_tokens=4, batch_size=2), device="cpu")
+        for captioner in captioners.values():
+            captions = captioner.caption(tiny_images[:2])
+            assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+        assert "language_model" in family.asked  # the stack asked the family, not the model's attributes
+    finally:
+        unregister_family("toy_vlm")

@@ -15,23 +15,25 @@ from pathlib import Path
 
 import torch
 
+from captionlab.models.families.llava import LlavaFamily
 from captionlab.models.prompting import unwrap
 from captionlab.strategies.base import Strategy, StrategyError, freeze
 
 # bitsandbytes (imported by peft) warns at import on CPU-only machines about optional kernels.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
+# Which layers: the model family's (`ModelFamily.lora_target_modules`): LLaVA's are every linear layer of the LLM
+# (q,k,v,o,gate,up,down), and only the LLM's: the CLIP vision tower also has q/k/v projections, which stay frozen.
 LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Only the LLM's layers: the CLIP vision tower also has q/k/v projections, which stay frozen.
-TARGET_MODULES = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
+TARGET_MODULES = LlavaFamily.lora_target_modules
 
 
-def lora_config(rank: int, alpha: int, use_dora: bool, init: str | bool = True):
+def lora_config(rank: int, alpha: int, use_dora: bool, init: str | bool = True, target_modules: str = TARGET_MODULES):
     """`init`: how A starts (B starts at zero either way): "gaussian" as the paper (and LoRA) describe it, the
     registry's setting for the 7B models; True is peft's default, Kaiming-uniform, which the embedded study used."""
     from peft import LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGET_MODULES, lora_dropout=0.0, bias="none",
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none",
                       use_dora=use_dora, init_lora_weights=init)
 
 
@@ -57,7 +59,8 @@ class LoRA(Strategy):
 
         rank, alpha = self._settings(spec)
         freeze(model)
-        config = lora_config(rank, alpha, self.use_dora, spec.lora.get("init", True))
+        config = lora_config(rank, alpha, self.use_dora, spec.lora.get("init", True),
+                             spec.family.lora_target_modules)
         if isinstance(model, PeftModel):  # a shared base that already holds other adapters
             model.add_adapter(self.adapter_name, config)
             model.set_adapter(self.adapter_name)
