@@ -18,12 +18,6 @@ sys.path.insert(0, str(ROOT))  # app.py lives at the project root
 import app as app_module  # noqa: E402
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def write_png(path: Path, size=(40, 30), colour=(200, 30, 30)) -> Path:
     from PIL import Image
 
