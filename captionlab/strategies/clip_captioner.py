@@ -51,7 +51,8 @@ class ClipCaptionerStrategy(Strategy):
         self.write_card(directory, encoder=self.encoder_source, encoder_id=self.encoder_id,
                         feature_layer=FEATURE_LAYER, tokenizer=self.tokenizer.kind, version=ARTIFACT_VERSION)
         (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True))
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(directory / WEIGHTS_FILE))
         if isinstance(self.tokenizer, HFCaptionTokenizer):
             self.tokenizer.save(directory / TOKENIZER_DIR)
 
