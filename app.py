@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_for(args.model, args.checkpoints, args.device, args.max_new_tokens)
     try:
-        from captionlab.training.launcher import refresh_runs
+        from captionlab.service.runs import refresh_registry
 
-        refresh_runs()  # runs whose trainer died while the app was down are marked crashed
+        refresh_registry()  # runs whose trainer died while the app was down are marked crashed
     except Exception as exc:
         print(f"warning: could not refresh the runs registry: {exc}", file=sys.stderr)
     demo = build_app(settings)

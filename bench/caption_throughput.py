@@ -42,8 +42,9 @@ import time
 
 import torch
 
-from bench.common import (Setup, environment, free_memory, measure, preset_with_overrides, print_comparisons, start_bench,
-                          synchronize, with_oom_fallback, write_report)
+from bench.common import (Setup, add_timing_flags, bench_parser, environment, free_memory, measure,
+                          preset_with_overrides, print_comparisons, start_bench, synchronize, with_oom_fallback,
+                          write_report)
 
 PRESETS = {
     # images, plain batch, captionlab batch, new tokens
@@ -188,20 +189,12 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--model", default=None, help="llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")
-    p.add_argument("--out", default="bench/out")
+    p = bench_parser(__doc__, "llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")
     p.add_argument("--images", type=int)
     p.add_argument("--plain-batch", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--new-tokens", type=int)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 gives steadier CPU timings on a machine shared with other jobs)")
-    p.add_argument("--min-seconds", type=float, default=0.0)
-    return p
+    return add_timing_flags(p, iters=1)
 
 
 def settings(args, model: str) -> dict:

@@ -21,6 +21,7 @@ image-token count computed the way LlavaNextProcessor computes it (checked again
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import datetime as _dt
 import gc
@@ -39,10 +40,11 @@ import torch
 
 from captionlab.models.registry import ModelSpec
 from captionlab.models.tiny import TINY_TEXTS
+from captionlab.names import TRAINABLE_STRATEGIES
 
 TINY_MODELS = ("tiny", "tiny-next", "tiny-576")
 REAL_MODELS = ("llava-1.5-7b", "llava-1.6-7b")
-TRAIN_STRATEGIES = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
+TRAIN_STRATEGIES = TRAINABLE_STRATEGIES
 
 
 @dataclass
@@ -440,3 +442,26 @@ def start_bench(args) -> tuple[str, torch.device, object, "Setup"]:
     device = torch.device(args.device)
     meter = EnergyMeter(str(device)).start()
     return model, device, meter, make_setup(model, device)
+
+
+# --- the scripts' shared command line --------------------------------------------------------------------------
+
+
+def bench_parser(doc: str | None, model_help: str) -> argparse.ArgumentParser:
+    """The flags every bench script takes: --device (CUDA when present), --model, --out."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--out", default="bench/out")
+    return p
+
+
+def add_timing_flags(p: argparse.ArgumentParser, iters: int) -> argparse.ArgumentParser:
+    """--warmup, --iters, --threads and --min-seconds: how the throughput scripts time their rows."""
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=iters)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 gives steadier CPU timings on a machine shared with other jobs)")
+    p.add_argument("--min-seconds", type=float, default=0.0)
+    return p
+

@@ -28,7 +28,6 @@ tokens and ~20 one-token decoding steps. This script measures, on one device, fo
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import threading
@@ -36,7 +35,7 @@ import time
 
 import torch
 
-from bench.common import environment, free_memory, make_setup, synchronize, write_report
+from bench.common import bench_parser, environment, free_memory, make_setup, synchronize, write_report
 
 MATMUL = re.compile(r"gemm|cutlass|xmma|nvjet|cublas|matmul|aten::mm$|aten::addmm|aten::bmm|aten::linear|sm\d+_", re.I)
 NOT_KERNELS = {"Command Buffer Full"}  # CUPTI's marker for the host waiting on a full launch queue: no GPU work
@@ -368,9 +367,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--model", default=None, help="llava-1.5-7b (CUDA default), llava-1.6-7b, tiny (CPU default), ...")
+    p = bench_parser(__doc__, "llava-1.5-7b (CUDA default), llava-1.6-7b, tiny (CPU default), ...")
     p.add_argument("--batch", type=int, default=None, help="images per batch (64 on CUDA, 4 on the CPU)")
     p.add_argument("--new-tokens", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
@@ -379,7 +376,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--square", type=int, default=None, help="size of the square product (8192 on CUDA, 0 = skip)")
     p.add_argument("--square-seconds", type=float, default=3.0)
     p.add_argument("--shrink", action="store_true", help="the real model's code path with tiny widths (CPU check)")
-    p.add_argument("--out", default="bench/out")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"

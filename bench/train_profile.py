@@ -11,19 +11,16 @@ What it is for: DoRA against LoRA (the target is DoRA <= 1.3x LoRA's step time).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
-from bench.common import environment, free_memory, make_setup, write_report
+from bench.common import bench_parser, environment, free_memory, make_setup, write_report
 from bench.prefill_profile import kernel_profile, timed
-from bench.train_throughput import PRESETS, attach_with_sgd, detach, forward_context, packed_batch
+from bench.train_throughput import PRESETS, attach_with_sgd, detach, packed_batch, packed_step
 
 
 def profile_steps(setup, strategies: list[str], *, repeats: int, seed: int = 0) -> dict:
-    from captionlab.training.prefix_sharing import packed_loss_sum
-
     preset = PRESETS["tiny" if setup.name.endswith("-shrunk") else setup.name]  # shrunk: tiny sizes, as run_all
     generator = torch.Generator().manual_seed(seed)
     pixels = setup.random_pixels(preset["images"], generator)
@@ -32,14 +29,7 @@ def profile_steps(setup, strategies: list[str], *, repeats: int, seed: int = 0) 
     for name in strategies:
         model, strategy, params, optimizer, prefix, precision = attach_with_sgd(setup, name)
         batch = packed_batch(setup, prefix, pixels, captions, preset["packed_images"])
-
-        def step():
-            with forward_context(setup, precision):
-                loss, tokens = packed_loss_sum(model, batch)
-            (loss / tokens).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+        step = packed_step(setup, model, optimizer, batch, precision)
         step()  # warm-up
         seconds = timed(step, setup.device, repeats)
         peak = None
@@ -86,13 +76,10 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--model", default=None, help="llava-1.5-7b (CUDA default), tiny (CPU default), ...")
+    p = bench_parser(__doc__, "llava-1.5-7b (CUDA default), tiny (CPU default), ...")
     p.add_argument("--strategies", default="lora,dora")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--shrink", action="store_true", help="the real model's code path with tiny widths (CPU check)")
-    p.add_argument("--out", default="bench/out")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     model = args.model or ("llava-1.5-7b" if device.type == "cuda" else "tiny")

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 import torch
 
-from bench.common import (TRAIN_STRATEGIES, Setup, comparisons, environment, free_memory, measure,
-                          preset_with_overrides, print_comparisons, start_bench, with_oom_fallback, write_report)
+from bench.common import (TRAIN_STRATEGIES, Setup, add_timing_flags, bench_parser, comparisons, environment,
+                          free_memory, measure, preset_with_overrides, print_comparisons, start_bench,
+                          with_oom_fallback, write_report)
 from captionlab.training.batching import IGNORE_INDEX
 from captionlab.training.master_weights import autocast_to, keep_float32_masters
 from captionlab.training.prefix_sharing import pack_sequences, packed_loss_sum
@@ -194,6 +196,18 @@ def packed_loss(setup: Setup, model, prefix: torch.Tensor, pixels: torch.Tensor,
     return float(loss) / float(tokens), int(tokens)
 
 
+def packed_step(setup: Setup, model, optimizer, batch: dict, precision) -> Callable[[], None]:
+    """One packed training step (an image's captions after one shared prefix: `prefix_sharing`), SGD included."""
+    def step():
+        with forward_context(setup, precision):
+            loss, tokens = packed_loss_sum(model, batch)
+        (loss / tokens).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def _strategy_rows(setup: Setup, meter, name: str, model, params, optimizer, prefix, precision, pixels, captions, *,
                    captions_per_image: int, plain_batch: int, packed_images: int, warmup: int, iters: int,
                    min_seconds: float, larger_packed_images: int | None, images: int) -> list[dict]:
@@ -217,14 +231,7 @@ def _strategy_rows(setup: Setup, meter, name: str, model, params, optimizer, pre
     def run_packed(count: int) -> dict:
         batch = packed_batch(setup, prefix, pixels, captions, count)
         captions_per_step = int(batch["caption_counts"].sum())
-
-        def step():
-            with forward_context(setup, precision):
-                loss, tokens = packed_loss_sum(model, batch)
-            (loss / tokens).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+        step = packed_step(setup, model, optimizer, batch, precision)
         try:
             return measure(step, captions_per_step, setup.device, meter, warmup, iters, min_seconds)
         finally:
@@ -325,18 +332,11 @@ def interleaved_step_times(setup: Setup, strategies: list[str], *, repeats: int,
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--model", default=None, help="llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")
-    p.add_argument("--out", default="bench/out")
+    p = bench_parser(__doc__, "llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")
     p.add_argument("--strategies", default=",".join(TRAIN_STRATEGIES))
     for key in ("images", "captions_per_image", "caption_tokens", "plain_batch", "packed_images"):
         p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 gives steadier CPU timings on a machine shared with other jobs)")
-    p.add_argument("--min-seconds", type=float, default=0.0)
+    add_timing_flags(p, iters=2)
     p.add_argument("--interleave", type=int, default=0, metavar="N",
                    help="instead: N alternating per-caption / packed steps on the same captions, median step times")
     return p

@@ -160,18 +160,18 @@ def load_captioners(spec: ModelSpec, artifacts: dict[str, Path | None], settings
     for key in ordered:
         strategy = get_strategy(key)
         try:
-            if key == "full":  # its own copy of the weights
+            if strategy.own_weights:  # full fine-tuning: its own copy of the weights, not an adapter on the base
                 full = load_model(spec, device=device)
                 full.model = strategy.load(full.model, spec, Path(artifacts[key]), full.tokenizer)
                 captioners[key] = LlavaCaptioner(full, strategy, settings)
                 continue
-            if key != "zero_shot":
+            if strategy.needs_artifact():  # zero-shot is the base as is
                 base.attach(strategy, artifacts[key])
         except Exception as exc:
             if failures is None:
                 raise
             failures[key] = describe_load_failure(artifacts[key], exc)
-            if key != "full":
+            if not strategy.own_weights:
                 shared = {k: c for k, c in captioners.items() if c.base is not None}
                 base = _rebuilt_base(spec, device, {k: artifacts[k] for k in shared})
                 captioners.update({k: LlavaCaptioner(base, base.strategies.get(k, c.strategy), settings)

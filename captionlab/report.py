@@ -15,12 +15,11 @@ import re
 from pathlib import Path
 
 from captionlab import paths
+from captionlab.names import REPORTED_METRICS as METRICS
+from captionlab.names import STRATEGY_LABELS as LABELS
+from captionlab.names import STUDY_ORDER as ORDER
+from captionlab.names import ZERO_SHOT, strategy_traits
 
-DATASETS = ("coco", "nocaps", "cc3m", "vizwiz", "textcaps")
-ORDER = ("clip_captioner", "zero_shot", "prompt_learning", "prefix_tuning", "lora", "dora", "full")
-LABELS = {"clip_captioner": "CLIP-Captioner", "zero_shot": "Zero-shot", "prompt_learning": "Prompt learning",
-          "prefix_tuning": "Prefix tuning", "lora": "LoRA", "dora": "DoRA", "full": "Full fine-tuning"}
-METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CLIP-Score")
 START, END = "<!-- embedded-study:start -->", "<!-- embedded-study:end -->"
 
 
@@ -52,6 +51,11 @@ def _cell(value, metric: str) -> str:
     return f"{value:.3f}" if metric == "CLIP-Score" else f"{value:.1f}"
 
 
+def _on_llava(strategy: str) -> bool:
+    """A LLaVA row (bold where best), not the baseline's own model (its own line, never bold)."""
+    return strategy_traits(strategy).uses_llava_base
+
+
 def metrics_table(study: dict, datasets: tuple[str, ...]) -> str:
     """A table shaped like the paper's Tables 1-3; the best value of each column in bold (LLaVA rows)."""
     header = "| Model | Strategy | " + " | ".join(f"{d} {m}" for d in datasets for m in METRICS) + " |"
@@ -59,22 +63,22 @@ def metrics_table(study: dict, datasets: tuple[str, ...]) -> str:
     best = {}
     for d in datasets:
         for m in METRICS:
-            values = [study[(s, d)]["metrics"].get(m) for s in ORDER if (s, d) in study and s != "clip_captioner"]
+            values = [study[(s, d)]["metrics"].get(m) for s in ORDER if (s, d) in study and _on_llava(s)]
             values = [v for v in values if v is not None]
             best[(d, m)] = max(values) if values else None
     for strategy in ORDER:
         if not any((strategy, d) in study for d in datasets):
             continue
-        model = "CLIP-Captioner" if strategy == "clip_captioner" else "embedded tiny LLaVA"
+        model = "embedded tiny LLaVA" if _on_llava(strategy) else LABELS[strategy]
         cells = []
         for d in datasets:
             for m in METRICS:
                 value = study.get((strategy, d), {}).get("metrics", {}).get(m)
                 text = _cell(value, m)
-                if value is not None and strategy != "clip_captioner" and value == best[(d, m)]:
+                if value is not None and _on_llava(strategy) and value == best[(d, m)]:
                     text = f"**{text}**"
                 cells.append(text)
-        label = "-" if strategy == "clip_captioner" else LABELS[strategy]
+        label = LABELS[strategy] if _on_llava(strategy) else "-"  # the baseline is its own model: no strategy
         lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -169,7 +173,7 @@ def checks(study: dict, checkpoints: Path) -> list[str]:
     from captionlab.world.vocabulary import NOVEL_KINDS
 
     out = []
-    zero = study.get(("zero_shot", "coco"))
+    zero = study.get((ZERO_SHOT, "coco"))
     if zero:
         refs = [r for rs in zero["references"].values() for r in rs]
         out.append(f"Zero-shot captions on coco average {mean_words(zero['predictions'].values()):.1f} words against "

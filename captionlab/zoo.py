@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from captionlab import paths
+from captionlab.names import CLIP_CAPTIONER, COMPARE_ORDER, TRAINABLE_STRATEGIES
 
 STEPS = ["world", "clip", "base", "personalize", "clip_captioner", "evaluate", "checks", "report"]
 CLIP_EPOCHS = 6  # over 9000 images (coco train and both pretraining pools): 426 steps
@@ -29,7 +30,7 @@ CLIP_EPOCHS = 6  # over 9000 images (coco train and both pretraining pools): 426
 # raw pixels, and the personalised captions repeated a likely kind. At 5e-4 the probe gets 43%
 # (bench/clip_probe.py, bench/RESULTS.md "Tiny CLIP").
 CLIP_LR = 5e-4
-PERSONALIZED = ["prompt_learning", "prefix_tuning", "lora", "dora", "full"]
+PERSONALIZED = TRAINABLE_STRATEGIES
 
 
 def _say(message: str) -> None:
@@ -213,12 +214,11 @@ def step_clip_captioner(out: Path) -> None:
 def step_evaluate(out: Path) -> None:
     """All seven captioners on all five domains; results.json + predictions shipped under results/."""
     from captionlab.evaluation.evaluator import DEFAULT_DATASETS, evaluate_grid
-    from captionlab.strategies import PAPER_STRATEGIES
 
     results_dir = out / "results"
     db_path = paths.workspace() / "zoo_results.db"
     grid = evaluate_grid(
-        "embedded", strategies=[*PAPER_STRATEGIES, "clip_captioner"], datasets=DEFAULT_DATASETS,
+        "embedded", strategies=COMPARE_ORDER, datasets=DEFAULT_DATASETS,
         checkpoints=out, config_path=world_config(), db_path=db_path,
         on_skip=lambda what, why: _say(f"evaluate: skipped {what}: {why}"),
         on_result=lambda r: _say(f"evaluate {r.strategy} on {r.dataset}: CIDEr {r.metrics.get('CIDEr')}"),
@@ -287,7 +287,7 @@ def write_manifest(out: Path) -> Path:
         if file.is_file() and file.name != "manifest.json":
             files[str(file.relative_to(out))] = hashlib.sha256(file.read_bytes()).hexdigest()
     recipes = {s: {"recipe": f"embedded/{s}", "config_sha256": recipe_hash(f"embedded/{s}")}
-               for s in [*PERSONALIZED, "clip_captioner"] if (out / "runs" / s / "config.yaml").exists()}
+               for s in [*PERSONALIZED, CLIP_CAPTIONER] if (out / "runs" / s / "config.yaml").exists()}
     manifest = out / "manifest.json"
     manifest.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True) + "\n")
     return manifest

@@ -47,6 +47,13 @@ def tiny_llava_next_dir(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh workspace (CAPTIONLAB_HOME) for one test; test files that need more of it override this."""
+    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
 def tiny_images():
     from PIL import Image
 

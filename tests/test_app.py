@@ -18,12 +18,6 @@ sys.path.insert(0, str(ROOT))  # app.py lives at the project root
 import app as app_module  # noqa: E402
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def write_png(path: Path, size=(40, 30), colour=(200, 30, 30)) -> Path:
     from PIL import Image
 
@@ -107,7 +101,7 @@ def test_a_missing_base_model_is_explained_for_every_strategy(home, tmp_path):
 
 
 def test_artifacts_are_found_in_strategies_folders_and_run_folders(tmp_path):
-    from captionlab.service.compare import find_artifact
+    from captionlab.artifacts import search_artifact as find_artifact  # the one search (was compare.find_artifact)
 
     shipped = tmp_path / "strategies" / "lora"
     shipped.mkdir(parents=True)

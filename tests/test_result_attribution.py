@@ -17,12 +17,6 @@ SHIPPED = ROOT / "checkpoints" / "embedded"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CAPTIONLAB_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-@pytest.fixture
 def study(tmp_path) -> Path:
     """A checkpoints folder laid out as the zoo ships it: LoRA's artifact, its run record, its coco result,
     the result recording the path it was evaluated at on the machine that built it."""

@@ -21,7 +21,7 @@ from PIL import Image
 from captionlab.baseline.features import (CaptionTokenizer, ClipCaptionerError, GridFeatureExtractor,
                                           load_grid_encoder)
 from captionlab.baseline.model import ClipCaptionModel
-from captionlab.baseline.training import ClipCaptionerStrategy, load_artifact_tokenizer, read_card
+from captionlab.strategies.clip_captioner import ClipCaptionerStrategy, load_artifact_tokenizer, read_card
 
 DEFAULT_BEAM_SIZE = 5
 DEFAULT_MAX_LENGTH = 20

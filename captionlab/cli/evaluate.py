@@ -35,9 +35,8 @@ from pathlib import Path
 
 from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
 from captionlab.cli import UserError
+from captionlab.names import METRIC_COLUMNS
 
-METRIC_COLUMNS = [("B-4", "BLEU-4"), ("M", "METEOR"), ("R", "ROUGE-L"), ("C", "CIDEr"), ("S", "SPICE"),
-                  ("CLIP-S", "CLIP-Score")]
 TABLES = [("Table 1: in-domain", ["coco"]), ("Table 2: out-of-domain", ["nocaps", "cc3m"]),
           ("Table 3: out-of-domain", ["vizwiz", "textcaps"])]
 

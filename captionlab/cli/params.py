@@ -1,6 +1,7 @@
 """`python -m captionlab params --model M`: trainable parameters per strategy, without any weights.
 
-The model is built on the meta device from its shipped config, each strategy applied in turn.
+The model is built on the meta device from its shipped config, each strategy applied in turn
+(`captionlab.strategies.counting`, which the Energy tab's service reads too).
 Prompt learning's count is its prompt's length in tokens: from the registry (the 7B models), else
 from the tokenizer beside the weights (the embedded model), as the trainer gets it. LoRA and DoRA
 are counted twice: on the LLM's seven projections (what captionlab trains, Table 4's count) and
@@ -31,60 +32,6 @@ NOTES = (
     "`lora_targets: all_linear`)",
     "full fine-tuning trains the LLM and the projector; the vision tower stays frozen",
 )
-ALL_LINEAR = "all_linear"
-ALL_LINEAR_STRATEGIES = ("lora", "dora")
-
-
-def prompt_tokenizer(spec):
-    """The tokenizer that tells prompt learning its prompt's length, or None where the registry knows it.
-
-    Only the tokenizer files are read (never the weights); a model without them gives None, and
-    prompt learning then says it needs one.
-    """
-    from captionlab.models.loading import weights_folder
-    from captionlab.models.registry import ModelNotFoundError
-
-    if spec.prompt_token_count is not None:
-        return None
-    try:
-        folder = weights_folder(spec)
-    except ModelNotFoundError:
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError):  # a weights folder without tokenizer files
-        return None
-
-
-def count_trainable(model_name: str) -> dict[str, int]:
-    """Trainable parameters of each paper strategy (and the model's total) on the meta device."""
-    from captionlab.models.loading import build_random_model
-    from captionlab.models.registry import get_model_spec
-    from captionlab.strategies import PAPER_STRATEGIES, get_strategy
-
-    spec = get_model_spec(model_name)
-    tokenizer = prompt_tokenizer(spec)
-    counts: dict[str, int] = {"total": sum(p.numel() for p in build_random_model(spec, "meta").parameters())}
-    for name in PAPER_STRATEGIES:
-        strategy = get_strategy(name)
-        model = strategy.apply(build_random_model(spec, "meta"), spec, tokenizer)
-        counts[name] = sum(p.numel() for _, p in strategy.trainable_parameters(model))
-    for name in ALL_LINEAR_STRATEGIES:
-        strategy = get_strategy(name, targets=ALL_LINEAR)
-        model = strategy.apply(build_random_model(spec, "meta"), spec, tokenizer)
-        counts[f"{name}:{ALL_LINEAR}"] = sum(p.numel() for _, p in strategy.trainable_parameters(model))
-    return counts
-
-
-def count_label(key: str) -> str:
-    """A count's row label: the strategy's, with `(all linear)` for the all_linear counts."""
-    from captionlab.strategies import STRATEGIES
-
-    name, _, targets = key.partition(":")
-    label = STRATEGIES[name].label if name in STRATEGIES else name
-    return f"{label} (all linear)" if targets == ALL_LINEAR else label
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from captionlab.cli import UserError
     from captionlab.models.registry import ModelNotFoundError
     from captionlab.strategies import StrategyError
+    from captionlab.strategies.counting import count_label, count_trainable
 
     warnings.filterwarnings("ignore")
     try:

@@ -32,9 +32,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captionlab.names import LOWER_IS_BETTER  # noqa: F401  (CHAIR: the lower the better)
+
 SYNONYMS_PATH = Path(__file__).resolve().parent / "chair_data" / "synonyms.txt"
 CHAIR_METRICS = ("CHAIR-i", "CHAIR-s", "Object-Recall")
-LOWER_IS_BETTER = ("CHAIR-i", "CHAIR-s")
 
 # The authors' two-word COCO names, read as one word (their list, duplicates dropped).
 COCO_DOUBLE_WORDS = (

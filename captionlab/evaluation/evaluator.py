@@ -1,4 +1,4 @@
-"""One evaluation, end to end: captions -> metrics -> CLIP-Score -> results store.
+"""One evaluation, end to end, in four steps: resolve -> caption -> score -> record.
 
     result = evaluate("llava-1.5-7b", "lora", "coco", checkpoint="workspace/runs/lora-1")
     result.metrics          # paper scale: {"BLEU-4": 31.9, ..., "CLIP-Score": 0.774}
@@ -13,7 +13,12 @@ What is evaluated:
 - the dataset: a config name or `FORMAT:PATH` (`captionlab.data.datasets.resolve_dataset`); the
   split defaults to the config's, then `test` for COCO Karpathy, else every record.
 
-Outputs, in `out_dir` (default `<workspace>/evaluations/<model>/<strategy>/<dataset>-<split>/` for
+The steps: `resolve_job` (model, checkpoint, records, captioner, output folder: an `EvaluationJob`),
+`caption_job` (resumable predictions, energy measured), `score_job` (every metric group of
+`metric_groups.METRIC_GROUPS`: the reference metrics, CLIP-Score, and any group added there) and
+`record_job` (results.json, the database row, the `EvaluationResult`). `evaluate` runs them in turn.
+
+Outputs (named by `outputs`), in `out_dir` (default `<workspace>/evaluations/<model>/<strategy>/<dataset>-<split>/` for
 zero-shot and the shipped checkpoints, `.../<strategy>/<checkpoint>/<dataset>-<split>/` for any other):
 `predictions.jsonl` (resumable, see `generation`), `results.json` (the result row plus per-image
 scores for the app's drill-down: the five reference metrics x100, CLIP-Score and RefCLIP-Score
@@ -31,8 +36,6 @@ sessions included) plus this call's scoring; energy is the captioning's, measure
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,19 +43,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from captionlab import paths
-from captionlab.evaluation.chair import CHAIR_METRICS
+from captionlab import names
 # What is evaluated (model, checkpoint) is resolved in `targets`; EvaluationError, raised there
 # first, is this module's error too (callers import it from either).
-from captionlab.evaluation.targets import (CLIP_CAPTIONER, EMBEDDED_MODEL, EvaluationError, ModelTarget,
-                                           discover_checkpoint, is_embedded_model, is_shipped_checkpoint,
-                                           resolve_checkpoint, resolve_model)
+from captionlab.evaluation.targets import (EMBEDDED_MODEL, EvaluationError, ModelTarget, discover_checkpoint,
+                                           is_embedded_model, resolve_checkpoint, resolve_model)
+from captionlab.evaluation.metric_groups import (GroupScores, ScoringError, ScoringInput, Unavailable,
+                                                 score_predictions)
+# Output naming lives in `outputs`; its names are this module's too (callers import them from either).
+from captionlab.evaluation.outputs import (PREDICTIONS_NAME, RESULTS_NAME, artifact_stamp,  # noqa: F401
+                                           checkpoint_folder_name, default_out_dir)
+from captionlab.evaluation.chair import CHAIR_METRICS
+from captionlab.names import REPORTED_METRICS
 
-CLIP_CAPTIONER_LABEL = "CLIP-Captioner"
-# The metrics an evaluation reports, under the names the paper's tables and the results store use.
-REPORTED_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CLIP-Score")
-PREDICTIONS_NAME = "predictions.jsonl"
-DEFAULT_DATASETS = ("coco", "nocaps", "cc3m", "vizwiz", "textcaps")
+DEFAULT_DATASETS = tuple(names.DATASETS)
 
 
 @dataclass
@@ -173,44 +177,37 @@ class CaptionerPool:
         return LazyCaptioner(key, get_strategy(key).label, lambda: self._load_all()[key])
 
 
-def _clip_captioner(folder: Path, device: str | None = None, batch_size: int = 32) -> LazyCaptioner:
-    """The CLIP-Captioner baseline (`captionlab.baseline`), imported and loaded on first use."""
+def _strategy_class(key: str):
+    from captionlab.strategies import strategy_class
+
+    return strategy_class(key)
+
+
+def _own_captioner(key: str, folder: Path, device: str | None = None, batch_size: int = 32) -> LazyCaptioner:
+    """The captioner of a strategy with its own model (the CLIP-Captioner baseline), loaded on first use."""
+    cls = _strategy_class(key)
+
     def load():
         try:
-            from captionlab.baseline import load_clip_captioner
+            return cls.load_captioner(folder, device=device, batch_size=batch_size)
         except ImportError as exc:
-            raise EvaluationError(f"cannot load the CLIP-Captioner from {folder}: the baseline is not available "
+            raise EvaluationError(f"cannot load the {cls.label} from {folder}: it is not available "
                                   f"in this build ({exc})") from None
-        from captionlab.strategies import StrategyError
+        except cls.load_errors() as exc:
+            raise EvaluationError(f"cannot load the {cls.label} from {folder}: {exc}") from exc
 
-        expected: tuple[type[BaseException], ...] = (StrategyError, FileNotFoundError, ValueError, OSError, KeyError)
-        try:
-            from captionlab.baseline.captioner import ClipCaptionerError
-
-            expected += (ClipCaptionerError,)
-        except ImportError:
-            pass
-        try:
-            return load_clip_captioner(folder, device=device, batch_size=batch_size)
-        except expected as exc:
-            raise EvaluationError(f"cannot load the CLIP-Captioner from {folder}: {exc}") from exc
-
-    return LazyCaptioner(CLIP_CAPTIONER, CLIP_CAPTIONER_LABEL, load)
+    return LazyCaptioner(key, cls.label, load)
 
 
 def strategy_label(key: str) -> str:
-    if key == CLIP_CAPTIONER:
-        return CLIP_CAPTIONER_LABEL
-    from captionlab.strategies import STRATEGIES
-
-    return STRATEGIES[key].label if key in STRATEGIES else key
+    return names.strategy_label(key)
 
 
 def check_strategy(key: str) -> None:
     from captionlab.strategies import STRATEGIES
 
-    if key != CLIP_CAPTIONER and key not in STRATEGIES:
-        raise EvaluationError(f"unknown strategy {key!r}; choose one of {', '.join([*STRATEGIES, CLIP_CAPTIONER])}")
+    if key not in STRATEGIES:
+        raise EvaluationError(f"unknown strategy {key!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 # --- CLIP-Score ----------------------------------------------------------------------------------
@@ -218,79 +215,13 @@ def check_strategy(key: str) -> None:
 
 def resolve_clip_encoder(embedded: bool, device: str | None = None):
     """(encoder, None) or (None, why CLIP-Score is unavailable): the embedded tiny CLIP for the
-    embedded model, open_clip ViT-B/32 with OpenAI's weights for every other model."""
-    from captionlab.evaluation import clipscore
+    embedded model, open_clip ViT-B/32 with OpenAI's weights for every other model (`clip_choice`)."""
+    from captionlab.evaluation.clip_choice import clip_encoder_for
 
-    if embedded:
-        folder = clipscore.embedded_clip_folder()
-        if not (folder / "config.json").is_file():
-            return None, (f"the embedded tiny CLIP is not built ({folder} is missing): "
-                          "run `python -m train zoo` to build the embedded study")
-        try:
-            return clipscore.embedded_clip_encoder(folder, device=device or "cpu"), None
-        except Exception as exc:  # a broken folder: say so instead of failing the evaluation
-            return None, f"the embedded tiny CLIP in {folder} cannot be loaded: {type(exc).__name__}: {exc}"
-    try:
-        clipscore.openclip_weights_path()
-    except clipscore.ClipWeightsNotFound as exc:
-        return None, str(exc)
-    try:
-        import open_clip  # noqa: F401
-    except ImportError as exc:
-        return None, f"open_clip is not installed ({exc}); it is pinned in requirements.txt"
-    return clipscore.OpenClipEncoder(device=device), None
+    return clip_encoder_for(embedded, device)
 
 
 # --- the evaluation ------------------------------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
-    if slug != text or len(slug) > 60:
-        slug = f"{slug[-48:].strip('._')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-    return slug
-
-
-def default_out_dir(model: str, strategy: str, dataset: str, split: str, artifact: Path | None = None) -> Path:
-    """`<workspace>/evaluations/<model>/<strategy>/[<checkpoint>/]<dataset>-<split>/`: one folder per
-    checkpoint, so evaluating another one never replaces this one's results (see `checkpoint_folder_name`)."""
-    folder = paths.workspace() / "evaluations" / _slug(model) / _slug(strategy)
-    name = checkpoint_folder_name(artifact)
-    if name is not None:
-        folder = folder / name
-    return folder / _slug(f"{dataset}-{split}")
-
-
-def checkpoint_folder_name(artifact: Path | None) -> str | None:
-    """The folder name that tells `artifact`'s evaluations apart from any other checkpoint's.
-
-    None for the base model (zero-shot) and the embedded study's shipped checkpoints: their
-    evaluations stay where they always were. A run of the workspace gives its id and which of
-    its checkpoints (`<run_id>-best`); any other folder its name and a hash of its whole path,
-    as two folders can share a name (every run has an `artifact/`).
-    """
-    if artifact is None:
-        return None
-    artifact = Path(artifact).expanduser().resolve()
-    if is_shipped_checkpoint(artifact):
-        return None
-    runs = paths.runs_dir().resolve()
-    if artifact.is_relative_to(runs):
-        return _slug("-".join(part for part in artifact.relative_to(runs).parts if part != "artifact"))
-    name = f"{artifact.parent.parent.name}-{artifact.parent.name}" if artifact.name == "artifact" else artifact.name
-    return f"{_slug(name)[:40]}-{hashlib.sha1(str(artifact).encode()).hexdigest()[:8]}"
-
-
-def _stamp(folder: Path | None) -> str | None:
-    """Changes whenever a file of the artifact does (a run's best/ is replaced as training goes on)."""
-    if folder is None or not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    digest = hashlib.sha1()
-    for p in files:
-        st = p.stat()
-        digest.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 def _records(spec, split: str | None, skip_missing: bool):
@@ -306,6 +237,39 @@ def _records(spec, split: str | None, skip_missing: bool):
         found = sorted({r.split for r in records})
         wanted = found[0] if len(found) == 1 else "all"
     return records, wanted, report
+
+
+@dataclass
+class EvaluationJob:
+    """What one evaluation resolved before it captions: the model, checkpoint, records, captioner and folder."""
+
+    strategy: str
+    target: ModelTarget
+    artifact: Path | None
+    dataset: Any  # captionlab.data.datasets.DatasetSpec
+    records: list
+    split: str
+    read_report: Any  # captionlab.data.errors.ReadReport
+    captioner: Any
+    label: str
+    folder: Path
+    settings: Any  # captionlab.captioner.GenerationSettings
+    split_images: int  # the split as its file lists it (before --limit, broken images included)
+    limit: int | None = None
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.folder / PREDICTIONS_NAME
+
+    def meta(self) -> dict:
+        """What the predictions were made with (`generation` resumes only predictions made the same way)."""
+        spec, settings = self.target.spec, self.settings
+        return {"model": self.target.label,
+                "model_source": None if spec is None else str(spec.weights_dir or spec.hf_id),
+                "strategy": self.strategy, "checkpoint": None if self.artifact is None else str(self.artifact),
+                "checkpoint_stamp": artifact_stamp(self.artifact), "prompt": settings.prompt,
+                "max_new_tokens": settings.max_new_tokens, "dataset": self.dataset.name,
+                "annotations": str(self.dataset.annotations), "images": str(self.dataset.images), "split": self.split}
 
 
 def evaluate(
@@ -331,7 +295,7 @@ def evaluate(
     artifact: Path | None = None,
     instances: Sequence[str | Path] | None = None,
 ) -> EvaluationResult | None:
-    """Evaluate `strategy` on `model` over `dataset` (see the module docstring).
+    """Evaluate `strategy` on `model` over `dataset` (see the module docstring): resolve -> caption -> score -> record.
 
     `settings`: a `GenerationSettings` (prompt, max_new_tokens, batch_size); `clip_encoder`: None
     picks one (see `resolve_clip_encoder`), False turns CLIP-Score off, else a `ClipEncoder`;
@@ -339,24 +303,43 @@ def evaluate(
     leave out (and count) broken image files instead of stopping; `record=False` writes
     results.json but no database row; `instances`: COCO instance annotation files for CHAIR (default: the
     `instances_*.json` beside a Karpathy file; see `chair`). Raises EvaluationError for a bad model, checkpoint or
-    dataset.
-    Under a distributed launch the processes share the captioning (`sharding`) and only the main one
+    dataset. Under a distributed launch the processes share the captioning (`sharding`) and only the main one
     scores and records: the others return None.
     """
+    started = time.perf_counter()
+    job = resolve_job(model, strategy, dataset, checkpoint=checkpoint, images=images, config_path=config_path,
+                      split=split, limit=limit, out_dir=out_dir, settings=settings, device=device, captioner=captioner,
+                      skip_broken=skip_broken, target=target, artifact=artifact)
+    warm = _warm_meteor(job.records)
+    try:
+        predictions, energy = caption_job(job, device, skip_broken, progress)
+    except BaseException:
+        warm.close()  # a clean exit: a failure here is not METEOR's, its warm JVM stays usable
+        raise
+    if predictions is None:  # another process of a distributed launch: the main one scores and records
+        warm.close()
+        return None
+    with warm:
+        scores = score_job(job, predictions, clip_encoder, device, instances)
+    return record_job(job, predictions, scores, energy, started, record=record, db_path=db_path)
+
+
+def resolve_job(model: str, strategy: str, dataset: str, *, checkpoint=None, images=None, config_path=None,
+                split=None, limit=None, out_dir=None, settings=None, device=None, captioner=None,
+                skip_broken: bool = False, target: ModelTarget | None = None,
+                artifact: Path | None = None) -> EvaluationJob:
+    """Step 1: the model, the checkpoint, the records, the captioner (loaded on first use) and the folder."""
     from captionlab.captioner import GenerationSettings
     from captionlab.data.datasets import ensure_embedded_world, resolve_dataset
     from captionlab.data.errors import DatasetError
-    from captionlab.evaluation import generation, sharding
-    from captionlab.evaluation.results import collect_metrics, record_result, write_results_json
-    from captionlab.training.energy import EnergyMeter
 
-    started = time.perf_counter()
     settings = settings or GenerationSettings()
     check_strategy(strategy)
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be at least 1, got {limit}")
+    own_model = not _strategy_class(strategy).uses_llava_base
     if target is None:
-        if captioner is not None or strategy == CLIP_CAPTIONER:
+        if captioner is not None or own_model:
             target = ModelTarget(label=EMBEDDED_MODEL if is_embedded_model(model) else str(model),
                                  embedded=is_embedded_model(model))
         else:
@@ -372,79 +355,78 @@ def evaluate(
     except DatasetError as exc:
         raise EvaluationError(str(exc)) from None
     records, split_label, read_report = _records(spec, split, skip_broken)
-    split_images = len(records) + read_report.missing_images  # the split as its file lists it
+    split_images = len(records) + read_report.missing_images
     if limit is not None:
         records = records[:limit]
     if not records:
         raise EvaluationError(f"{spec.annotations} has no images in split {split_label!r} to evaluate")
-
     if captioner is None:
-        if strategy == CLIP_CAPTIONER:
-            captioner = _clip_captioner(artifact, device, settings.batch_size)
+        if own_model:
+            captioner = _own_captioner(strategy, artifact, device, settings.batch_size)
         else:
             captioner = CaptionerPool(target, {strategy: artifact}, settings, device).captioner(strategy)
     label = getattr(captioner, "name", None) or strategy_label(strategy)
-
     folder = (Path(out_dir) if out_dir is not None
               else default_out_dir(target.label, strategy, spec.name, split_label, artifact))
-    predictions_path = folder / PREDICTIONS_NAME
-    meta = {"model": target.label,
-            "model_source": None if target.spec is None else str(target.spec.weights_dir or target.spec.hf_id),
-            "strategy": strategy, "checkpoint": None if artifact is None else str(artifact),
-            "checkpoint_stamp": _stamp(artifact), "prompt": settings.prompt,
-            "max_new_tokens": settings.max_new_tokens, "dataset": spec.name, "annotations": str(spec.annotations),
-            "images": str(spec.images), "split": split_label}
+    return EvaluationJob(strategy, target, artifact, spec, records, split_label, read_report, captioner, label,
+                         folder, settings, split_images, limit)
+
+
+def _warm_meteor(records) -> contextlib.ExitStack:
+    """METEOR's JVM loads its tables while captions are made (when any image has references; on the process that
+    scores, under a distributed launch)."""
+    from captionlab.evaluation import sharding
+
     warm = contextlib.ExitStack()
-    if any(r.references for r in records) and sharding.is_main_process():  # METEOR's JVM loads its tables while captions are made
+    if any(r.references for r in records) and sharding.is_main_process():
         from captionlab.evaluation.metrics import meteor_session
 
         warm.enter_context(meteor_session())
+    return warm
+
+
+def caption_job(job: EvaluationJob, device: str | None, skip_broken: bool,
+                progress: Callable[[int, int], None] | None = None):
+    """Step 2: (predictions, the energy meter's description): resumable, energy measured while captioning; under a
+    distributed launch shared by the processes (`sharding`), and (None, None) on all but the main one."""
+    from captionlab.evaluation import generation, sharding
+    from captionlab.training.energy import EnergyMeter
+
+    meter = EnergyMeter(device).start()
     try:
-        meter = EnergyMeter(device).start()
-        try:
-            predictions = sharding.generate_predictions(
-                captioner, records, predictions_path, settings.batch_size, progress=progress,
-                skip_broken=skip_broken, meta=meta, energy_meter=meter)
-        except generation.GenerationError as exc:
-            raise EvaluationError(f"{exc} (pass --skip-broken to leave broken images out)") from None
-        if predictions is None:  # another process of a distributed launch: the main one scores and records
-            warm.close()
-            return None
-        if not predictions:
-            raise EvaluationError(f"no image of {spec.name} ({split_label}) could be captioned: "
-                                  + "; ".join(s.reason for s in predictions.skipped[:3]))
-    except BaseException:
-        warm.close()  # a clean exit: a failure here is not METEOR's, its warm JVM stays usable
-        raise
-    with warm:
-        by_id = {r.image_id: r for r in records}
-        ids = list(predictions)
-        references = {k: list(by_id[k].references) for k in ids}
-        metric_report = _score(predictions, references)
-    clip_report, clip_name, clip_reason, clip_seconds = _clip(target, clip_encoder, device, ids, by_id, predictions,
-                                                             references)
-    metrics, unavailable = collect_metrics(metric_report, clip_report)
-    if clip_reason:
-        for name in ("CLIP-Score", "RefCLIP-Score"):
-            if name not in metrics:
-                unavailable.setdefault(name, clip_reason)
-    elif clip_report is not None and "RefCLIP-Score" not in metrics:
-        unavailable.setdefault("RefCLIP-Score", "no image has references")
+        predictions = sharding.generate_predictions(
+            job.captioner, job.records, job.predictions_path, job.settings.batch_size, progress=progress,
+            skip_broken=skip_broken, meta=job.meta(), energy_meter=meter)
+    except generation.GenerationError as exc:
+        raise EvaluationError(f"{exc} (pass --skip-broken to leave broken images out)") from None
+    if predictions is None:
+        return None, None
+    if not predictions:
+        raise EvaluationError(f"no image of {job.dataset.name} ({job.split}) could be captioned: "
+                              + "; ".join(s.reason for s in predictions.skipped[:3]))
+    return predictions, meter.describe()
 
-    from captionlab.evaluation.chair import chair_for_evaluation
 
-    chair = chair_for_evaluation(spec, records, {k: predictions[k] for k in ids}, instances)
-    metrics.update(chair.metrics)
-    unavailable.update(chair.unavailable)
-    per_image = metric_report.per_image_paper_scale() | chair.per_image
-    if clip_report is not None:
-        per_image["CLIP-Score"] = dict(clip_report.per_image)
-        if clip_report.per_image_ref:
-            per_image["RefCLIP-Score"] = dict(clip_report.per_image_ref)
+def score_job(job: EvaluationJob, predictions, clip_encoder=None, device: str | None = None,
+              instances: Sequence[str | Path] | None = None) -> GroupScores:
+    """Step 3: every metric group (`metric_groups.METRIC_GROUPS`) on the captions."""
+    by_id = {r.image_id: r for r in job.records}
+    ids = list(predictions)
+    inputs = ScoringInput(predictions={k: predictions[k] for k in ids},
+                          references={k: list(by_id[k].references) for k in ids},
+                          images={k: by_id[k].image_path for k in ids}, embedded=job.target.embedded,
+                          device=device, clip_encoder=clip_encoder, records={k: by_id[k] for k in ids},
+                          dataset=job.dataset, instances=instances)
+    try:
+        return score_predictions(inputs)
+    except ScoringError as exc:
+        raise EvaluationError(str(exc)) from None
 
-    notes = list(read_report.notes()) + list(metric_report.notes)
+
+def _notes(job: EvaluationJob, predictions, scores: GroupScores) -> list[str]:
+    notes = list(job.read_report.notes()) + list(scores.notes)
     if predictions.resumed:
-        notes.append(f"resumed: {predictions.resumed} caption(s) read back from {predictions_path}, "
+        notes.append(f"resumed: {predictions.resumed} caption(s) read back from {job.predictions_path}, "
                      f"{predictions.generated} generated now")
     if predictions.stale_file is not None:
         notes.append(f"earlier predictions made with other settings moved to {predictions.stale_file}")
@@ -452,86 +434,58 @@ def evaluate(
         notes.append(f"skipped {len(predictions.skipped)} broken image(s), e.g. {predictions.skipped[0].path}")
     if predictions.cut:
         notes.append(f"{predictions.cut} of {len(predictions)} caption(s) reached max_new_tokens="
-                     f"{settings.max_new_tokens} unfinished and were cut (this shortens them, which BLEU's brevity "
+                     f"{job.settings.max_new_tokens} unfinished and were cut (this shortens them, which BLEU's brevity "
                      "and CIDEr-D's length penalties feel): raise --max-new-tokens to let them end")
-    energy = meter.describe()
-    by_domain = _by_domain(records, predictions, references, per_image)
-    seconds = predictions.seconds + metric_report.seconds + clip_seconds
+    return notes
+
+
+_GROUP_EXTRA_FIRST = ("lengths", "n_scored_images", "excluded_no_references")  # where results.json has kept them
+_GROUP_EXTRA_TIMES = ("seconds_metrics", "seconds_clip")
+
+
+def record_job(job: EvaluationJob, predictions, scores: GroupScores, energy: dict, started: float, *,
+               record: bool = True, db_path: str | Path | None = None) -> EvaluationResult:
+    """Step 4: results.json, the results database's row (unless `record=False`) and the EvaluationResult."""
+    from captionlab.evaluation.results import ResultRow, record_result, write_results_json
+
+    settings, notes = job.settings, _notes(job, predictions, scores)
+    seconds = predictions.seconds + scores.seconds
+    group_extra = dict(scores.extra)
     extra = {
-        "strategy_label": label, "limit": limit, "out_dir": str(folder),
-        "split_images": split_images, "missing_images": read_report.missing_images,
+        "strategy_label": job.label, "limit": job.limit, "out_dir": str(job.folder),
+        "split_images": job.split_images, "missing_images": job.read_report.missing_images,
         "settings": {"prompt": settings.prompt, "max_new_tokens": settings.max_new_tokens,
                      "batch_size": settings.batch_size},
-        "lengths": {"mean_prediction_words": metric_report.lengths.mean_prediction_words,
-                    "mean_reference_words": metric_report.lengths.mean_reference_words},
-        "n_scored_images": metric_report.n_images, "excluded_no_references": [str(k) for k in metric_report.excluded_no_references],
+        **{key: group_extra.pop(key) for key in _GROUP_EXTRA_FIRST if key in group_extra},
         "resumed": predictions.resumed, "generated": predictions.generated,
         "cut_at_max_new_tokens": predictions.cut,
         "skipped": [s.__dict__ for s in predictions.skipped],
-        "seconds_generation": predictions.seconds, "seconds_metrics": metric_report.seconds,
-        "seconds_clip": clip_seconds, "seconds_wall_this_call": time.perf_counter() - started,
+        "seconds_generation": predictions.seconds,
+        **{key: group_extra.pop(key, 0.0) for key in _GROUP_EXTRA_TIMES},
+        "seconds_wall_this_call": time.perf_counter() - started,
         "energy_scope": "caption generation", "energy_label": energy["label"], "energy_device": energy["device"],
-        "notes": notes, **by_domain,
+        "notes": notes, **group_extra,
     }
     energy_j = predictions.joules
-    row_kwargs = dict(model=target.label, strategy=strategy, dataset=spec.name, split=split_label,
-                      metrics=metrics, n_images=len(predictions), unavailable=unavailable,
-                      checkpoint=None if artifact is None else str(artifact), seconds=seconds,
-                      energy_j=energy_j, energy_method=energy["method"] if energy_j is not None else None,
-                      clip_encoder=clip_name, predictions_path=str(predictions_path), extra=extra)
+    checkpoint = None if job.artifact is None else str(job.artifact)
+    row_kwargs = dict(model=job.target.label, strategy=job.strategy, dataset=job.dataset.name, split=job.split,
+                      metrics=scores.metrics, n_images=len(predictions), unavailable=scores.unavailable,
+                      checkpoint=checkpoint, seconds=seconds, energy_j=energy_j,
+                      energy_method=energy["method"] if energy_j is not None else None,
+                      clip_encoder=scores.clip_encoder, predictions_path=str(job.predictions_path), extra=extra)
     result_id = record_result(**row_kwargs, db_path=db_path) if record else None
-    from captionlab.evaluation.results import ResultRow
-
     row = ResultRow(**row_kwargs, id=result_id,
                     created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"))
-    results_path = write_results_json(folder / "results.json", row, per_image=per_image,
-                                      hallucinated=chair.hallucinated if chair.metrics else None)
+    results_path = write_results_json(job.folder / RESULTS_NAME, row, per_image=scores.per_image,
+                                      hallucinated=scores.hallucinated)
     return EvaluationResult(
-        model=target.label, strategy=strategy, strategy_label=label, dataset=spec.name, split=split_label,
-        checkpoint=row.checkpoint, metrics=metrics, unavailable=unavailable, n_images=len(predictions),
-        predictions=dict(predictions), predictions_path=predictions_path, results_path=results_path,
-        seconds=seconds, energy_j=energy_j, energy_method=row.energy_method, energy_label=energy["label"],
-        clip_encoder=clip_name, result_id=result_id, resumed=predictions.resumed, generated=predictions.generated,
-        skipped=list(predictions.skipped), notes=notes, per_image=per_image, extra=extra)
-
-
-def _by_domain(records, predictions, references, per_image) -> dict:
-    """by_domain, its scope and each image's domain for a benchmark whose images have domains (nocaps), else {}."""
-    from captionlab.evaluation.by_domain import domain_extra
-
-    return domain_extra(records, dict(predictions), references, per_image)
-
-
-def _score(predictions: dict, references: dict):
-    from captionlab.evaluation.metrics import TokenizerError, score_captions
-
-    try:
-        return score_captions(predictions, references)
-    except TokenizerError as exc:
-        raise EvaluationError(f"cannot score captions: {exc}") from None
-
-
-def _clip(target, clip_encoder, device, ids, by_id, predictions, references):
-    """(report or None, encoder name, reason when unavailable, seconds)."""
-    from captionlab.evaluation.clipscore import clip_score
-
-    if clip_encoder is False:
-        return None, None, "CLIP-Score not requested", 0.0
-    if isinstance(clip_encoder, _Unavailable):
-        return None, None, clip_encoder.reason, 0.0
-    reason = None
-    if clip_encoder is None:
-        clip_encoder, reason = resolve_clip_encoder(target.embedded, device)
-    if clip_encoder is None:
-        return None, None, reason, 0.0
-    started = time.perf_counter()
-    try:
-        report = clip_score(clip_encoder, {k: by_id[k].image_path for k in ids}, {k: predictions[k] for k in ids},
-                            references)
-    except Exception as exc:  # CLIP-Score is reported unavailable with why, never made up
-        name = getattr(clip_encoder, "name", None)
-        return None, name, f"CLIP-Score failed with {name}: {type(exc).__name__}: {exc}", time.perf_counter() - started
-    return report, report.encoder_name, None, time.perf_counter() - started
+        model=job.target.label, strategy=job.strategy, strategy_label=job.label, dataset=job.dataset.name,
+        split=job.split, checkpoint=row.checkpoint, metrics=scores.metrics, unavailable=scores.unavailable,
+        n_images=len(predictions), predictions=dict(predictions), predictions_path=job.predictions_path,
+        results_path=results_path, seconds=seconds, energy_j=energy_j, energy_method=row.energy_method,
+        energy_label=energy["label"], clip_encoder=scores.clip_encoder, result_id=result_id,
+        resumed=predictions.resumed, generated=predictions.generated, skipped=list(predictions.skipped),
+        notes=notes, per_image=scores.per_image, extra=extra)
 
 
 # --- grid ----------------------------------------------------------------------------------------
@@ -575,26 +529,23 @@ def evaluate_grid(
         check_strategy(key)
     target = resolve_model(model)
     grid = GridResult(model=target.label)
-    artifacts: dict[str, Path | None] = {}
-    clip_captioner_folder = None
+    found_artifacts: dict[str, Path | None] = {}
     for key in strategies:
         found, reason = discover_checkpoint(target, key, checkpoints, model_arg=str(model))
-        if key != "zero_shot" and found is None:
+        if found is None and _strategy_class(key).needs_artifact():
             grid.skipped[key] = reason or "no checkpoint"
             if on_skip:
                 on_skip(key, grid.skipped[key])
             continue
-        if key == CLIP_CAPTIONER:
-            clip_captioner_folder = found
-        else:
-            artifacts[key] = found
-    pool = CaptionerPool(target, artifacts, settings, device)
+        found_artifacts[key] = found
+    on_llava = {k: v for k, v in found_artifacts.items() if _strategy_class(k).uses_llava_base}
+    pool = CaptionerPool(target, on_llava, settings, device)
     if clip_encoder is None:
         encoder, reason = resolve_clip_encoder(target.embedded, device)
-        clip_encoder = encoder if encoder is not None else _Unavailable(reason)
-    for key in [k for k in strategies if k in artifacts or (k == CLIP_CAPTIONER and clip_captioner_folder)]:
-        captioner = _clip_captioner(clip_captioner_folder, device, settings.batch_size) if key == CLIP_CAPTIONER else pool.captioner(key)
-        artifact = clip_captioner_folder if key == CLIP_CAPTIONER else artifacts[key]
+        clip_encoder = encoder if encoder is not None else Unavailable(reason)
+    for key, artifact in found_artifacts.items():
+        captioner = (pool.captioner(key) if key in on_llava
+                     else _own_captioner(key, artifact, device, settings.batch_size))
         for dataset in datasets:
             try:
                 result = evaluate(model, key, dataset, config_path=config_path, limit=limit, settings=settings,
@@ -611,10 +562,3 @@ def evaluate_grid(
             if on_result:
                 on_result(result)
     return grid
-
-
-class _Unavailable:
-    """Passed as `clip_encoder`: CLIP-Score is unavailable for `reason` (resolved once per grid)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason

@@ -46,7 +46,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Hashable, Iterable, Mapping, Sequence
 
-METRIC_NAMES = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+from captionlab.names import REFERENCE_METRICS
+
+METRIC_NAMES = REFERENCE_METRICS  # captionlab.names: the one list
 PAPER_SCALE = 100.0  # the paper prints BLEU-4, METEOR, ROUGE-L, CIDEr and SPICE x100
 PTB_TOKENIZER_CLASS = "edu.stanford.nlp.process.PTBTokenizer"
 # Everything Python's str.splitlines() (and Java's line reader) treats as a line boundary.

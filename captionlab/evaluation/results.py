@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from captionlab import db
+from captionlab.names import REFERENCE_METRICS
 
-REFERENCE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 KNOWN_METRICS = REFERENCE_METRICS + ("CLIP-Score", "RefCLIP-Score", "CHAIR-i", "CHAIR-s", "Object-Recall")
 METRICS_SCALE = ("paper: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE x100; "
                  "CLIP-Score and RefCLIP-Score unscaled (w=2.5 * max(cos, 0)); "

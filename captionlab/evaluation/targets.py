@@ -6,11 +6,12 @@
 
 - the model: a registry name, a model folder, or `embedded` (the embedded study's `base/`, built by
   `python -m train zoo`); with `need_weights`, its weights must be on this machine.
-- the checkpoint: zero-shot needs none; every other strategy needs its artifact, given as a run
-  folder (its `best/artifact/`, else `last/artifact/`), a run id (or a unique prefix of one), an
-  artifact folder, or a checkpoints folder holding `strategies/<key>/`; for the embedded model the
-  shipped `checkpoints/embedded/strategies/<key>/` is used when none is given. The CLIP-Captioner
-  baseline is `strategy="clip_captioner"` with its folder as the checkpoint.
+- the checkpoint: zero-shot needs none (`Strategy.needs_artifact`); every other strategy needs its
+  artifact, given as a run folder (its `best/artifact/`, else `last/artifact/`), a run id (or a
+  unique prefix of one), an artifact folder, or a checkpoints folder holding `strategies/<key>/`
+  or `<key>/` (`captionlab.artifacts` searches); for the embedded model the shipped ones in
+  `checkpoints/embedded/` are used when none is given. The CLIP-Captioner baseline is
+  `strategy="clip_captioner"` with its folder as the checkpoint.
 - grid mode (`discover_checkpoint`): a checkpoints folder, then the shipped embedded checkpoints,
   then the newest finished run of this model and strategy in the workspace.
 
@@ -20,16 +21,14 @@ Importing it is cheap (the model registry, runs database and strategies are impo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from captionlab import paths
-
-EMBEDDED_MODEL = "embedded"
-CLIP_CAPTIONER = "clip_captioner"
-ARTIFACT_CARD = "strategy.json"
+from captionlab.artifacts import ArtifactNotFound, search_artifact
+from captionlab.artifacts import find_artifact as _find_artifact
+from captionlab.names import CLIP_CAPTIONER, EMBEDDED_MODEL, STUDY_ORDER  # noqa: F401  (CLIP_CAPTIONER: callers)
 
 
 class EvaluationError(Exception):
@@ -93,49 +92,23 @@ def resolve_model(model: str | Path, *, need_weights: bool = True) -> ModelTarge
     return ModelTarget(label=label, embedded=embedded, spec=spec)
 
 
-def _card_strategy(folder: Path) -> str | None:
-    card = folder / ARTIFACT_CARD
-    if not card.is_file():
-        return None
-    try:
-        return json.loads(card.read_text()).get("strategy")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-
-
-def _artifact_candidates(folder: Path, strategy: str) -> list[Path]:
-    """Where an artifact of `strategy` can be under `folder`, best first."""
-    from captionlab.training.run_folder import is_complete_checkpoint
-
-    runs = []
-    for sub in ("best", "last"):
-        if is_complete_checkpoint(folder / sub):
-            runs.append(folder / sub / "artifact")
-    runs += [folder / "best" / "artifact", folder / "last" / "artifact", folder / "artifact"]
-    nested = []
-    for parent in (folder / "strategies" / strategy, folder / strategy):
-        nested += [parent, parent / "best" / "artifact", parent / "last" / "artifact", parent / "artifact"]
-    return list(dict.fromkeys([folder, *runs, *nested]))
-
-
 def find_artifact(folder: str | Path, strategy: str) -> Path:
-    """The artifact folder of `strategy` in a run folder, artifact folder or checkpoints folder."""
-    folder = Path(folder).expanduser().resolve()
-    if not folder.exists():
-        raise EvaluationError(f"checkpoint not found: {folder}")
-    if not folder.is_dir():
-        raise EvaluationError(f"checkpoint is not a folder: {folder}")
-    others = []
-    for candidate in _artifact_candidates(folder, strategy):
-        found = _card_strategy(candidate)
-        if found == strategy:
-            return candidate
-        if found is not None:
-            others.append(f"{candidate} holds a {found!r} artifact")
-    if others:
-        raise EvaluationError(f"no {strategy!r} artifact in {folder}: {'; '.join(others)}")
-    raise EvaluationError(f"no {strategy!r} artifact in {folder} (looked for {ARTIFACT_CARD} in it, in "
-                          f"best/artifact/ and last/artifact/ of a run folder, and in strategies/{strategy}/)")
+    """The artifact folder of `strategy` in a run folder, artifact folder or checkpoints folder
+    (`captionlab.artifacts.find_artifact`, its error an EvaluationError)."""
+    try:
+        return _find_artifact(folder, strategy)
+    except ArtifactNotFound as exc:
+        raise EvaluationError(str(exc)) from None
+
+
+def _strategy(key: str):
+    """The registered class of `key` (asked for its capabilities, never compared by name)."""
+    from captionlab.strategies import StrategyError, strategy_class
+
+    try:
+        return strategy_class(key)
+    except StrategyError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def _checkpoint_path(checkpoint: str | Path) -> Path:
@@ -166,27 +139,19 @@ def _registered_run(prefix: str) -> Path | None:
 
 
 def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Path | None) -> Path | None:
-    """The artifact folder to load for `strategy` (None for zero-shot)."""
-    if strategy == "zero_shot":
+    """The artifact folder to load for `strategy` (None for one that needs none: zero-shot)."""
+    if not _strategy(strategy).needs_artifact():
         if checkpoint is not None:
-            raise EvaluationError("zero_shot uses the base model as is: it takes no --checkpoint")
+            raise EvaluationError(f"{strategy} uses the base model as is: it takes no --checkpoint")
         return None
-    if strategy == CLIP_CAPTIONER:
-        if checkpoint is not None:
-            return _checkpoint_path(checkpoint)
-        shipped = _embedded_dir() / CLIP_CAPTIONER
-        if target.embedded and shipped.is_dir():
-            return shipped
-        raise EvaluationError("the CLIP-Captioner needs its trained folder: pass --checkpoint FOLDER"
-                              + (f" (the embedded one, {shipped}, is not built: run `python -m train zoo`)"
-                                 if target.embedded else ""))
     if checkpoint is not None:
         return find_artifact(_checkpoint_path(checkpoint), strategy)
-    shipped = _embedded_dir() / "strategies" / strategy
     if target.embedded:
-        if _card_strategy(shipped) == strategy:
+        shipped = search_artifact(_embedded_dir(), strategy)
+        if shipped is not None:
             return shipped
-        raise EvaluationError(f"no trained {strategy} checkpoint for the embedded model ({shipped} is missing): "
+        where = f"{_embedded_dir() / 'strategies' / strategy} and {_embedded_dir() / strategy} are missing"
+        raise EvaluationError(f"no trained {strategy} checkpoint for the embedded model ({where}): "
                               f"pass --checkpoint RUN_OR_FOLDER, or {_how_to_train_embedded(strategy)}")
     raise EvaluationError(f"strategy {strategy} needs a trained checkpoint: pass --checkpoint RUN_OR_FOLDER "
                           f"(a run folder, a run id, or an artifact folder)")
@@ -195,9 +160,8 @@ def resolve_checkpoint(target: ModelTarget, strategy: str, checkpoint: str | Pat
 def _how_to_train_embedded(strategy: str) -> str:
     """Advice that holds for `strategy`: the zoo rebuilds only the strategies the embedded study ships."""
     from captionlab.strategies import STRATEGIES
-    from captionlab.zoo import PERSONALIZED
 
-    if strategy in PERSONALIZED:
+    if strategy in STUDY_ORDER:
         return "build the embedded study with `python -m train zoo`"
     command = f"python -m train run --recipe embedded/lora strategy={strategy}"
     if getattr(STRATEGIES.get(strategy), "needs_cuda", False):  # QLoRA's 4-bit base: bitsandbytes, on CUDA only
@@ -211,17 +175,15 @@ def discover_checkpoint(target: ModelTarget, strategy: str, checkpoints: str | P
     """(artifact, None) or (None, why there is none) for grid mode: a checkpoints folder
     (`<dir>/strategies/<key>/` or `<dir>/<key>/`), the shipped embedded ones, then the newest
     finished run of this model and strategy in the workspace."""
-    if strategy == "zero_shot":
+    if not _strategy(strategy).needs_artifact():
         return None, None
     looked = []
     if checkpoints is not None:
         root = Path(checkpoints).expanduser().resolve()
-        names = [CLIP_CAPTIONER] if strategy == CLIP_CAPTIONER else [f"strategies/{strategy}", strategy]
+        names = [f"strategies/{strategy}", strategy]
         for name in names:
             folder = root / name
             if folder.is_dir():
-                if strategy == CLIP_CAPTIONER:
-                    return folder, None
                 try:
                     return find_artifact(folder, strategy), None
                 except EvaluationError as exc:
@@ -232,11 +194,10 @@ def discover_checkpoint(target: ModelTarget, strategy: str, checkpoints: str | P
             return resolve_checkpoint(target, strategy, None), None
         except EvaluationError as exc:
             looked.append(str(exc))
-    if strategy != CLIP_CAPTIONER:
-        run = _newest_finished_run({target.label, model_arg or target.label}, strategy)
-        if run is not None:
-            return run, None
-        looked.append(f"no finished {strategy} run of {target.label} in the workspace")
+    run = _newest_finished_run({target.label, model_arg or target.label}, strategy)
+    if run is not None:
+        return run, None
+    looked.append(f"no finished {strategy} run of {target.label} in the workspace")
     return None, "; ".join(looked)
 
 

@@ -2,30 +2,24 @@
 decoding steps replayed as CUDA graphs.
 
 Why. Captioning a batch is one long prefill (BOS + prompt + 576 image tokens on LLaVA-1.5) and ~20
-one-token decoding steps. Plain `generate()` spends each decoding step mostly on the CPU (32 decoder
-layers launched op by op, logits processors, stopping criteria, mask building) and grows its
-`DynamicCache` with `torch.cat`, copying the whole cache every step: at batch 128 that is ~85 GB of
-copies per step. Here the cache is allocated once for prompt + new tokens, filled in place
-(`kv_cache.py`), and the whole decoding step (embedding, every layer, final norm, LM head of the last
-position) is captured as a CUDA graph and replayed (`step_graphs.py`), so a step costs one launch.
+one-token decoding steps. Plain `generate()` spends each decoding step mostly on the CPU (every decoder
+layer launched op by op, logits processors, stopping criteria, mask building) and grows its
+`DynamicCache` with `torch.cat`, copying the whole cache every step. Here the cache is allocated once for
+prompt + new tokens, filled in place (`kv_cache.py`), and the whole decoding step (embedding, every layer,
+final norm, LM head of the last position) is captured as a CUDA graph and replayed (`step_graphs.py`), so
+a step costs one launch.
 
 Two kinds of decoding step (`last_step_kind` says which the last batch took):
 
   masked        any batch (left-padded ones included): the step attends over the WHOLE preallocated buffer
                 under an explicit additive 4D mask (batch, 1, 1, prompt + new) that hides padding and unwritten
-                slots. One shape for every step, so one CUDA graph. Measured on an H200 (LLaVA-1.5-7B, bf16,
-                batch 64, ~625-token prompts): 16 ms per step, about twice what reading the KV cache and the
-                weights at HBM bandwidth allows. Suspected: an additive float mask rules out SDPA's flash
-                kernel, and every step also reads the unwritten slots (not yet profiled step by step).
+                slots. One shape for every step, so one CUDA graph.
   exact-length  batches with no padding (every attention_mask 1: LLaVA-1.5 captioning, any batch of one
                 prompt and one image shape): the step sees views of exactly the tokens written so far (no copy,
-                `ExactLengthView`) and gets no mask at all, so transformers' SDPA path calls SDPA with
-                `attn_mask=None, is_causal=False` and SDPA may pick its flash kernel. The shape grows by one
+                `ExactLengthView`) and gets no mask, so SDPA may pick its flash kernel. The shape grows by one
                 token per step, so on CUDA there is one graph per step length (captured lazily, one shared
                 memory pool, kept per batch shape). The default wherever it applies (`exact_length_steps=None`;
-                False forces masked steps). NOT yet measured on a GPU: exact on the CPU (tests), its speed is
-                for the next GPU run of `bench/caption_throughput.py` (`captionlab` against
-                `captionlab-masked-steps`) and `bench/prefill_profile.py` (step kernels by kind) to show.
+                False forces masked steps).
 
 Exactness. The same tokens as `model.generate(do_sample=False, num_beams=1)` with the same
 `max_new_tokens` / `min_new_tokens` / EOS / pad (tests: tiny LLaVA and LLaVA-NeXT, every strategy, both
@@ -38,21 +32,15 @@ itself runs its steps without a mask over exactly the cached tokens: the exact-l
     new_tokens = decoder(inputs, max_new_tokens=40, eos_token_id=2, pad_token_id=0)   # (batch, <=40)
 
 `GreedyDecoder(model, compile_prefill=True)` runs the prefill through `torch.compile`d layers
-(`compiled_layers.py`; 1.27x faster prefill on LLaVA-1.5-7B on an H200), falling back to the eager prefill, and
-saying why in `last_compile_error`, if compiling fails. A failing graph capture falls back to eager steps, and
-says why in `last_graph_error`.
+(`compiled_layers.py`), falling back to the eager prefill, and saying why in `last_compile_error`, if
+compiling fails. A failing graph capture falls back to eager steps, and says why in `last_graph_error`.
+`compile_steps=True` (off by default) runs the decoding steps' layers through the same compiled layers
+(norms, rotary, SiLU x up and residual adds fused; attention and cache writes eager, so no step length
+compiles anything new), inside the CUDA graphs where those are on: a graph-replayed step still launches
+dozens of small elementwise kernels per decoder layer.
 
-`compile_steps=True` runs the decoding steps' layers through the same compiled layers (norms, rotary, SiLU x up and
-residual adds fused; attention and cache writes eager, as in the prefill), inside the CUDA graphs where those are
-on. Why it might pay: a graph-replayed step still launches 41 operations per decoder layer in bf16, 31 of them
-elementwise passes over (batch, 1, 4096) (counted on the tiny model's layer class: 9 mul, 7 add, 4 casts, 2 each of
-pow, mean, rsqrt, neg, cat, 1 SiLU; beside 7 products, 1 attention, 2 cache writes), ~1,000 per step on a 32-layer
-model, each a few microseconds whatever its size, against a step that reading the KV cache and the weights at HBM
-bandwidth would finish in ~7 ms (LLaVA-1.5-7B, batch 64, H200). The compiled layers' shapes do not depend on the
-cache length (the attention that reads the cache is not compiled), so no step length compiles anything new: the steps
-add one recompile (a dynamic sequence length: the prefill's shape first, then the step's), the masked steps one more
-(their mask is an input the others lack). Off by default: exact on the CPU (tests), NOT yet measured on a GPU (`bench/caption_throughput.py`'s
-`captionlab-compiled-steps` row against `captionlab`).
+What each of these measures on a GPU (masked against exact-length steps, compiled prefill and steps), and
+what is not measured yet, is in `bench/RESULTS.md`: measurements date, so they live there, not here.
 
 One decoder keeps the buffers (and graphs) of its last batch shape, so batches of one shape reuse them;
 `release()` frees them (the cache is the big part: 0.5 MB per token per image on a 7B model).

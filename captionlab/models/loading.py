@@ -1,4 +1,5 @@
-"""Building and loading LLaVA models: random weights from a registry config, or real weights.
+"""Building and loading models of a registered family (`families`): random weights from a registry config, or real
+weights; each family names its config, model and processor classes.
 
 Real weights come from a local folder or the Hugging Face cache, never the network. bf16 on a
 GPU, fp32 on the CPU; optional 4-bit (bitsandbytes) for QLoRA where CUDA is present.
@@ -42,13 +43,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def build_config(spec: ModelSpec) -> transformers.PretrainedConfig:
-    config_class = transformers.LlavaNextConfig if spec.architecture == "llava_next" else transformers.LlavaConfig
+    config_class = spec.family.config_class()
     values = {k: v for k, v in spec.config.items() if k not in ("model_type", "transformers_version", "architectures")}
     return config_class(**values)
 
 
 def model_class(spec: ModelSpec) -> type:
-    return getattr(transformers, spec.model_class_name)
+    return spec.family.model_class()
 
 
 def build_random_model(spec: ModelSpec, device: str | torch.device = "meta", seed: int = 0,
@@ -101,6 +102,6 @@ def load_model(spec: ModelSpec, device: str | torch.device | None = None, dtype:
     if not load_in_4bit:
         model.to(device)
     model.eval()
-    processor = transformers.AutoProcessor.from_pretrained(folder)
+    processor = spec.family.load_processor(folder)
     processor.tokenizer.padding_side = "left"  # generation pads on the left
     return LoadedModel(spec=spec, model=model, processor=processor, device=device, dtype=dtype)

@@ -23,5 +23,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def language_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The LLM decoder (LlamaModel) of a LLaVA / LLaVA-NeXT model."""
-    return unwrap(model).model.language_model
+    """The LLM decoder (e.g. LlamaModel) of a model, where its family says it is."""
+    from captionlab.models.families import family_of
+
+    inner = unwrap(model)
+    return family_of(inner).language_model(inner)

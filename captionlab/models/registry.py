@@ -2,8 +2,9 @@
 
 Each file carries the model's architecture config (so parameter counts, random-weight benchmarks
 and tests work offline), its Hugging Face id or local weights folder, its prompt template and
-system prompt, and the paper's LoRA settings for it. Any other HF id or local folder of the
-LLaVA / LLaVA-NeXT classes is accepted too and gets the Vicuna-v1 template.
+system prompt, and the paper's LoRA settings for it. Any other HF id or local folder of a registered
+model family (`captionlab.models.families`: LLaVA, LLaVA-NeXT) is accepted too and gets its family's
+prompt template and system prompt.
 """
 
 from __future__ import annotations
@@ -13,17 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captionlab import paths
-
-VICUNA_SYSTEM_PROMPT = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-VICUNA_TEMPLATE = "{system} USER: <image>\n{prompt} ASSISTANT:"
+from captionlab.models.families import FamilyNotFound, family_for
+from captionlab.models.families.base import VICUNA_SYSTEM_PROMPT, VICUNA_TEMPLATE  # noqa: F401  (callers' names)
 ZERO_SHOT_PROMPT = "Briefly caption the image"
 # LoRA as the paper sets it on LLaVA: r=128, alpha=256, A Gaussian and B zero (Sec. 3.2), for registry and folder models
 # that name no other (the embedded model's card names r=8, alpha=16 and peft's default init, as its study was trained)
 PAPER_LORA = {"r": 128, "alpha": 256, "init": "gaussian"}
-ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 
 
 class ModelNotFoundError(Exception):
@@ -35,7 +31,7 @@ class ModelSpec:
     """Everything captionlab knows about a model before loading any weights."""
 
     name: str
-    architecture: str  # "llava" or "llava_next"
+    architecture: str  # its model family's name (`captionlab.models.families`): "llava", "llava_next", ...
     config: dict  # the transformers config (LlavaConfig / LlavaNextConfig as a dict)
     hf_id: str | None = None
     weights_dir: Path | None = None  # a local folder with weights, if any
@@ -46,8 +42,13 @@ class ModelSpec:
     notes: str = ""
 
     @property
+    def family(self):
+        """Its `ModelFamily`: classes, prompt template, where its LLM, vision tower and projector are."""
+        return family_for(self.architecture)
+
+    @property
     def model_class_name(self) -> str:
-        return ARCHITECTURES[self.architecture]
+        return self.family.model_class_name
 
     @property
     def text_hidden_size(self) -> int:
@@ -94,10 +95,10 @@ def _spec_from_folder(folder: Path) -> ModelSpec:
         raise ModelNotFoundError(f"{folder} has no config.json: not a Hugging Face model folder")
     config = json.loads(config_path.read_text())
     arch = config.get("model_type")
-    if arch not in ARCHITECTURES:
-        raise ModelNotFoundError(
-            f"{folder}: model_type {arch!r} is not supported (expected one of {sorted(ARCHITECTURES)})"
-        )
+    try:
+        family = family_for(arch)
+    except FamilyNotFound as exc:
+        raise ModelNotFoundError(f"{folder}: {exc}") from None
     extra = {}
     card = folder / "captionlab.json"  # optional: template and prompt of a captionlab-made model
     if card.exists():
@@ -107,8 +108,8 @@ def _spec_from_folder(folder: Path) -> ModelSpec:
         architecture=arch,
         config=config,
         weights_dir=folder,
-        system_prompt=extra.get("system_prompt", VICUNA_SYSTEM_PROMPT),
-        prompt_template=extra.get("prompt_template", VICUNA_TEMPLATE),
+        system_prompt=extra.get("system_prompt", family.system_prompt),
+        prompt_template=extra.get("prompt_template", family.prompt_template),
         prompt_token_count=extra.get("prompt_token_count"),
         lora=extra.get("lora", PAPER_LORA),
         notes=extra.get("notes", ""),

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from captionlab.models.registry import VICUNA_TEMPLATE, ZERO_SHOT_PROMPT
+from captionlab.models.families import family_for
+from captionlab.models.registry import ZERO_SHOT_PROMPT
 
 TINY_SYSTEM_PROMPT = "A chat between a curious human and an artificial intelligence assistant."
 # Enough text for a tokenizer of random tiny models (tests, CPU benchmarks): the template and a few captions.
@@ -62,12 +63,7 @@ def tiny_config(shape: TinyShape, vocab_size: int, tokenizer, architecture: str 
         image_seq_length=(shape.image_size // shape.patch_size) ** 2, pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    if architecture == "llava_next":
-        s = shape.image_size
-        return transformers.LlavaNextConfig(
-            image_grid_pinpoints=[[s, 2 * s], [2 * s, s], [2 * s, 2 * s]], use_image_newline_parameter=True, **common
-        )
-    return transformers.LlavaConfig(**common)
+    return family_for(architecture).tiny_config(common, shape.image_size)
 
 
 def tiny_processor(shape: TinyShape, tokenizer, architecture: str = "llava"):
@@ -77,13 +73,7 @@ def tiny_processor(shape: TinyShape, tokenizer, architecture: str = "llava"):
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     common = dict(patch_size=shape.patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    if architecture == "llava_next":
-        image_processor = transformers.LlavaNextImageProcessor(
-            image_grid_pinpoints=[[s, 2 * s], [2 * s, s], [2 * s, 2 * s]], **image_kwargs
-        )
-        return transformers.LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, **common)
-    image_processor = transformers.CLIPImageProcessor(**image_kwargs)
-    return transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, **common)
+    return family_for(architecture).tiny_processor(tokenizer, image_kwargs, s, common)
 
 
 def save_tiny_llava(out_dir: Path, tokenizer, shape: TinyShape = TinyShape(), architecture: str = "llava",
@@ -94,14 +84,13 @@ def save_tiny_llava(out_dir: Path, tokenizer, shape: TinyShape = TinyShape(), ar
     if model is None:
         torch.manual_seed(seed)
         config = tiny_config(shape, len(tokenizer), tokenizer, architecture)
-        cls = transformers.LlavaNextForConditionalGeneration if architecture == "llava_next" else transformers.LlavaForConditionalGeneration
-        model = cls(config)
+        model = family_for(architecture).model_class()(config)
     model.save_pretrained(out_dir)
     tiny_processor(shape, tokenizer, architecture).save_pretrained(out_dir)
     card = {
         "name": name,
         "system_prompt": TINY_SYSTEM_PROMPT,
-        "prompt_template": VICUNA_TEMPLATE,
+        "prompt_template": family_for(architecture).prompt_template,
         "zero_shot_prompt": ZERO_SHOT_PROMPT,
         "lora": {"r": 8, "alpha": 16},
         "notes": "tiny model of the real transformers classes, made by captionlab",

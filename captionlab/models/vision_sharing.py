@@ -19,8 +19,14 @@ from captionlab.models.prompting import unwrap
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
-    inner = getattr(unwrap(model), "model", None)
-    return getattr(inner, "vision_tower", None)
+    """The model's vision tower, where its family says it is (None for a model of no registered family)."""
+    from captionlab.models.families import FamilyNotFound, family_of
+
+    inner = unwrap(model)
+    try:
+        return family_of(inner).vision_tower(inner)
+    except (FamilyNotFound, AttributeError):
+        return None
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captionlab.artifacts import search_artifact
+from captionlab.names import ARTIFACT_CARD, strategy_traits
 from captionlab.safety.images import ImageRejected, open_upload
-from captionlab.service.catalog import CLIP_CAPTIONER, COMPARE_ORDER, strategy_label
+from captionlab.service.catalog import COMPARE_ORDER, strategy_label
 from captionlab.service.settings import AppSettings
 
-ARTIFACT_CARD = "strategy.json"  # captionlab.strategies.base.ARTIFACT_CARD, without importing torch
 LATENCY_LABEL = "ms per image (batch mean)"  # the latency column: a batch's time over its images, not one image's
 CUT_MARK = "[cut]"  # after a caption that reached max_new_tokens unfinished (table) and before the note saying so
 MAX_IMAGES = 16  # per request: captioning is serialised, so one request must not hold the model for long
@@ -107,57 +108,40 @@ def _registry_has(name: str) -> bool:
     return name in list_models()
 
 
-def find_artifact(folder: Path, key: str) -> Path | None:
-    """The artifact folder of strategy `key` under `folder`: <key>/ itself, or a run's best|last/artifact/."""
-    for candidate in (folder, folder / "best" / "artifact", folder / "artifact", folder / "last" / "artifact"):
-        card = candidate / ARTIFACT_CARD
-        if card.is_file():
-            try:
-                if json.loads(card.read_text()).get("strategy") == key:
-                    return candidate
-            except (OSError, json.JSONDecodeError):
-                continue
-    return None
-
-
 def discover_strategies(settings: AppSettings) -> list[StrategySlot]:
     """Every paper strategy plus the CLIP-Captioner, each available or with the reason it is not."""
     base_problem = base_model_problem(settings)
     root = Path(settings.checkpoints) if settings.checkpoints else None
-    slots = []
-    for key in COMPARE_ORDER:
-        label = strategy_label(key)
-        if key == CLIP_CAPTIONER:
-            slots.append(_clip_captioner_slot(settings, root))
-            continue
-        if base_problem:
-            slots.append(StrategySlot(key, label, None, False, base_problem))
-            continue
-        if key == "zero_shot":
-            slots.append(StrategySlot(key, label, None, True))
-            continue
-        candidates = [root / "strategies" / key, root / key] if root else []
-        artifact = next((a for a in (find_artifact(c, key) for c in candidates) if a is not None), None)
-        if artifact is None:
-            slots.append(StrategySlot(key, label, None, False, missing_checkpoint_message(settings, key)))
-        else:
-            slots.append(StrategySlot(key, label, artifact, True))
-    return slots
+    return [_slot(settings, key, root, base_problem) for key in COMPARE_ORDER]
 
 
-def _clip_captioner_slot(settings: AppSettings, root: Path | None) -> StrategySlot:
-    label = strategy_label(CLIP_CAPTIONER)
-    if importlib.util.find_spec("captionlab.baseline") is None:  # find_spec: importing it would import torch
-        return StrategySlot(CLIP_CAPTIONER, label, None, False,
-                            "CLIP-Captioner not available: captionlab.baseline is not in this version of captionlab")
-    candidates = [root / CLIP_CAPTIONER, root / "strategies" / CLIP_CAPTIONER] if root else []
-    artifact = next((a for a in (find_artifact(c, CLIP_CAPTIONER) for c in candidates) if a is not None), None)
+def _slot(settings: AppSettings, key: str, root: Path | None, base_problem: str | None) -> StrategySlot:
+    """Strategy `key`'s column, asked of its traits (`captionlab.names.StrategyTraits`), never of its name."""
+    traits, label = strategy_traits(key), strategy_label(key)
+    if not traits.uses_llava_base:
+        return _own_model_slot(key, label, root)
+    if base_problem:
+        return StrategySlot(key, label, None, False, base_problem)
+    if not traits.trains:  # the base model as is
+        return StrategySlot(key, label, None, True)
+    artifact = search_artifact(root, key)
     if artifact is None:
-        where = candidates[0] if candidates else "no --checkpoints folder"
-        return StrategySlot(CLIP_CAPTIONER, label, None, False,
-                            f"no trained CLIP-Captioner checkpoint ({where}) — train it with "
-                            f"`python -m train run --recipe embedded/clip_captioner` or run `python -m train zoo`")
-    return StrategySlot(CLIP_CAPTIONER, label, artifact, True)
+        return StrategySlot(key, label, None, False, missing_checkpoint_message(settings, key))
+    return StrategySlot(key, label, artifact, True)
+
+
+def _own_model_slot(key: str, label: str, root: Path | None) -> StrategySlot:
+    """A strategy with its own model (the CLIP-Captioner): it needs no LLaVA base, only its trained folder."""
+    if importlib.util.find_spec("captionlab.baseline") is None:  # find_spec: importing it would import torch
+        return StrategySlot(key, label, None, False,
+                            f"{label} not available: captionlab.baseline is not in this version of captionlab")
+    artifact = search_artifact(root, key)
+    if artifact is None:
+        where = root / key if root else "no --checkpoints folder"
+        return StrategySlot(key, label, None, False,
+                            f"no trained {label} checkpoint ({where}) — train it with "
+                            f"`python -m train run --recipe embedded/{key}` or run `python -m train zoo`")
+    return StrategySlot(key, label, artifact, True)
 
 
 def run_key(run_id: str) -> str:
@@ -199,7 +183,7 @@ def discover_runs() -> list[RunSlot]:
             continue
         if run.get("state") != "finished" and not is_complete_checkpoint(folder / "best"):
             continue
-        artifact = find_artifact(folder, strategy)
+        artifact = search_artifact(folder, strategy)
         if artifact is not None:
             slots.append(RunSlot(run["run_id"], run.get("name") or run["run_id"], strategy, run.get("model") or "",
                                  artifact))
@@ -288,19 +272,19 @@ class CaptionerPool:
         started = time.perf_counter()
         slots = self._without_damaged_files({s.key: s for s in discover_strategies(self.settings) if s.available})
         captioners: dict = {}
-        llava = {k: s.artifact for k, s in slots.items() if k != CLIP_CAPTIONER}
+        llava = {k: s.artifact for k, s in slots.items() if strategy_traits(k).uses_llava_base}
         if llava:
             captioners.update(self._load_llava(llava))
-        if CLIP_CAPTIONER in slots:
+        for key in [k for k in slots if k not in llava]:  # own models: the CLIP-Captioner
             try:
-                from captionlab.baseline import load_clip_captioner
+                from captionlab.strategies import strategy_class
 
-                captioners[CLIP_CAPTIONER] = load_clip_captioner(slots[CLIP_CAPTIONER].artifact, self.settings.device)
+                captioners[key] = strategy_class(key).load_captioner(slots[key].artifact, self.settings.device)
             except Exception as exc:  # a broken baseline must not take the LLaVA columns down
                 from captionlab.load_failures import describe_load_failure
 
-                self.load_errors[CLIP_CAPTIONER] = (f"CLIP-Captioner failed to load: "
-                                                    f"{describe_load_failure(slots[CLIP_CAPTIONER].artifact, exc)}")
+                self.load_errors[key] = (f"{slots[key].label} failed to load: "
+                                         f"{describe_load_failure(slots[key].artifact, exc)}")
         self.captioners = captioners
         self.load_seconds = time.perf_counter() - started
         return captioners
@@ -349,19 +333,18 @@ class CaptionerPool:
     def _load_run(self, run: RunSlot):
         """The captioner of a workspace run: its own model (the run's, which may not be the served one) with the run's
         artifact loaded, so that it never collides with the served strategy of the same name on the shared base."""
-        if CLIP_CAPTIONER == run.strategy:
-            from captionlab.baseline import load_clip_captioner
+        from captionlab.strategies import get_strategy, strategy_class
 
-            return load_clip_captioner(run.artifact, self.settings.device)
+        if not strategy_traits(run.strategy).uses_llava_base:  # its own model (the CLIP-Captioner)
+            return strategy_class(run.strategy).load_captioner(run.artifact, self.settings.device)
         from captionlab.captioner import GenerationSettings, LlavaCaptioner
         from captionlab.models.loading import load_model
         from captionlab.models.registry import get_model_spec
-        from captionlab.strategies import get_strategy
 
         spec = get_model_spec(run.model or self.settings.model)
         loaded = load_model(spec, device=self.settings.device)
         strategy = get_strategy(run.strategy)
-        if run.strategy != "zero_shot":
+        if strategy.needs_artifact():  # zero-shot is the base as is
             loaded.model = strategy.load(loaded.model, spec, run.artifact, loaded.tokenizer)
         loaded.model.eval()
         generation = GenerationSettings(max_new_tokens=self.settings.max_new_tokens, compile_prefill=False)
@@ -417,7 +400,7 @@ def _folders_used_by(settings: AppSettings, slot: StrategySlot) -> list[Path | N
     from captionlab.paths import PROJECT_ROOT
 
     folders = [slot.artifact]
-    if slot.key == CLIP_CAPTIONER:
+    if not strategy_traits(slot.key).uses_llava_base:  # its own model: the CLIP encoder its card names
         try:
             encoder = json.loads((slot.artifact / ARTIFACT_CARD).read_text()).get("encoder")
         except (OSError, ValueError, TypeError, AttributeError):

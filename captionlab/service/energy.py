@@ -71,7 +71,7 @@ def counted_parameters(model: str, compute: bool = False) -> dict[str, int] | No
             pass
     if not compute:
         return None
-    from captionlab.cli.params import count_trainable
+    from captionlab.strategies.counting import count_trainable
 
     counts = count_trainable(model)
     atomic.write_json(cache, counts)

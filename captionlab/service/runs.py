@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from captionlab import paths
-from captionlab.service.catalog import TRAINABLE_STRATEGIES
+from captionlab.service.catalog import trainable_strategies
+from captionlab.training.launcher import LaunchError  # noqa: F401  (the UI catches it as runs.LaunchError)
 from captionlab.training.energy import completed_run_kwh, energy_so_far_kwh
 
 MAX_GPUS = 64  # one node's worth, and then some: the launcher runs one accelerate job on one machine
@@ -133,8 +134,8 @@ def validate_form(form: TrainForm) -> tuple[str, list[str]]:
     from captionlab.data.readers import FORMATS
     from captionlab.safety.paths import PathNotAllowed, check_dataset, check_model
 
-    if form.strategy not in TRAINABLE_STRATEGIES:
-        raise FormError(f"strategy: choose one of {', '.join(TRAINABLE_STRATEGIES)} (zero-shot trains nothing)")
+    if form.strategy not in trainable_strategies():
+        raise FormError(f"strategy: choose one of {', '.join(trainable_strategies())} (zero-shot trains nothing)")
     try:  # model folders and FORMAT:PATH datasets only inside the allowed roots (captionlab.safety.paths)
         model = check_model(form.model, model_choices())
         dataset = check_dataset(form.dataset, dataset_choices(), FORMATS)
@@ -231,6 +232,13 @@ def resume(run_id: str) -> str:
 
 
 # --- watching ----------------------------------------------------------------------------------
+
+
+def refresh_registry() -> None:
+    """Mark the runs whose trainer died while the app was down as crashed (the launcher's refresh)."""
+    from captionlab.training.launcher import refresh_runs
+
+    refresh_runs()
 
 
 def list_runs() -> list[dict]:

@@ -28,22 +28,19 @@ def clip_encoder(settings: AppSettings):
     ViT-B/32 when its weights are here. A real model's captions are never scored with the tiny
     CLIP, which only knows the embedded world.
     """
-    from captionlab.evaluation import clipscore
+    from captionlab.evaluation.clip_choice import folder_clip_encoder, paper_clip_encoder
 
     folder = Path(settings.checkpoints) / "clip" if settings.checkpoints else None
     key = str(folder) if folder and (folder / "config.json").is_file() else "vit-b-32"
     with _encoder_lock:
         if key not in _encoders:
-            try:
-                if key == "vit-b-32":
-                    clipscore.openclip_weights_path()  # raises, saying how to get them, when absent
-                    _encoders[key] = clipscore.OpenClipEncoder(device=settings.device)
-                elif folder == clipscore.embedded_clip_folder():
-                    _encoders[key] = clipscore.embedded_clip_encoder(folder)
-                else:
-                    _encoders[key] = clipscore.HFClipEncoder(folder)
-            except clipscore.ClipWeightsNotFound as exc:
-                return None, f"CLIP-Score unavailable: {exc}"
+            if key == "vit-b-32":
+                encoder, problem = paper_clip_encoder(settings.device)
+            else:  # the tiny CLIP scores on the CPU, whatever device captions
+                encoder, problem = folder_clip_encoder(folder)
+            if encoder is None:
+                return None, f"CLIP-Score unavailable: {problem}"
+            _encoders[key] = encoder
         return _encoders[key], None
 
 

@@ -15,8 +15,7 @@ from typing import ClassVar
 import torch
 
 from captionlab.models.registry import ModelSpec
-
-ARTIFACT_CARD = "strategy.json"
+from captionlab.names import ARTIFACT_CARD
 
 
 class StrategyError(Exception):
@@ -34,6 +33,30 @@ class Strategy(ABC):
     supports_fsdp: ClassVar[bool] = False  # trains under `distributed: fsdp` (its save takes a gathered state_dict)
     takes_lora_settings: ClassVar[bool] = False  # built with (rank, alpha): a config's lora_rank / lora_alpha
     loads_4bit_base: ClassVar[bool] = False  # the base model is loaded quantized (NF4) before `apply`
+    # False: it brings its own model (the CLIP-Captioner): no LLaVA weights to check, no shared base to attach to;
+    # the trainer calls `load_for_training` and captioning `load_captioner` instead.
+    uses_llava_base: ClassVar[bool] = True
+    own_weights: ClassVar[bool] = False  # its artifact is a whole copy of the model (full fine-tuning), no adapter
+
+    @classmethod
+    def needs_artifact(cls) -> bool:
+        """Whether evaluating it needs a trained artifact (what trains has one; zero-shot is the base as is)."""
+        return cls.trains
+
+    @classmethod
+    def load_for_training(cls, config, device):
+        """(trainable model, strategy) for a strategy with its own model (`uses_llava_base = False`)."""
+        raise NotImplementedError(f"{cls.name} trains on a LLaVA base: the trainer loads the model")
+
+    @classmethod
+    def load_captioner(cls, artifact: Path, device: str | None = None, batch_size: int = 32):
+        """The Captioner of a strategy with its own model (`uses_llava_base = False`), from its artifact."""
+        raise NotImplementedError(f"{cls.name} captions on a shared LLaVA base (captionlab.captioner)")
+
+    @classmethod
+    def load_errors(cls) -> tuple[type[BaseException], ...]:
+        """The errors `load_captioner` raises for a bad artifact (reported, not crashed on)."""
+        return (StrategyError, ValueError, OSError)
 
     @abstractmethod
     def apply(self, model: torch.nn.Module, spec: ModelSpec, tokenizer=None) -> torch.nn.Module:

@@ -16,16 +16,16 @@ from captionlab.strategies.base import Strategy, StrategyError, freeze
 class FullFineTuning(Strategy):
     name = "full"
     label = "Full fine-tuning"
+    own_weights = True
     supports_fsdp = True
 
     def apply(self, model, spec, tokenizer=None):
+        from captionlab.models.families import family_of
+
         base = unwrap(model)
         freeze(base)
-        for module in (base.model.multi_modal_projector, base.model.language_model, base.lm_head):
-            for p in module.parameters():
-                p.requires_grad_(True)
-        if getattr(base.model, "image_newline", None) is not None:  # LLaVA-NeXT's learned newline embedding
-            base.model.image_newline.requires_grad_(True)
+        for p in family_of(base).full_fine_tuning_parameters(base):  # projector and LLM (LLaVA-NeXT: + newline)
+            p.requires_grad_(True)
         return model
 
     def save(self, model, directory, state_dict=None):

@@ -21,15 +21,17 @@ from pathlib import Path
 
 import torch
 
+from captionlab.models.families.llava import LlavaFamily
 from captionlab.models.prompting import unwrap
 from captionlab.strategies.base import Strategy, StrategyError, freeze
 
 # bitsandbytes (imported by peft) warns at import on CPU-only machines about optional kernels.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
+# Which layers: the model family's (`ModelFamily.lora_target_modules`): LLaVA's are every linear layer of the LLM
+# (q,k,v,o,gate,up,down), and only the LLM's: the CLIP vision tower also has q/k/v projections, which stay frozen.
 LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Only the LLM's layers: the CLIP vision tower also has q/k/v projections, which stay frozen.
-TARGET_MODULES = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
+TARGET_MODULES = LlavaFamily.lora_target_modules
 # Which layers LoRA/DoRA adapt: "llm" (the default, the count Table 4 prints) or "all_linear" (the method text's
 # "all fully connected layers of the MLLMs").
 LORA_TARGETS: dict[str, str] = {
@@ -39,12 +41,13 @@ LORA_TARGETS: dict[str, str] = {
 DEFAULT_TARGETS = "llm"
 
 
-def target_modules(model: torch.nn.Module, targets: str) -> str | list[str]:
-    """peft's `target_modules` for `targets` (see LORA_TARGETS) on `model`."""
+def target_modules(model: torch.nn.Module, targets: str, family_targets: str = TARGET_MODULES) -> str | list[str]:
+    """peft's `target_modules` for `targets` (see LORA_TARGETS) on `model`; the default is the model family's
+    (`family_targets`, its `lora_target_modules`)."""
     if targets not in LORA_TARGETS:
         raise StrategyError(f"unknown lora_targets {targets!r}; choose one of {', '.join(LORA_TARGETS)}")
     if targets == DEFAULT_TARGETS:
-        return TARGET_MODULES
+        return family_targets
     from peft.tuners.lora import LoraLayer
 
     # every linear layer by its full name (peft's own "all-linear" leaves the output layer, lm_head, out); on a base
@@ -107,7 +110,7 @@ class LoRA(Strategy):
         rank, alpha = self._settings(spec)
         freeze(model)
         config = lora_config(rank, alpha, self.use_dora, spec.lora.get("init", True),
-                             target_modules(unwrap_peft(model), self.targets))
+                             target_modules(unwrap_peft(model), self.targets, spec.family.lora_target_modules))
         if isinstance(model, PeftModel):  # a shared base that already holds other adapters
             model.add_adapter(self.adapter_name, config)
             model.set_adapter(self.adapter_name)

@@ -109,7 +109,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         from captionlab.strategies import STRATEGIES
 
-        trainable = [name for name, cls in STRATEGIES.items() if cls.trains] + ["clip_captioner"]
+        trainable = [name for name, cls in STRATEGIES.items() if cls.trains]
         if self.strategy not in trainable:
             raise ConfigError(f"strategy: {self.strategy!r} cannot be trained; choose one of {', '.join(trainable)}")
         checks = [
@@ -124,8 +124,8 @@ class TrainConfig:
             ("share_prefix", isinstance(self.share_prefix, bool), "must be true or false"),
             ("share_prefix", not self.share_prefix or self.epoch_unit == "image_captions",
              f"requires epoch_unit image_captions (an image's captions in one step), not {self.epoch_unit!r}"),
-            ("share_prefix", not self.share_prefix or self.strategy != "clip_captioner",
-             "applies to LLaVA models only, not strategy clip_captioner"),
+            ("share_prefix", not self.share_prefix or STRATEGIES[self.strategy].uses_llava_base,
+             f"applies to LLaVA models only, not strategy {self.strategy}"),
             ("device", self.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
             ("distributed", self.distributed in DISTRIBUTED, f"must be one of {', '.join(DISTRIBUTED)}"),
             ("checkpoint_every_steps", self.checkpoint_every_steps >= 1, "must be at least 1"),

@@ -58,7 +58,13 @@ def make_plugin(cuda: bool):
 
 def layer_class_names(model: torch.nn.Module) -> list[str]:
     """The class names of the model's repeated blocks: the LLM's decoder layers and the vision encoder's layers."""
-    return sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith(LAYER_SUFFIXES)})
+    from captionlab.models.families import FamilyNotFound, family_of
+
+    try:
+        suffixes = family_of(model).layer_suffixes
+    except (FamilyNotFound, AttributeError):  # a model of no registered family: the usual block names
+        suffixes = LAYER_SUFFIXES
+    return sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith(suffixes)})
 
 
 def set_layer_classes(plugin, model: torch.nn.Module) -> list[str]:

@@ -24,10 +24,12 @@ def preflight(config: TrainConfig) -> None:
 
 
 def _check_model(config: TrainConfig) -> None:
-    if config.strategy == "clip_captioner":  # trained from scratch: it reads no model weights
-        return
     from captionlab.models.loading import weights_folder
     from captionlab.models.registry import get_model_spec
+    from captionlab.strategies import strategy_class
+
+    if not strategy_class(config.strategy).uses_llava_base:  # its own model, trained from scratch: no weights to read
+        return
 
     weights_folder(get_model_spec(config.model))
 

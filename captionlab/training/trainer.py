@@ -83,17 +83,16 @@ def load_for_training(config: TrainConfig, device: torch.device):
     The loaded object may carry its own `build_batch(images, captions)` (the CLIP-Captioner does);
     otherwise LLaVA's prompt + caption batching is used.
     """
-    if config.strategy == "clip_captioner":
-        from captionlab.baseline.training import load_for_training as load_baseline
-
-        return load_baseline(config, device)
     from captionlab.models.loading import load_model
     from captionlab.models.registry import get_model_spec
-    from captionlab.strategies import STRATEGIES, get_strategy
+    from captionlab.strategies import get_strategy, strategy_class
 
+    cls = strategy_class(config.strategy)
+    if not cls.uses_llava_base:  # it builds its own model (the CLIP-Captioner)
+        return cls.load_for_training(config, device)
     spec = get_model_spec(config.model)
     settings = {}
-    if config.strategy in STRATEGIES and STRATEGIES[config.strategy].takes_lora_settings:
+    if cls.takes_lora_settings:
         settings = {"rank": config.lora_rank, "alpha": config.lora_alpha, "targets": config.lora_targets}
     strategy = get_strategy(config.strategy, **settings)
     loaded = load_model(spec, device=device, load_in_4bit=strategy.loads_4bit_base)

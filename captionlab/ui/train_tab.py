@@ -1,6 +1,6 @@
 """The Train tab: a form that launches a fine-tuning run, then its live progress, curves, energy and log.
 
-The run is the trainer CLI in its own process (started by captionlab.training.launcher); this tab
+The run is the trainer CLI in its own process (started through captionlab.service.runs); this tab
 only reads the run folders and the runs registry, polled by a gr.Timer, so a page reload or an app
 restart loses nothing.
 """
@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from captionlab.service import runs
-from captionlab.service.catalog import TRAINABLE_STRATEGIES, strategy_label
+from captionlab.service.catalog import strategy_label, trainable_strategies
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
 
@@ -123,7 +123,7 @@ def create_train_tab(settings: AppSettings) -> None:
     with gr.Row():
         model = gr.Dropdown(runs.model_choices(default_model), value=default_model, label="Model",
                             allow_custom_value=True, elem_id="train-model")
-        strategy = gr.Dropdown([(strategy_label(k), k) for k in TRAINABLE_STRATEGIES], value="lora",
+        strategy = gr.Dropdown([(strategy_label(k), k) for k in trainable_strategies()], value="lora",
                                label="Strategy", elem_id="train-strategy")
         dataset = gr.Dropdown(runs.dataset_choices(), value="coco", label="Dataset (name or FORMAT:PATH)",
                               allow_custom_value=True, elem_id="train-dataset")
@@ -176,13 +176,11 @@ def create_train_tab(settings: AppSettings) -> None:
             return f"**Error:** {exc}", ""
 
     def on_launch(*values):
-        from captionlab.training.launcher import LaunchError
-
         form = read_form(*values)
         try:
             line = runs.preview(form)
             new_id = runs.launch(form)
-        except (runs.FormError, LaunchError) as exc:
+        except (runs.FormError, runs.LaunchError) as exc:
             return f"**Error:** {exc}", gr.skip(), gr.skip()
         return runs.launched_message(new_id), line, new_id
 
@@ -213,19 +211,15 @@ def create_train_tab(settings: AppSettings) -> None:
         return str(table.iloc[row]["run"]) if 0 <= row < len(table) else gr.skip()
 
     def on_stop(current: str):
-        from captionlab.training.launcher import LaunchError
-
         try:
             return f"⏹ {runs.stop(current.strip())}"
-        except LaunchError as exc:
+        except runs.LaunchError as exc:
             return f"**Error:** {exc}"
 
     def on_resume(current: str):
-        from captionlab.training.launcher import LaunchError
-
         try:
             return f"▶ {runs.resume(current.strip())}"
-        except LaunchError as exc:
+        except runs.LaunchError as exc:
             return f"**Error:** {exc}"
 
     watch_outputs = [run_id, progress, stats, curves, log, runs_table, stop_button, resume_button]

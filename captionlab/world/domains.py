@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from captionlab.world import captions
+from captionlab.names import DATASETS
 from captionlab.world.scenes import Scene, held_out_combinations, sample_scene
 from captionlab.world.vocabulary import (
     ALL_KINDS,
@@ -23,7 +24,7 @@ from captionlab.world.vocabulary import (
     SETTINGS,
 )
 
-BENCHMARKS: tuple[str, ...] = ("coco", "nocaps", "cc3m", "vizwiz", "textcaps")
+BENCHMARKS: tuple[str, ...] = tuple(DATASETS)  # the benchmarks each world domain mirrors
 DOMAINS: tuple[str, ...] = BENCHMARKS + ("pretrain", "brief")
 
 # Images per (domain, split) at scale 1.0. The coco domain trains the personalised models;

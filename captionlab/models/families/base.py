@@ -1,0 +1,80 @@
+"""`ModelFamily`: the questions every model family answers (see the package docstring).
+
+The defaults describe the transformers layout LLaVA-style models share (`model.model.language_model`,
+`.vision_tower`, `.multi_modal_projector`, `lm_head`); a family whose layout differs overrides them.
+Methods take the unwrapped transformers model (`captionlab.models.prompting.unwrap`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+VICUNA_SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+VICUNA_TEMPLATE = "{system} USER: <image>\n{prompt} ASSISTANT:"
+LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class FamilyNotFound(ValueError):
+    """A model whose architecture no registered family describes; the message names the known ones."""
+
+
+class ModelFamily:
+    """One family of VLMs. Subclasses set the class names; override a method where the layout differs."""
+
+    architecture: ClassVar[str]  # the registry's "architecture" and config.json's "model_type"
+    model_class_name: ClassVar[str]  # in transformers
+    config_class_name: ClassVar[str]
+    system_prompt: ClassVar[str] = VICUNA_SYSTEM_PROMPT
+    prompt_template: ClassVar[str] = VICUNA_TEMPLATE  # "{system}", "{prompt}" and the image placeholder
+    # The LLM's linear layers LoRA adapts (the paper: every fully connected layer of the LLM), and only the LLM's:
+    # the vision tower has q/k/v projections too, which stay frozen.
+    lora_target_modules: ClassVar[str] = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
+    # The repeated blocks FSDP makes one unit each, by class-name suffix (LlamaDecoderLayer, CLIPEncoderLayer, ...).
+    layer_suffixes: ClassVar[tuple[str, ...]] = ("DecoderLayer", "EncoderLayer")
+
+    # --- classes -------------------------------------------------------------------------------
+    def model_class(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.model_class_name)
+
+    def config_class(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.config_class_name)
+
+    def load_processor(self, folder: Path):
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(folder)
+
+    # --- where the parts are -------------------------------------------------------------------
+    def language_model(self, model) -> Any:
+        """The LLM decoder (its `.layers` are the decoder layers)."""
+        return model.model.language_model
+
+    def vision_tower(self, model) -> Any | None:
+        return getattr(getattr(model, "model", None), "vision_tower", None)
+
+    def projector(self, model) -> Any:
+        return model.model.multi_modal_projector
+
+    def full_fine_tuning_parameters(self, model) -> list:
+        """What full fine-tuning trains: the projector and the whole LLM with its head; the vision tower stays."""
+        modules = (self.projector(model), self.language_model(model), model.lm_head)
+        return [p for module in modules for p in module.parameters()]
+
+    # --- tiny random models (tests, benchmarks, the embedded model) ---------------------------------
+    def tiny_config(self, common: dict, image_size: int):
+        """The family's config from the shared tiny settings (`captionlab.models.tiny.tiny_config`)."""
+        return self.config_class()(**common)
+
+    def tiny_processor(self, tokenizer, image_kwargs: dict, image_size: int, common: dict):
+        import transformers
+
+        image_processor = transformers.CLIPImageProcessor(**image_kwargs)
+        return transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, **common)
