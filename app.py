@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
+from captionlab.service.settings import DEFAULT_MAX_NEW_TOKENS
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 QUEUE_MAX_SIZE = 100  # requests waiting beyond this are refused ("queue full") instead of piling up in memory

@@ -184,6 +184,7 @@ def load_captioners(spec: ModelSpec, artifacts: dict[str, Path | None], settings
 def _rebuilt_base(spec: ModelSpec, device: str | None, attached: dict[str, Path | None]) -> SharedBase:
     base = SharedBase(load_model(spec, device=device))
     for key, artifact in attached.items():
-        if key != "zero_shot":
-            base.attach(get_strategy(key), artifact)
+        strategy = get_strategy(key)
+        if strategy.needs_artifact():  # zero-shot is the base as is
+            base.attach(strategy, artifact)
     return base

@@ -118,8 +118,8 @@ def nocaps_domain_table(study: dict) -> str:
             continue
         cells = [_cell(by_domain.get(d, {}).get(m), m) for d in NOCAPS_DOMAINS for m in ("CIDEr", "CLIP-Score")]
         cells += [_cell(row["metrics"].get(m), m) for m in ("CIDEr", "CLIP-Score")]
-        model = "CLIP-Captioner" if strategy == "clip_captioner" else "embedded tiny LLaVA"
-        label = "-" if strategy == "clip_captioner" else LABELS[strategy]
+        model = "embedded tiny LLaVA" if _on_llava(strategy) else LABELS[strategy]
+        label = LABELS[strategy] if _on_llava(strategy) else "-"  # the baseline is its own model: no strategy
         lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return "nocaps by domain: not recorded in these results."

@@ -48,7 +48,7 @@ def state_of(job_id: str) -> str:
 
 
 def job_id_in(message: str) -> str:
-    return re.search(r"(?:started|queued) ([\w-]+)", message).group(1)
+    return re.search(r"(?:started|queued) ([\w-]+)", message, re.IGNORECASE).group(1)
 
 
 def test_jobs_started_in_the_same_second_get_their_own_folder_and_log(workspace):

@@ -1,14 +1,15 @@
 """CHAIR for the shipped embedded study, computed from its shipped predictions (nothing is recaptioned).
 
-    python -m captionlab.evaluation.chair_study --checkpoints checkpoints/embedded --readme README.md
+    python -m captionlab.evaluation.chair_study --checkpoints checkpoints/embedded
+    python -m train zoo --only report   # then: tables.md, the README's generated section, manifest.json
 
 For each `results/<strategy>/<dataset>/results.json` of the chosen datasets (default: coco), every caption of
 `predictions.jsonl` is scored against its scene's objects in the world the study was evaluated on (seed 0,
 scale 1, as `python -m train zoo` builds it; each regenerated example's references are checked against the
 ones shipped beside the caption, so a world that differs is refused, not silently used). CHAIR-i, CHAIR-s
-and Object-Recall join the results' metrics, per-image rates and hallucinated words join the file; then the
-report (tables.md, the README's generated section) and manifest.json are rewritten. New zoo builds need none
-of this: their evaluations compute CHAIR themselves.
+and Object-Recall join the results' metrics, per-image rates and hallucinated words join the file. The report
+and manifest are the zoo's to write (evaluation does not know the zoo): `python -m train zoo --only report`.
+New zoo builds need none of this: their evaluations compute CHAIR themselves.
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=paths.CHECKPOINTS_DIR / "embedded",
                         help="the shipped study (default checkpoints/embedded)")
     parser.add_argument("--datasets", default="coco", help="comma-separated domains to score (default coco)")
-    parser.add_argument("--readme", type=Path, help="README.md whose generated study section to rewrite")
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     for dataset in datasets:
@@ -69,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = add_chair(results_json)
             print(f"{results_json.parent.parent.name} on {dataset}: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
-    from captionlab import report
-    from captionlab.zoo import write_manifest
-
-    report_args = ["--checkpoints", str(args.checkpoints)] + (["--readme", str(args.readme)] if args.readme else [])
-    report.main(report_args)
-    write_manifest(args.checkpoints)
+    print("now rewrite the report and manifest: python -m train zoo --only report")
     return 0
 
 

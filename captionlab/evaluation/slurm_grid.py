@@ -26,6 +26,7 @@ from pathlib import Path
 
 from captionlab import atomic, paths
 from captionlab.evaluation.targets import EvaluationError, discover_checkpoint, resolve_model
+from captionlab.names import strategy_traits
 
 CLUSTERS = ("slurm", "local")  # local: submitit's local executor, the same array as processes on this machine
 SLURM_ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
@@ -103,7 +104,7 @@ def plan_cells(selection: GridSelection) -> tuple[list[dict], dict[str, str]]:
     cells, skipped = [], {}
     for strategy in selection.strategies:
         found, reason = discover_checkpoint(target, strategy, selection.checkpoints, model_arg=selection.model)
-        if strategy != "zero_shot" and found is None:
+        if found is None and strategy_traits(strategy).trains:  # zero-shot needs no checkpoint
             skipped[strategy] = reason or "no checkpoint"
             continue
         for dataset in selection.datasets:
