@@ -3,12 +3,16 @@
     data stats --format karpathy --annotations dataset_coco.json --images coco/ [--split test]
     data stats --dataset coco [--config datasets.yaml]       (or --dataset karpathy:/path/file.json)
     data world [--out DIR] [--seed N]
+    data fetch NAME [NAME ...] | --all --root DIR [--workers N]
 
 `stats` prints images and captions per split and the mean words per caption, and per domain
 where the benchmark has domains (nocaps: in-domain, near-domain, out-domain), (`--json` for a
 machine-readable object); `--skip-missing` leaves out records whose image file is missing
 instead of stopping, and says how many (none left is an error). A dataset named without
 `--config` is the embedded world's, generated on first use as `train run` does.
+
+`fetch` downloads benchmarks from their owners' sources (captionlab/data/sources.py) into ROOT/<name>/, resumably,
+after a disk-space check, and writes ROOT/datasets.yaml for what arrived (use it as `--config`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     world.add_argument("--out", type=Path, help="output folder (default: the workspace's world/)")
     world.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     world.set_defaults(func=run_world)
+
+    from captionlab.data.sources import NAMES
+
+    fetch = commands.add_parser("fetch", help="download benchmarks and write a datasets.yaml for them")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to fetch: {', '.join(NAMES)}")
+    fetch.add_argument("--all", action="store_true", help="fetch every benchmark")
+    fetch.add_argument("--root", type=Path, required=True, help="folder to fetch into (datasets.yaml goes here)")
+    fetch.add_argument("--workers", type=int, default=16, help="parallel per-image downloads (default 16)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bars")
+    fetch.set_defaults(func=run_fetch)
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -106,6 +120,32 @@ def _dataset_argument(args: argparse.Namespace) -> str:
         raise UserError("say which dataset: --dataset NAME (or FORMAT:PATH), "
                         "or --format FORMAT with --annotations FILE")
     return f"{args.format}:{args.annotations}"
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from captionlab.data.datasets import CONFIG_FILE_NAME
+    from captionlab.data.download import DownloadError
+    from captionlab.data.errors import DatasetError
+    from captionlab.data.fetch import fetch_benchmarks
+    from captionlab.data.sources import NAMES
+
+    if args.all == bool(args.names):
+        raise UserError(f"name the benchmarks to fetch ({', '.join(NAMES)}) or give --all, not both")
+    try:
+        results = fetch_benchmarks(list(NAMES) if args.all else args.names, args.root, workers=args.workers,
+                                   progress=not args.quiet)
+    except (DownloadError, DatasetError) as exc:
+        raise UserError(str(exc)) from None
+    for result in results:
+        if result.error:
+            print(f"{result.name}: not fetched: {result.error}")
+            continue
+        splits = ", ".join(f"{split} {images} images / {captions} captions"
+                           for split, (images, captions) in result.splits.items())
+        print(f"{result.name}: {splits or 'no readable record'}; {result.missing_images} missing image(s)"
+              + (f" ({result.failed_image_downloads} image URL(s) failed)" if result.failed_image_downloads else ""))
+    print(f"wrote {args.root / CONFIG_FILE_NAME} (use it with --config)")
+    return 1 if any(result.error for result in results) else 0
 
 
 def run_world(args: argparse.Namespace) -> int:
