@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "captionlab.cli.evaluate",
     "captionlab.cli.runs",
     "captionlab.cli.arena",
+    "captionlab.cli.weights",
 ]
 
 
