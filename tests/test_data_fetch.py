@@ -253,7 +253,21 @@ def test_a_missing_source_file_is_reported_and_the_others_still_arrive(published
     assert main(["data", "fetch", "textcaps", "vizwiz", "--root", str(tmp_path), "--quiet"]) == 1
     output = capsys.readouterr().out
     assert "textcaps: not fetched:" in output and "HTTP 404" in output
+    assert "download it by hand from https://textvqa.org/textcaps/dataset/" in output
     assert sorted(load_config(tmp_path / "datasets.yaml")) == ["vizwiz"]
+
+
+def test_a_dead_owner_link_falls_back_to_its_mirror_named_as_such(published, tmp_path, monkeypatch, capsys):
+    sources = fetch_module.SOURCES
+    textcaps = sources["textcaps"]
+    annotations = dataclasses.replace(textcaps.files[0], url=published.url("/dead/TextCaps_0.1_val.json"),
+                                      mirrors=(textcaps.files[0].url,))
+    sources = {**sources, "textcaps": dataclasses.replace(textcaps, files=(annotations, textcaps.files[1]))}
+    monkeypatch.setattr(fetch_module, "SOURCES", sources)
+    assert main(["data", "fetch", "textcaps", "--root", str(tmp_path), "--quiet"]) == 0
+    assert "a mirror of the owner's" in capsys.readouterr().err
+    assert published.fetched("/dead/TextCaps_0.1_val.json") == [None]
+    assert "textcaps" in load_config(tmp_path / "datasets.yaml")
 
 
 def test_names_and_all_are_exclusive(capsys):

@@ -89,11 +89,7 @@ def fetch_benchmark(benchmark: Benchmark, folder: Path, *, workers: int = 16, pr
     for file in benchmark.files:
         if _already_fetched(file, folder):
             continue
-        if file.mirror_of:
-            print(f"{benchmark.name}: {file.target} from a mirror ({file.url}) of the owner's {file.mirror_of}",
-                  file=sys.stderr)
-        path = download(file.url, folder / file.target, sha256=file.sha256, progress=progress,
-                        label=f"{benchmark.name}/{file.target}")
+        path = _download_with_mirrors(benchmark, file, folder / file.target, progress)
         if file.unpack_to:
             _unpack(path, folder / file.unpack_to, file.members)
             _unpacked_marker(file, folder).touch()
@@ -105,6 +101,21 @@ def fetch_benchmark(benchmark: Benchmark, folder: Path, *, workers: int = 16, pr
     if not failed:
         (folder / ".images-complete").touch()
     return failed
+
+
+def _download_with_mirrors(benchmark: Benchmark, file: RemoteFile, target: Path, progress: bool) -> Path:
+    """The owner's URL first, then each mirror, named as such; the error lists every URL tried."""
+    problems = []
+    for url in (file.url, *file.mirrors):
+        if url != file.url:
+            print(f"{benchmark.name}: trying {url}, a mirror of the owner's {file.url}", file=sys.stderr)
+        try:
+            return download(url, target, sha256=file.sha256, progress=progress,
+                            label=f"{benchmark.name}/{file.target}")
+        except DownloadError as exc:
+            problems.append(str(exc))
+    hint = f"; download it by hand from {benchmark.homepage} into {target}" if benchmark.homepage else ""
+    raise DownloadError("; ".join(problems) + hint)
 
 
 def _already_fetched(file: RemoteFile, folder: Path) -> bool:

@@ -14,7 +14,9 @@ written afterwards points at the files exactly as their owners publish them:
 The paper trains on COCO only and evaluates the other four on their validation sets, so only those images are
 listed. Sizes are the owners' published file sizes where known; they size the disk-space check, and the server's
 Content-Length is checked on every download. None of the owners publishes a checksum for these files, so
-`sha256` is empty here; the downloader checks it wherever a source gives one.
+`sha256` is empty here; the downloader checks it wherever a source gives one. `mirrors` lists copies tried when
+the owner's link fails; none is listed yet: no Hub copy of these files was verified to match the owner's bytes,
+and an unverified copy would be a guess (add one here with its sha256 once checked).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class RemoteFile:
     sha256: str = ""  # checked when given; a mismatch is refused
     unpack_to: str = ""  # a zip archive unpacked into this folder (then removed); "" keeps the file as it is
     members: tuple[str, ...] = ()  # unpack only these members of the archive (flattened into unpack_to)
-    mirror_of: str = ""  # where set, this URL is a mirror of the owner's (dead) link, named here
+    mirrors: tuple[str, ...] = ()  # tried in order when the owner's URL fails; the output names each as a mirror
 
 
 @dataclass(frozen=True)
