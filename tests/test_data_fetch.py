@@ -270,6 +270,13 @@ def test_a_dead_owner_link_falls_back_to_its_mirror_named_as_such(published, tmp
     assert "textcaps" in load_config(tmp_path / "datasets.yaml")
 
 
+def test_the_progress_bars_reach_the_end(published, tmp_path, capsys):
+    assert main(["data", "fetch", "nocaps", "vizwiz", "--root", str(tmp_path)]) == 0
+    bars = capsys.readouterr().err
+    assert "vizwiz/val.zip [##############################] 100.0%" in bars
+    assert "nocaps images [##############################] 100.0% 3 images/3 images" in bars  # 1 of them failed
+
+
 def test_names_and_all_are_exclusive(capsys):
     assert main(["data", "fetch", "coco", "--all", "--root", "x"]) == 2
     assert main(["data", "fetch", "--root", "x"]) == 2

@@ -31,8 +31,9 @@ class DownloadError(Exception):
 class Progress:
     """A one-line progress bar on a stream (stderr by default), redrawn at most ten times a second."""
 
-    def __init__(self, label: str, total: int | None, done: int = 0, stream: TextIO | None = None) -> None:
-        self.label, self.total, self.done = label, total, done
+    def __init__(self, label: str, total: int | None, done: int = 0, stream: TextIO | None = None,
+                 unit: str = "bytes") -> None:
+        self.label, self.total, self.done, self.unit = label, total, done, unit
         self.stream = stream if stream is not None else sys.stderr
         self._drawn_at = 0.0
 
@@ -46,14 +47,17 @@ class Progress:
         if self.total:
             filled = int(30 * min(self.done, self.total) / self.total)
             bar = f"[{'#' * filled}{'.' * (30 - filled)}] {100 * self.done / self.total:5.1f}%"
-            amount = f"{_megabytes(self.done)}/{_megabytes(self.total)}"
+            amount = f"{self._amount(self.done)}/{self._amount(self.total)}"
         else:
-            bar, amount = "", _megabytes(self.done)
+            bar, amount = "", self._amount(self.done)
         self.stream.write(f"\r{self.label} {bar} {amount}{end}")
         self.stream.flush()
 
     def close(self) -> None:
         self.draw(end="\n")
+
+    def _amount(self, count: int) -> str:
+        return _megabytes(count) if self.unit == "bytes" else f"{count} {self.unit}"
 
 
 def download(url: str, target: Path, *, expected_bytes: int | None = None, sha256: str = "", retries: int = 3,

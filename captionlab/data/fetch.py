@@ -171,7 +171,7 @@ def _image_jobs(benchmark: Benchmark, folder: Path) -> list[ImageJob]:
 
 def _download_images(jobs: list[ImageJob], workers: int, progress: bool, label: str) -> int:
     """Fetch every job's image (those already there are skipped); returns how many failed."""
-    bar = Progress(f"{label} images", len(jobs)) if progress else None
+    bar = Progress(f"{label} images", len(jobs), unit="images") if progress else None
 
     def fetch_one(job: ImageJob) -> bool:
         ok, error = True, None
