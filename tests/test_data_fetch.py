@@ -277,7 +277,16 @@ def test_the_progress_bars_reach_the_end(published, tmp_path, capsys):
     assert "nocaps images [##############################] 100.0% 3 images/3 images" in bars  # 1 of them failed
 
 
+def test_list_prints_every_source_and_fetches_nothing(capsys, no_network):
+    assert main(["data", "fetch", "--list"]) == 0
+    listing = capsys.readouterr().out
+    for benchmark in SOURCES.values():
+        assert all(file.url in listing for file in benchmark.files)
+    assert no_network == []
+
+
 def test_names_and_all_are_exclusive(capsys):
+    assert main(["data", "fetch", "coco"]) == 2  # no --root
     assert main(["data", "fetch", "coco", "--all", "--root", "x"]) == 2
     assert main(["data", "fetch", "--root", "x"]) == 2
     assert main(["data", "fetch", "imagenet", "--root", "x"]) == 2

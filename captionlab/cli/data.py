@@ -3,7 +3,7 @@
     data stats --format karpathy --annotations dataset_coco.json --images coco/ [--split test]
     data stats --dataset coco [--config datasets.yaml]       (or --dataset karpathy:/path/file.json)
     data world [--out DIR] [--seed N]
-    data fetch NAME [NAME ...] | --all --root DIR [--workers N]
+    data fetch NAME [NAME ...] | --all --root DIR [--workers N]    (data fetch --list: the sources)
 
 `stats` prints images and captions per split and the mean words per caption, and per domain
 where the benchmark has domains (nocaps: in-domain, near-domain, out-domain), (`--json` for a
@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch = commands.add_parser("fetch", help="download benchmarks and write a datasets.yaml for them")
     fetch.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to fetch: {', '.join(NAMES)}")
     fetch.add_argument("--all", action="store_true", help="fetch every benchmark")
-    fetch.add_argument("--root", type=Path, required=True, help="folder to fetch into (datasets.yaml goes here)")
+    fetch.add_argument("--root", type=Path, help="folder to fetch into (datasets.yaml goes here)")
+    fetch.add_argument("--list", action="store_true", help="print the sources (URLs, sizes, layout) and stop")
     fetch.add_argument("--workers", type=int, default=16, help="parallel per-image downloads (default 16)")
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
     fetch.set_defaults(func=run_fetch)
@@ -129,6 +130,10 @@ def run_fetch(args: argparse.Namespace) -> int:
     from captionlab.data.fetch import fetch_benchmarks
     from captionlab.data.sources import NAMES
 
+    if args.list:
+        return _print_sources()
+    if args.root is None:
+        raise UserError("say where to fetch into: --root DIR")
     if args.all == bool(args.names):
         raise UserError(f"name the benchmarks to fetch ({', '.join(NAMES)}) or give --all, not both")
     try:
@@ -146,6 +151,23 @@ def run_fetch(args: argparse.Namespace) -> int:
               + (f" ({result.failed_image_downloads} image URL(s) failed)" if result.failed_image_downloads else ""))
     print(f"wrote {args.root / CONFIG_FILE_NAME} (use it with --config)")
     return 1 if any(result.error for result in results) else 0
+
+
+def _print_sources() -> int:
+    from captionlab.data.sources import SOURCES
+
+    for benchmark in SOURCES.values():
+        print(f"{benchmark.name} ({benchmark.format}, at most about {benchmark.approx_bytes() / 1e9:.1f} GB of disk): "
+              f"{benchmark.homepage}")
+        for file in benchmark.files:
+            unpack = f" -> unpacked into {benchmark.name}/{file.unpack_to}/" if file.unpack_to else ""
+            print(f"  {file.url} ({file.approx_bytes / 1e6:,.0f} MB){unpack}")
+        if benchmark.per_image_urls:
+            print(f"  + each image from its URL in the annotations (about "
+                  f"{benchmark.per_image_approx_bytes / 1e9:.1f} GB)")
+        for note in benchmark.notes:
+            print(f"  note: {note}")
+    return 0
 
 
 def run_world(args: argparse.Namespace) -> int:
