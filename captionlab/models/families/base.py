@@ -63,12 +63,25 @@ class ModelFamily:
     def projector(self, model) -> Any:
         return model.model.multi_modal_projector
 
+    def image_token_id(self, config) -> int:
+        """The id of the token the image's features replace (LLaVA's config calls it `image_token_index`)."""
+        found = getattr(config, "image_token_index", None)
+        return int(found if found is not None else config.image_token_id)
+
+    def image_marker_ids(self, tokenizer) -> tuple[int, ...]:
+        """Ids of the tokens the processor puts around an image's tokens: neither image nor prompt (none here)."""
+        return ()
+
     def full_fine_tuning_parameters(self, model) -> list:
         """What full fine-tuning trains: the projector and the whole LLM with its head; the vision tower stays."""
         modules = (self.projector(model), self.language_model(model), model.lm_head)
         return [p for module in modules for p in module.parameters()]
 
     # --- tiny random models (tests, benchmarks, the embedded model) ---------------------------------
+    def tiny_tokenizer(self, tokenizer):
+        """The tokenizer a tiny model of this family uses: `tokenizer`, plus any special tokens its processor needs."""
+        return tokenizer
+
     def tiny_config(self, common: dict, image_size: int):
         """The family's config from the shared tiny settings (`captionlab.models.tiny.tiny_config`)."""
         return self.config_class()(**common)
