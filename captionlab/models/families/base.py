@@ -30,6 +30,8 @@ class ModelFamily:
     config_class_name: ClassVar[str]
     system_prompt: ClassVar[str] = VICUNA_SYSTEM_PROMPT
     prompt_template: ClassVar[str] = VICUNA_TEMPLATE  # "{system}", "{prompt}" and the image placeholder
+    # The processor's image inputs the model takes beside input_ids, one entry per image (LLaVA-NeXT: + image_sizes).
+    image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes")
     # The LLM's linear layers LoRA adapts (the paper: every fully connected layer of the LLM), and only the LLM's:
     # the vision tower has q/k/v projections too, which stay frozen.
     lora_target_modules: ClassVar[str] = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
@@ -62,6 +64,10 @@ class ModelFamily:
 
     def projector(self, model) -> Any:
         return model.model.multi_modal_projector
+
+    def prefix_placeholder(self, tokenizer) -> str:
+        """The token prefix tuning's slots are written as: one token found nowhere else in the prompt or padding."""
+        return tokenizer.unk_token
 
     def image_token_id(self, config) -> int:
         """The id of the token the image's features replace (LLaVA's config calls it `image_token_index`)."""

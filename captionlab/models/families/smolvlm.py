@@ -32,6 +32,7 @@ class SmolVLMFamily(ModelFamily):
     config_class_name = "Idefics3Config"
     system_prompt = ""
     prompt_template = SMOLVLM_TEMPLATE
+    image_input_keys = ("pixel_values", "pixel_attention_mask")
     lora_target_modules = r".*text_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
 
     def load_processor(self, folder: Path):
