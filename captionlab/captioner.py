@@ -122,7 +122,8 @@ class LlavaCaptioner:
             self.base.activate(self.key)
         processor = self.loaded.processor
         tokenizer = processor.tokenizer
-        prompt = build_prompt(self.loaded.spec, self.settings.prompt, self.strategy.prefix_slots, tokenizer.unk_token)
+        prompt = build_prompt(self.loaded.spec, self.settings.prompt, self.strategy.prefix_slots,
+                              self.loaded.spec.family.prefix_placeholder(tokenizer))
         captions: list[str] = []
         self.last_cut = []
         for start in range(0, len(images), self.settings.batch_size):

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from captionlab.cli import UserError
     from captionlab.models.registry import ModelNotFoundError
     from captionlab.strategies import StrategyError
-    from captionlab.strategies.counting import count_label, count_trainable
+    from captionlab.strategies.counting import count_label, count_trainable, uncounted
 
     warnings.filterwarnings("ignore")
     try:
@@ -48,13 +48,17 @@ def run(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, StrategyError) as exc:
         raise UserError(str(exc)) from None
     if args.json:
-        print(json.dumps({"model": args.model, "trainable_parameters": counts, "notes": list(NOTES)}, indent=2))
+        print(json.dumps({"model": args.model, "trainable_parameters": counts, "not_counted": uncounted(counts),
+                          "notes": list(NOTES)}, indent=2))
         return 0
+    missing = uncounted(counts)
     total = counts.pop("total")
     print(f"{args.model}: {total:,} parameters in all")
     print(f"{'strategy':<22}{'trainable':>16}{'share':>10}")
     for name, n in counts.items():
         print(f"{count_label(name):<22}{n:>16,}{n / total:>10.4%}")
+    for name, why in missing.items():
+        print(f"{count_label(name):<22}{'not counted':>16}  ({why})")
     for note in NOTES:
         print(f"note: {note}")
     return 0

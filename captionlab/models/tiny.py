@@ -81,6 +81,7 @@ def save_tiny_llava(out_dir: Path, tokenizer, shape: TinyShape = TinyShape(), ar
     """Write a tiny model folder (random weights unless `model` is given) and return its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = family_for(architecture).tiny_tokenizer(tokenizer)
     if model is None:
         torch.manual_seed(seed)
         config = tiny_config(shape, len(tokenizer), tokenizer, architecture)

@@ -49,6 +49,8 @@ def count_trainable(model_name: str) -> dict[str, int]:
     tokenizer = prompt_tokenizer(spec)
     counts: dict[str, int] = {"total": sum(p.numel() for p in build_random_model(spec, "meta").parameters())}
     for name in PAPER_STRATEGIES:
+        if name == "prompt_learning" and tokenizer is None and spec.prompt_token_count is None:
+            continue  # its length is the prompt's in tokens: without the tokenizer, not counted (`uncounted`)
         strategy = get_strategy(name)
         model = strategy.apply(build_random_model(spec, "meta"), spec, tokenizer)
         counts[name] = sum(p.numel() for _, p in strategy.trainable_parameters(model))
@@ -57,6 +59,15 @@ def count_trainable(model_name: str) -> dict[str, int]:
         model = strategy.apply(build_random_model(spec, "meta"), spec, tokenizer)
         counts[f"{name}:{ALL_LINEAR}"] = sum(p.numel() for _, p in strategy.trainable_parameters(model))
     return counts
+
+
+def uncounted(counts: dict[str, int]) -> dict[str, str]:
+    """The paper strategies `counts` lacks, with why (prompt learning on a model whose tokenizer is not here)."""
+    from captionlab.strategies import PAPER_STRATEGIES
+
+    why = ("its count is the prompt's length in tokens, which needs the model's tokenizer: put the weights in the "
+           "Hugging Face cache (or a local folder) to count it")
+    return {name: why for name in PAPER_STRATEGIES if name not in counts}
 
 
 def count_label(key: str) -> str:

@@ -4,7 +4,8 @@ One learnable token is prepended to the input of every decoder layer and its out
 L x d parameters (32 x 4096 = 131,072 on the 7B LLM). peft's PrefixTuning instead learns
 separate key and value prefixes per layer, a different method.
 
-Mechanism: the prompt starts with one placeholder token (`<unk>`, right after BOS), which gives
+Mechanism: the prompt starts with one placeholder token (`<unk>`, or its family's `prefix_placeholder`; after
+BOS), which gives
 the prefix its slot in the sequence, the attention mask, the positions and the KV cache. A
 forward pre-hook on decoder layer i overwrites the hidden state at that slot with the learned
 vector e_i, so every layer sees [e_i, h_1..h_T]; what the layer outputs at the slot is discarded
@@ -93,7 +94,8 @@ class PrefixTuning(ControllerStrategy):
             generator = torch.Generator(device="cpu").manual_seed(0)
             std = float(spec.config["text_config"].get("initializer_range", 0.02))
             init = (torch.randn(layers, hidden, generator=generator) * std).to(device)
-        placeholder = tokenizer.unk_token_id if tokenizer is not None else 0
+        slot_token = None if tokenizer is None else spec.family.prefix_placeholder(tokenizer)
+        placeholder = 0 if tokenizer is None else tokenizer.convert_tokens_to_ids(slot_token)
         controller = LayerPrefixes(init, placeholder)
         base.add_module(CONTROLLER, controller)
         controller.attach(base)

@@ -27,12 +27,14 @@ class PromptEmbeddings(torch.nn.Module):
     """The learned prompt (P x d) and the hooks that put it in place of the prompt's embeddings."""
 
     def __init__(self, init: torch.Tensor, image_token_id: int, bos_token_id: int | None,
-                 token_ids: list[int] | None = None):
+                 token_ids: list[int] | None = None, marker_token_ids: tuple[int, ...] = ()):
         super().__init__()
         self.prompt = torch.nn.Parameter(init.clone())
         # the ids of the prompt tokens it stands for (None: unknown, a shape-only build): inputs must carry them
         self.register_buffer("token_ids", None if token_ids is None else torch.tensor(token_ids), persistent=False)
         self.image_token_id = image_token_id
+        # tokens the processor puts around an image (SmolVLM's <fake_token_around_image>, ...): not the prompt
+        self.register_buffer("marker_token_ids", torch.tensor(marker_token_ids, dtype=torch.long), persistent=False)
         self.bos_token_id = -1 if bos_token_id is None else bos_token_id
         self.enabled = True
         self._mask: torch.Tensor | None = None
@@ -52,6 +54,7 @@ class PromptEmbeddings(torch.nn.Module):
         attended = kwargs.get("attention_mask")
         attended = torch.ones_like(input_ids, dtype=torch.bool) if attended is None else attended.bool()
         candidates = attended & (input_ids != self.image_token_id) & (input_ids != self.bos_token_id)
+        candidates &= ~torch.isin(input_ids, self.marker_token_ids.to(input_ids.device))
         order = candidates.long().cumsum(dim=1)
         mask = candidates & (order <= self.prompt.shape[0])
         counts = mask.sum(dim=1)
@@ -108,7 +111,10 @@ class PromptLearning(ControllerStrategy):
             bos, ids = None, None
         else:
             raise StrategyError(f"{spec.name}: prompt learning needs the tokenizer to know the prompt tokens")
-        controller = PromptEmbeddings(init.float(), base.config.image_token_index, bos, token_ids=ids)
+        family = spec.family
+        markers = family.image_marker_ids(tokenizer) if tokenizer is not None else ()
+        controller = PromptEmbeddings(init.float(), family.image_token_id(base.config), bos, token_ids=ids,
+                                      marker_token_ids=markers)
         base.add_module(CONTROLLER, controller)
         controller.attach(base)
         return model

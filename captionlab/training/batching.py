@@ -21,7 +21,7 @@ def build_training_batch(processor, spec: ModelSpec, images: Sequence[Image.Imag
                          prefix_slots: int = 0, user_prompt: str = ZERO_SHOT_PROMPT) -> dict[str, torch.Tensor]:
     """Inputs for a batch of (image, caption) pairs: prompt + " " + caption + EOS, labels on the caption."""
     tokenizer = processor.tokenizer
-    prompt = build_prompt(spec, user_prompt, prefix_slots, tokenizer.unk_token)
+    prompt = build_prompt(spec, user_prompt, prefix_slots, spec.family.prefix_placeholder(tokenizer))
     texts = [f"{prompt} {caption.strip()}{tokenizer.eos_token}" for caption in captions]
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "right"

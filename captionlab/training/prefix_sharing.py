@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from captionlab.models.families import family_of
 from captionlab.models.prompting import build_prompt, language_model
 from captionlab.models.registry import ZERO_SHOT_PROMPT, ModelSpec
 
@@ -183,7 +184,7 @@ def build_packed_batch(processor, spec: ModelSpec, images: Sequence[Image.Image]
     if len(images) != len(captions_per_image):
         raise PackingError(f"{len(images)} images but {len(captions_per_image)} caption lists")
     tokenizer = processor.tokenizer
-    prompt = build_prompt(spec, user_prompt, prefix_slots, tokenizer.unk_token)
+    prompt = build_prompt(spec, user_prompt, prefix_slots, spec.family.prefix_placeholder(tokenizer))
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
@@ -194,7 +195,7 @@ def build_packed_batch(processor, spec: ModelSpec, images: Sequence[Image.Image]
     prefixes = [row[mask.bool()] for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
     captions = [_caption_token_ids(tokenizer, prompt, caps) for caps in captions_per_image]
     batch = pack_sequences(prefixes, captions, tokenizer.pad_token_id, pad_to_multiple_of)
-    for key in ("pixel_values", "image_sizes"):  # one image per row (image_sizes: LLaVA-NeXT)
+    for key in spec.family.image_input_keys:  # one image per row (image_sizes: LLaVA-NeXT, ...)
         if key in inputs:
             batch[key] = inputs[key]
     return batch
@@ -233,7 +234,8 @@ def packed_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], mask_r
     """
     dtype = _compute_dtype(model)
     mask4d = packed_attention_mask(batch["segment_ids"], dtype)
-    inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
+    image_keys = family_of(getattr(model, "module", model)).image_input_keys
+    inputs = {k: batch[k] for k in (*MODEL_KEYS, *image_keys) if k in batch}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     keep = batch["logits_to_keep"]

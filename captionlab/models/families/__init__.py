@@ -10,7 +10,8 @@ instead of reaching into `model.model.language_model` themselves.
 
 Adding a family (LLaVA-OneVision, Qwen2.5-VL, SmolVLM, ...): a module here with a `ModelFamily`
 subclass, and one `register_family(...)` line below (or a call from anywhere before the model is
-loaded: tests add a toy one). LLaVA (`llava`) and LLaVA-NeXT (`llava_next`) are the first two.
+loaded: tests add a toy one). LLaVA (`llava`), LLaVA-NeXT (`llava_next`), SmolVLM (`idefics3`),
+LLaVA-OneVision (`llava_onevision`) are here.
 Importing this package does not import torch or transformers.
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 from captionlab.models.families.base import FamilyNotFound, ModelFamily
 from captionlab.models.families.llava import LlavaFamily
 from captionlab.models.families.llava_next import LlavaNextFamily
+from captionlab.models.families.llava_onevision import LlavaOnevisionFamily
+from captionlab.models.families.smolvlm import SmolVLMFamily
 
 FAMILIES: dict[str, ModelFamily] = {}
 
@@ -50,6 +53,8 @@ def family_of(model) -> ModelFamily:
 
 register_family(LlavaFamily())
 register_family(LlavaNextFamily())
+register_family(SmolVLMFamily())
+register_family(LlavaOnevisionFamily())
 
 __all__ = ["FAMILIES", "FamilyNotFound", "ModelFamily", "family_for", "family_of", "register_family",
            "unregister_family"]

@@ -30,6 +30,8 @@ class ModelFamily:
     config_class_name: ClassVar[str]
     system_prompt: ClassVar[str] = VICUNA_SYSTEM_PROMPT
     prompt_template: ClassVar[str] = VICUNA_TEMPLATE  # "{system}", "{prompt}" and the image placeholder
+    # The processor's image inputs the model takes beside input_ids, one entry per image (LLaVA-NeXT: + image_sizes).
+    image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes")
     # The LLM's linear layers LoRA adapts (the paper: every fully connected layer of the LLM), and only the LLM's:
     # the vision tower has q/k/v projections too, which stay frozen.
     lora_target_modules: ClassVar[str] = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
@@ -63,12 +65,29 @@ class ModelFamily:
     def projector(self, model) -> Any:
         return model.model.multi_modal_projector
 
+    def prefix_placeholder(self, tokenizer) -> str:
+        """The token prefix tuning's slots are written as: one token found nowhere else in the prompt or padding."""
+        return tokenizer.unk_token
+
+    def image_token_id(self, config) -> int:
+        """The id of the token the image's features replace (LLaVA's config calls it `image_token_index`)."""
+        found = getattr(config, "image_token_index", None)
+        return int(found if found is not None else config.image_token_id)
+
+    def image_marker_ids(self, tokenizer) -> tuple[int, ...]:
+        """Ids of the tokens the processor puts around an image's tokens: neither image nor prompt (none here)."""
+        return ()
+
     def full_fine_tuning_parameters(self, model) -> list:
         """What full fine-tuning trains: the projector and the whole LLM with its head; the vision tower stays."""
         modules = (self.projector(model), self.language_model(model), model.lm_head)
         return [p for module in modules for p in module.parameters()]
 
     # --- tiny random models (tests, benchmarks, the embedded model) ---------------------------------
+    def tiny_tokenizer(self, tokenizer):
+        """The tokenizer a tiny model of this family uses: `tokenizer`, plus any special tokens its processor needs."""
+        return tokenizer
+
     def tiny_config(self, common: dict, image_size: int):
         """The family's config from the shared tiny settings (`captionlab.models.tiny.tiny_config`)."""
         return self.config_class()(**common)
