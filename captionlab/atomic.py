@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename over the target.
 
 A crash (or a full disk) mid-write leaves the previous file intact, never a half-written one.
+`read_json_object` reads such a record back where a missing or damaged one means "nothing recorded".
 """
 
 from __future__ import annotations
@@ -51,3 +52,13 @@ def replace_dir(staging: Path, target: Path) -> None:
         raise
     if old.exists():
         shutil.rmtree(old)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object written by `write_json`, or {} when the file is absent, unreadable or not an object (the
+    caller treats it as nothing recorded)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from captionlab import paths
+from captionlab import paths, processes
 from captionlab.training import launcher, runs_db
 from captionlab.training.run_folder import RunFolder
 
@@ -89,7 +89,7 @@ def _child_pid(row: dict) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    stat = launcher._proc_stat(pid)
+    stat = processes.proc_stat(pid)
     return stat is not None and stat[0] not in ("Z", "X")
 
 

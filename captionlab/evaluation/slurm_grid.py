@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from captionlab import atomic, paths
+from captionlab import atomic, paths, processes
 from captionlab.evaluation.targets import EvaluationError, discover_checkpoint, resolve_model
 from captionlab.names import strategy_traits
 
@@ -234,8 +234,8 @@ def _cell_state(folder: Path, strategy: str, dataset: str) -> CellState:
 
 def folder_state(cell_dir: Path, slurm_dir: Path, strategy: str = "", dataset: str = "") -> CellState:
     """How the job of `cell_dir` goes (its submitit files in `slurm_dir`)."""
-    done = _read_json(cell_dir / "done.json")
-    job = _read_json(cell_dir / "job.json")
+    done = atomic.read_json_object(cell_dir / "done.json")
+    job = atomic.read_json_object(cell_dir / "job.json")
     state = CellState(strategy, dataset, "not submitted", job_id=job.get("job_id"))
     if done:
         cider = (done.get("metrics") or {}).get("CIDEr")
@@ -244,7 +244,7 @@ def folder_state(cell_dir: Path, slurm_dir: Path, strategy: str = "", dataset: s
         return state
     if not job:
         return state
-    failed = _read_json(cell_dir / "failed.json")
+    failed = atomic.read_json_object(cell_dir / "failed.json")
     alive = None if failed else _job_alive(slurm_dir, job)
     if alive in ("running", "pending", "unknown"):
         state.state = alive
@@ -256,14 +256,6 @@ def folder_state(cell_dir: Path, slurm_dir: Path, strategy: str = "", dataset: s
                     else f"the job ended without finishing ({alive})")
     state.log_tail = _log_tail(slurm_dir, job["job_id"])
     return state
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _job_alive(slurm_dir: Path, job: dict) -> str:
@@ -291,11 +283,7 @@ def _process_alive(pid: int) -> bool:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own finished child
     except ChildProcessError:
         pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    return processes.is_live(pid)
 
 
 def _log_tail(slurm_dir: Path, job_id: str) -> list[str]:

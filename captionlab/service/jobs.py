@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from captionlab import atomic, paths
+from captionlab import atomic, paths, processes
 from captionlab.service import eval_launch
 from captionlab.service.settings import AppSettings
 
@@ -299,16 +299,7 @@ def _kill_group(job: dict, grace_s: float) -> None:
 
 def _group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is left in the group."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return bool(processes.group_members(pgid))
 
 
 def _safe_id(job_id: str) -> str:
@@ -351,8 +342,7 @@ def _alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, IndexError):
+    except OSError:
         return False
-    return state not in ("Z", "X") and b"evaluate" in argv
+    return processes.is_live(pid) and b"evaluate" in argv

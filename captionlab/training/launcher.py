@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from captionlab import atomic, paths
+from captionlab import atomic, paths, processes
 from captionlab.training import run_lock, runs_db
 from captionlab.training.energy import energy_so_far_kwh
 from captionlab.training.run_folder import RunFolder, is_complete_checkpoint
@@ -328,7 +328,7 @@ def _terminate_group(pid: int | None, pgid: int | None, run_dir: str, grace_s: f
 
     def gone() -> bool:
         _reap(pid)
-        return not _group_members(pgid)
+        return not processes.group_members(pgid)
 
     _signal_until_gone(lambda sig: os.killpg(pgid, sig), gone, grace_s)
 
@@ -359,10 +359,10 @@ def _group_is_ours(pid: int | None, pgid: int, run_dir: str) -> bool:
     """True unless the group's id now belongs to an unrelated process (the run's leader died, its pid reused)."""
     if pid is not None and _is_our_process(pid, run_dir):
         return True
-    leader = _proc_stat(pgid)
+    leader = processes.proc_stat(pgid)
     if leader is not None and leader[0] != "Z":
         return False  # a live leader that is not our trainer: someone else's group
-    return bool(_group_members(pgid))  # leaderless members left behind by our trainer
+    return bool(processes.group_members(pgid))  # leaderless members left behind by our trainer
 
 
 # --- liveness --------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def _is_our_process(pid: int, run_dir: str) -> bool:
             return False
         except PermissionError:
             return False
-    stat = _proc_stat(pid)
+    stat = processes.proc_stat(pid)
     if stat is None or stat[0] in ("Z", "X"):
         return False
     try:
@@ -433,33 +433,6 @@ def _reap(pid: int | None) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:  # not our child: whoever its parent is reaps it
         pass
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) from /proc/<pid>/stat, or None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2:].split()  # the command name may contain spaces and parentheses
-    return fields[0], int(fields[2])
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in group `pgid`."""
-    if not Path("/proc/self").exists():
-        try:
-            os.killpg(pgid, 0)
-            return [pgid]
-        except (ProcessLookupError, PermissionError):
-            return []
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
 
 
 # --- listing -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from captionlab import db, paths
+from captionlab import atomic, db, paths
 from captionlab.training import run_lock, runs_db
 from captionlab.training.run_folder import RunFolder
 
@@ -60,7 +60,7 @@ def _insert(conn: sqlite3.Connection, path: Path) -> bool:
         config = yaml.safe_load(folder.config_path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         config = {}
-    launch = _read_json(path / "launch.json")
+    launch = atomic.read_json_object(path / "launch.json")
     status = folder.read_status()
     state, message = status.get("state") or "crashed", status.get("message") or ""
     pid = run_lock.holder_pid(path)
@@ -110,11 +110,3 @@ def _record_results_again() -> int:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             print(f"note: {path} not recorded again: {exc}", file=sys.stderr)
     return count
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
