@@ -307,9 +307,15 @@ def generate_predictions(
     lines = [every[k] for k in predictions]
     predictions.resumed = len(done)
     predictions.generated = len(generated)
+    add_totals(predictions, lines)
+    return predictions
+
+
+def add_totals(predictions, lines) -> None:
+    """`predictions`' seconds, and its joules and cut captions where every line recorded them, summed over `lines`
+    (the written lines of its captions, read back or made now)."""
     predictions.seconds = sum(line.seconds or 0.0 for line in lines)
     if lines and all(line.joules is not None for line in lines):
         predictions.joules = sum(line.joules for line in lines)
     if lines and all(line.cut is not None for line in lines):
         predictions.cut = sum(line.cut for line in lines)
-    return predictions

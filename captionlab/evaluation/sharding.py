@@ -310,9 +310,5 @@ def _merge(out_jsonl: Path, selected: list[CaptionRecord], plan: _Plan, skipped:
     kept = [parsed[image_id] for image_id in predictions]
     predictions.resumed, predictions.generated = plan.resumed, generated
     predictions.skipped, predictions.stale_file, predictions.torn_lines = skipped, plan.stale_file, plan.torn_lines
-    predictions.seconds = sum(line.seconds or 0.0 for line in kept)
-    if kept and all(line.joules is not None for line in kept):
-        predictions.joules = sum(line.joules for line in kept)
-    if kept and all(line.cut is not None for line in kept):
-        predictions.cut = sum(line.cut for line in kept)
+    generation.add_totals(predictions, kept)
     return predictions
