@@ -160,12 +160,18 @@ def _published_files(base: str) -> dict[str, bytes]:
     }
 
 
-def _rebased_sources(base: str) -> dict:
-    """The real source table, each URL moved onto the local server with its path kept."""
-    def rebase(file):
-        return dataclasses.replace(file, url=base + urlsplit(file.url).path)
+def _rebased_sources(base: str, served: dict[str, bytes]) -> dict:
+    """The real source table, each URL moved onto the local server with its path kept.
 
-    return {name: dataclasses.replace(b, files=tuple(map(rebase, b.files))) for name, b in SOURCES.items()}
+    Sizes become those of the served files, so the disk-space check sizes this fixture and not the ~50 GB of the
+    real sources (a CI machine with less free disk than that refused the fetch before it started).
+    """
+    def rebase(file):
+        path = urlsplit(file.url).path
+        return dataclasses.replace(file, url=base + path, approx_bytes=len(served.get(path, b"")))
+
+    return {name: dataclasses.replace(b, files=tuple(map(rebase, b.files)), per_image_approx_bytes=10_000)
+            for name, b in SOURCES.items()}
 
 
 @pytest.fixture
@@ -173,7 +179,7 @@ def published(local_only, monkeypatch):
     """A local server with every source's files, and the source table pointing at it."""
     server = FileServer({}, drop_once=("/zips/val2014.zip",))
     server.files.update(_published_files(server.base))
-    monkeypatch.setattr(fetch_module, "SOURCES", _rebased_sources(server.base))
+    monkeypatch.setattr(fetch_module, "SOURCES", _rebased_sources(server.base, server.files))
     with server:
         yield server
 
@@ -242,7 +248,7 @@ def test_a_short_file_is_refused_after_the_retries(local_only, tmp_path):
 def test_not_enough_disk_space_stops_before_any_download(published, tmp_path, monkeypatch, capsys):
     import shutil
 
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10**3, 10**3))
     assert main(["data", "fetch", "--all", "--root", str(tmp_path), "--quiet"]) == 2
     assert "not enough disk space" in capsys.readouterr().err
     assert published.requests == []
