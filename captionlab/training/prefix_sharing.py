@@ -198,7 +198,26 @@ def build_packed_batch(processor, spec: ModelSpec, images: Sequence[Image.Image]
     for key in spec.family.image_input_keys:  # one image per row (image_sizes: LLaVA-NeXT, ...)
         if key in inputs:
             batch[key] = inputs[key]
+    for key in spec.family.token_input_keys:  # per token (Qwen2.5-VL's mm_token_type_ids): the prefix's, 0 after it
+        if key in inputs:
+            batch[key] = torch.zeros_like(batch["input_ids"], dtype=inputs[key].dtype)
+            for row, (values, mask) in enumerate(zip(inputs[key], inputs["attention_mask"])):
+                batch[key][row, :len(prefixes[row])] = values[mask.bool()]
     return batch
+
+
+def packed_position_ids(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The packed rows' position ids: `pack_sequences`' 1-D ones, or, for a family with its own positions
+    (Qwen2.5-VL's 3-D rotary positions from the image grid), the family's for the prefix, computed on the prefix
+    alone, and each caption's tokens counting on from the prefix's next position, as in its own sequence."""
+    inner = getattr(model, "module", model)
+    is_prefix = batch["segment_ids"] == 0
+    prefix = family_of(inner).prompt_position_ids(inner, {**batch, "attention_mask": is_prefix.long()})
+    if prefix is None:
+        return batch["position_ids"]
+    next_position = prefix.amax(dim=(0, 2)) + 1  # per row: text after the prefix goes on from here
+    caption = next_position[:, None] + batch["position_ids"] - batch["prefix_lengths"][:, None]
+    return torch.where(is_prefix[None], prefix, caption[None].expand_as(prefix))
 
 
 MODEL_KEYS = ("input_ids", "pixel_values", "image_sizes")
@@ -243,7 +262,7 @@ def packed_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], mask_r
         to_keep = keep
     else:
         to_keep = keep.shape[1] - int(batch["prefix_lengths"].min()) + 1
-    common = dict(position_ids=batch["position_ids"], logits_to_keep=to_keep, use_cache=False)
+    common = dict(position_ids=packed_position_ids(model, batch), logits_to_keep=to_keep, use_cache=False)
     if mask_route == "forward":
         logits = model(**inputs, attention_mask=mask4d, **common).logits
     elif mask_route == "decoder":
