@@ -238,3 +238,37 @@ def test_the_registry_models_build_at_their_published_size_and_counts_follow_fro
     assert 600e6 < vision_blocks < 700e6  # the 32-block ViT, the same in both sizes
 
 
+
+NEW_MODELS = ("llava-onevision-0.5b", "llava-onevision-7b", "qwen2.5-vl-3b", "qwen2.5-vl-7b", "smolvlm-256m",
+              "smolvlm-2.2b")
+
+
+@pytest.mark.parametrize("model", NEW_MODELS)
+def test_each_new_models_recipes_resolve_and_the_train_form_takes_them(model):
+    """Every strategy's recipe resolves through resolve_config, names its registry model, keeps the paper's schedule and
+    the registry's LoRA rank; the Train tab lists the model and starts its form from these recipes."""
+    from captionlab import paths
+    from captionlab.models.registry import get_model_spec
+    from captionlab.service import runs
+    from captionlab.training.config import resolve_config
+
+    spec = get_model_spec(model)
+    recipes = sorted((paths.RECIPES_DIR / model).glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"prompt_learning", "prefix_tuning", "lora", "dora", "full"}
+    seven_b = spec.text_hidden_size >= 3584
+    for path in recipes:
+        recipe = f"{model}/{path.stem}"
+        assert path.read_text().splitlines()[0].startswith(("# python -m train run --recipe " + recipe,
+                                                            "# accelerate launch --multi_gpu"))
+        config = resolve_config(recipe, [])
+        assert config.model == model and config.strategy in runs.trainable_strategies()
+        assert (config.lr_max, config.lr_min, config.batch_size, config.epochs) == (0.02, 1e-5, 32, 4)
+        if config.strategy in ("lora", "dora"):
+            assert (config.lora_rank, config.lora_alpha) == (spec.lora["r"], spec.lora["alpha"])
+            paper = (128, 256) if seven_b else (spec.lora["r"], 2 * spec.lora["r"])  # small: a stated r, alpha 2r
+            assert (config.lora_rank, config.lora_alpha) == paper
+        if config.strategy == "full":
+            assert config.distributed == ("fsdp" if seven_b else "ddp")
+        if path.stem != "lora_shared_prefix":
+            assert runs.recipe_for(model, config.strategy) == recipe
+    assert model in runs.model_choices()
