@@ -272,3 +272,46 @@ def test_each_new_models_recipes_resolve_and_the_train_form_takes_them(model):
         if path.stem != "lora_shared_prefix":
             assert runs.recipe_for(model, config.strategy) == recipe
     assert model in runs.model_choices()
+
+
+def test_the_trainer_gives_the_same_losses_with_and_without_prefix_sharing(tmp_path, tiny_qwen_dir, tiny_world):
+    """The real trainer on the embedded world's images (LoRA, one epoch): the shared-prefix run's losses are the
+    per-caption run's, step by step."""
+    from test_trainer import make_run, train_losses, val_losses
+
+    from captionlab.training.trainer import train_run
+
+    settings = dict(strategy="lora", epoch_unit="image_captions", epochs=1, batch_size=12, micro_batch_size=6,
+                    max_train_images=6, max_val_images=2, momentum=0.0, lr_max=0.5)
+    per_caption = make_run(tmp_path, tiny_qwen_dir, tiny_world, "per_caption", share_prefix=False, **settings)
+    shared = make_run(tmp_path, tiny_qwen_dir, tiny_world, "shared", share_prefix=True, **settings)
+    assert train_run(per_caption) == 0 and train_run(shared) == 0
+    assert len(train_losses(shared)) >= 2
+    assert train_losses(shared) == pytest.approx(train_losses(per_caption), rel=1e-5)
+    assert val_losses(shared) == pytest.approx(val_losses(per_caption), rel=1e-5)
+    assert val_losses(shared)[-1] != pytest.approx(val_losses(shared)[0], rel=1e-4)  # the run really moved
+
+
+def test_the_readme_model_families_table_is_generated_from_the_estimates():
+    """The README's table lists every registry model with a shipped config, and the small SmolVLM's row is what
+    `python -m captionlab.families_report` computes now (the 7B rows take minutes to recompute: not here)."""
+    from captionlab import paths
+    from captionlab.families_report import END, START, family_rows, render_table
+    from captionlab.models.registry import list_models
+
+    readme = (paths.PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index(START):readme.index(END)]
+    for name in list_models():
+        assert (f"| `{name}` |" in section) == (name != "embedded"), name
+    row = render_table(family_rows(["smolvlm-256m"])).splitlines()[2]
+    assert row in section.splitlines()
+    assert "| 16 |" in row and "≈" in row  # its stated LoRA rank; prompt learning without its tokenizer: ≈ zero-shot
+
+
+def test_the_families_table_marks_what_it_could_not_count():
+    from captionlab.families_report import render_table
+
+    memory = {"zero_shot": 2**30, "prefix_tuning": 2**30, "lora": 2 * 2**30, "dora": 2 * 2**30, "full": 8 * 2**30}
+    rows = [{"name": "m", "family": "F", "hf_id": "o/m", "lora_r": 8, "total": 5e8, "memory": memory}]
+    line = render_table(rows).splitlines()[2]
+    assert line == "| `m` | F | `o/m` | 0.50B | 8 | 1.0 | ≈ 1.0 | 1.0 | 2.0 | 2.0 | 8.0 |"
