@@ -315,3 +315,33 @@ def test_the_families_table_marks_what_it_could_not_count():
     rows = [{"name": "m", "family": "F", "hf_id": "o/m", "lora_r": 8, "total": 5e8, "memory": memory}]
     line = render_table(rows).splitlines()[2]
     assert line == "| `m` | F | `o/m` | 0.50B | 8 | 1.0 | ≈ 1.0 | 1.0 | 2.0 | 2.0 | 8.0 |"
+
+
+def test_two_fsdp_processes_fine_tune_a_tiny_qwen_as_one_does(tmp_path, tiny_qwen_dir, tiny_world):
+    """distributed: fsdp on two gloo processes shards Qwen2.5-VL's decoder layers and ViT blocks (the family's
+    layer_suffixes) and trains the merger and the LLM exactly as one process does."""
+    from test_fsdp import launch_fsdp, step_rows
+    from test_trainer import make_run, val_losses
+
+    from captionlab.training.checkpoint import load_checkpoint
+    from captionlab.training.fsdp import layer_class_names
+    from captionlab.training.trainer import train_run
+
+    _, loaded = _load(tiny_qwen_dir)
+    assert layer_class_names(loaded.model) == ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
+    settings = dict(strategy="full", batch_size=8, micro_batch_size=2, epochs=1, max_train_images=4,
+                    max_val_images=2, lr_max=0.2, momentum=0.9, checkpoint_every_steps=100)
+    single = make_run(tmp_path, tiny_qwen_dir, tiny_world, "single", **settings)
+    assert train_run(single) == 0
+    double = make_run(tmp_path, tiny_qwen_dir, tiny_world, "double", distributed="fsdp", **settings)
+    launch_fsdp(double)
+    one, two = step_rows(single), step_rows(double)
+    assert sorted(two) == sorted(one) and len(one) >= 2
+    for step in one:
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5), step
+    assert val_losses(double) == pytest.approx(val_losses(single), rel=1e-5)
+    _, trained_1, _ = load_checkpoint(single / "last")
+    _, trained_2, _ = load_checkpoint(double / "last")
+    assert sorted(trained_2) == sorted(trained_1) and any("visual.merger" in key for key in trained_1)
+    assert not any("visual.blocks" in key for key in trained_1)
+    assert max(float((trained_2[k] - trained_1[k]).abs().max()) for k in trained_1) < 1e-5
