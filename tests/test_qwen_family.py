@@ -345,3 +345,21 @@ def test_two_fsdp_processes_fine_tune_a_tiny_qwen_as_one_does(tmp_path, tiny_qwe
     assert sorted(trained_2) == sorted(trained_1) and any("visual.merger" in key for key in trained_1)
     assert not any("visual.blocks" in key for key in trained_1)
     assert max(float((trained_2[k] - trained_1[k]).abs().max()) for k in trained_1) < 1e-5
+
+
+def test_the_compare_tabs_shared_vision_pass_keeps_qwens_captions(tiny_qwen_dir, tiny_images, tmp_path):
+    """Qwen2.5-VL's tower (`visual`) holds the merger that full fine-tuning trains: the fully fine-tuned copy's tower
+    differs, so it is not shared with the base's (two passes, not one), and every caption is unchanged."""
+    from test_vision_sharing import saved_artifacts
+
+    from captionlab.captioner import GenerationSettings, load_captioners
+    from captionlab.models.registry import get_model_spec
+    from captionlab.models.vision_sharing import shared_vision_passes
+
+    captioners = load_captioners(get_model_spec(tiny_qwen_dir), saved_artifacts(tiny_qwen_dir, tmp_path),
+                                 GenerationSettings(max_new_tokens=5), device="cpu")
+    alone = {key: c.caption(tiny_images[:1]) for key, c in captioners.items()}
+    with shared_vision_passes([c.model for c in captioners.values()]) as memories:
+        shared = {key: c.caption(tiny_images[:1]) for key, c in captioners.items()}
+    assert shared == alone
+    assert sorted(m.passes for m in memories) == [1, 1]  # the base's tower (3 captioners) and the full copy's
