@@ -16,7 +16,9 @@ up to floating-point reduction order), because:
   of caption j only, never to another caption. Padding queries attend only to key 0 (so no
   softmax row is empty; their outputs are never used) and nothing attends to padding.
 - Positions restart after the prefix: the first token of every caption has position P (the
-  prefix length), as in its own sequence, so rotary embeddings are identical.
+  prefix length), as in its own sequence, so rotary embeddings are identical. A family with positions of its
+  own (Qwen2.5-VL's 3-D rotary ones, `packed_position_ids`) gets them for the prefix from the prefix alone, and
+  each caption counts on from the prefix's next position, again as in its own sequence.
 - Targets. In the per-caption layout the first caption token is predicted from the *last
   prefix position*; in a packed row the token before caption j > 1 is the EOS of caption j-1,
   whose prediction is no target at all. Scheme used here: the loss is taken on the logits of
