@@ -32,7 +32,7 @@ def _gib(count: int) -> str:
 
 
 def family_rows(models: list[str] | None = None) -> list[dict]:
-    """One row per registry model with a shipped config: its family, HF id, LoRA rank, parameters, memory per strategy."""
+    """One row per registry model with a shipped config: family, HF id, LoRA rank, parameters, memory per strategy."""
     from captionlab.models.registry import get_model_spec, list_models
     from captionlab.strategies.counting import count_trainable
     from captionlab.strategies.memory import estimate_per_strategy

@@ -305,7 +305,7 @@ def test_the_readme_model_families_table_is_generated_from_the_estimates():
         assert (f"| `{name}` |" in section) == (name != "embedded"), name
     row = render_table(family_rows(["smolvlm-256m"])).splitlines()[2]
     assert row in section.splitlines()
-    assert "| 16 |" in row and "≈" in row  # its stated LoRA rank; prompt learning without its tokenizer: ≈ zero-shot
+    assert "| 16 |" in row and "≈" in row  # its stated LoRA rank; prompt learning (no tokenizer here): ≈ zero-shot
 
 
 def test_the_families_table_marks_what_it_could_not_count():
