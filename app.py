@@ -24,8 +24,9 @@ CONCURRENCY_LIMIT = 1  # per event: captioning shares one model and is serialise
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="registry name (llava-1.5-7b, llava-1.6-7b), cached HF id or local folder; "
-                                        "default: the embedded study")
+    parser.add_argument("--model", help="registry name (llava-1.5-7b, llava-onevision-7b, qwen2.5-vl-7b, smolvlm-2.2b, "
+                                        "...: `python -m captionlab weights status` lists them), cached HF id or local "
+                                        "folder; default: the embedded study")
     parser.add_argument("--checkpoints", help="folder with strategies/<key>/ artifacts, clip/, clip_captioner/, "
                                               "gallery/ (default with no --model: checkpoints/embedded)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from captionlab.models.families import family_of
 from captionlab.models.kv_cache import ExactLengthView, PreallocatedCache
 from captionlab.models.prompting import language_model, unwrap
 from captionlab.models.step_graphs import StepGraphs
@@ -121,10 +122,13 @@ class GreedyDecoder:
         # its own mask building: causal attention without a mask when nothing is padded), positions from the
         # attention mask, keys and values written straight into the preallocated buffers
         positions = (attention.cumsum(dim=1) - 1).clamp_(min=0)
+        family_positions = family_of(unwrap(self.model)).prompt_position_ids(self.model,
+                                                                             {**inputs, "attention_mask": attention})
         forward = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
         padded = not bool(attention.bool().all())
         out = self._prefill(cache, input_ids=input_ids, attention_mask=attention if padded else None,
-                            position_ids=positions, use_cache=True, logits_to_keep=1, **forward)
+                            position_ids=positions if family_positions is None else family_positions, use_cache=True,
+                            logits_to_keep=1, **forward)
         logits = out.logits[:, -1, :]
         cache.take(out.past_key_values, length)
         del out
@@ -136,7 +140,9 @@ class GreedyDecoder:
 
         tokens = input_ids.new_full((batch, max_new_tokens), pad_token_id)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        next_position = positions[:, -1:] + 1
+        # the next token's position: one past the last prompt token's (Qwen2.5-VL: its text position, equal in all
+        # three rotary dimensions, which generate() too counts on from)
+        next_position = (positions if family_positions is None else family_positions[0])[:, -1:] + 1
         produced = 0
         for step in range(max_new_tokens):
             if eos_token_id is not None and step < min_new_tokens:

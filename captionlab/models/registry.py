@@ -51,12 +51,17 @@ class ModelSpec:
         return self.family.model_class_name
 
     @property
+    def text_config(self) -> dict:
+        """The LLM's config: `text_config`, or the top level of a flat config (as Qwen2.5-VL publishes its own)."""
+        return self.config.get("text_config") or self.config
+
+    @property
     def text_hidden_size(self) -> int:
-        return int(self.config["text_config"]["hidden_size"])
+        return int(self.text_config["hidden_size"])
 
     @property
     def text_num_layers(self) -> int:
-        return int(self.config["text_config"]["num_hidden_layers"])
+        return int(self.text_config["num_hidden_layers"])
 
 
 def list_models() -> list[str]:

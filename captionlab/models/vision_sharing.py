@@ -10,6 +10,7 @@ bit-identical to those without it (tests/test_vision_sharing.py); on leaving, th
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -77,7 +78,9 @@ def shared_vision_passes(models: Iterable[torch.nn.Module]) -> Iterator[list[_Me
                     found = _original(pixel_values, *args, **kwargs)
                     _memory.entries.append((pixel_values.detach().clone(), key, found))
                     _memory.passes += 1
-                return found
+                # a shallow copy: a caller may set fields of the output it gets (Qwen2.5-VL's get_image_features
+                # replaces pooler_output with its per-image split), which must not change what the next one gets
+                return copy.copy(found)
 
             tower.forward = remembering
             patched.append(tower)

@@ -92,7 +92,7 @@ class PrefixTuning(ControllerStrategy):
         if device.type != "meta":
             # No meaningful initialisation exists (paper, Sec. 3.2): small Gaussian, the LLM's init scale.
             generator = torch.Generator(device="cpu").manual_seed(0)
-            std = float(spec.config["text_config"].get("initializer_range", 0.02))
+            std = float(spec.text_config.get("initializer_range", 0.02))
             init = (torch.randn(layers, hidden, generator=generator) * std).to(device)
         slot_token = None if tokenizer is None else spec.family.prefix_placeholder(tokenizer)
         placeholder = 0 if tokenizer is None else tokenizer.convert_tokens_to_ids(slot_token)

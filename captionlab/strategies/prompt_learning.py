@@ -82,10 +82,12 @@ class PromptEmbeddings(torch.nn.Module):
 
 
 def prompt_token_ids(spec: ModelSpec, tokenizer) -> list[int]:
-    """Ids of the prompt tokens the strategy learns: the template's tokens minus BOS and <image>."""
+    """Ids of the prompt tokens the strategy learns: the template's tokens minus BOS, the image token and the tokens
+    the processor wraps an image in (Qwen2.5-VL's <|vision_start|> / <|vision_end|>)."""
     ids = tokenizer(build_prompt(spec), add_special_tokens=True)["input_ids"]
-    image_id = tokenizer.convert_tokens_to_ids("<image>")
-    return [i for i in ids if i not in (tokenizer.bos_token_id, image_id)]
+    image_id = tokenizer.convert_tokens_to_ids(spec.family.image_token)
+    not_prompt = {tokenizer.bos_token_id, image_id, *spec.family.image_marker_ids(tokenizer)}
+    return [i for i in ids if i not in not_prompt]
 
 
 class PromptLearning(ControllerStrategy):

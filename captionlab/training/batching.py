@@ -34,7 +34,7 @@ def build_training_batch(processor, spec: ModelSpec, images: Sequence[Image.Imag
     # LLaVA-NeXT rows differ in image tokens, so count each row's prompt from its own image tokens.
     labels = inputs["input_ids"].clone()
     labels[inputs["attention_mask"] == 0] = IGNORE_INDEX
-    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    image_id = tokenizer.convert_tokens_to_ids(spec.family.image_token)
     text_prompt_len = int((prompt_only["input_ids"][0] != image_id).sum())
     image_counts = (inputs["input_ids"] == image_id).sum(dim=1)
     for row in range(labels.shape[0]):

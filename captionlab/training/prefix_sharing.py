@@ -16,7 +16,9 @@ up to floating-point reduction order), because:
   of caption j only, never to another caption. Padding queries attend only to key 0 (so no
   softmax row is empty; their outputs are never used) and nothing attends to padding.
 - Positions restart after the prefix: the first token of every caption has position P (the
-  prefix length), as in its own sequence, so rotary embeddings are identical.
+  prefix length), as in its own sequence, so rotary embeddings are identical. A family with positions of its
+  own (Qwen2.5-VL's 3-D rotary ones, `packed_position_ids`) gets them for the prefix from the prefix alone, and
+  each caption counts on from the prefix's next position, again as in its own sequence.
 - Targets. In the per-caption layout the first caption token is predicted from the *last
   prefix position*; in a packed row the token before caption j > 1 is the EOS of caption j-1,
   whose prediction is no target at all. Scheme used here: the loss is taken on the logits of
@@ -198,7 +200,26 @@ def build_packed_batch(processor, spec: ModelSpec, images: Sequence[Image.Image]
     for key in spec.family.image_input_keys:  # one image per row (image_sizes: LLaVA-NeXT, ...)
         if key in inputs:
             batch[key] = inputs[key]
+    for key in spec.family.token_input_keys:  # per token (Qwen2.5-VL's mm_token_type_ids): the prefix's, 0 after it
+        if key in inputs:
+            batch[key] = torch.zeros_like(batch["input_ids"], dtype=inputs[key].dtype)
+            for row, (values, mask) in enumerate(zip(inputs[key], inputs["attention_mask"])):
+                batch[key][row, :len(prefixes[row])] = values[mask.bool()]
     return batch
+
+
+def packed_position_ids(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The packed rows' position ids: `pack_sequences`' 1-D ones, or, for a family with its own positions
+    (Qwen2.5-VL's 3-D rotary positions from the image grid), the family's for the prefix, computed on the prefix
+    alone, and each caption's tokens counting on from the prefix's next position, as in its own sequence."""
+    inner = getattr(model, "module", model)
+    is_prefix = batch["segment_ids"] == 0
+    prefix = family_of(inner).prompt_position_ids(inner, {**batch, "attention_mask": is_prefix.long()})
+    if prefix is None:
+        return batch["position_ids"]
+    next_position = prefix.amax(dim=(0, 2)) + 1  # per row: text after the prefix goes on from here
+    caption = next_position[:, None] + batch["position_ids"] - batch["prefix_lengths"][:, None]
+    return torch.where(is_prefix[None], prefix, caption[None].expand_as(prefix))
 
 
 MODEL_KEYS = ("input_ids", "pixel_values", "image_sizes")
@@ -243,7 +264,7 @@ def packed_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], mask_r
         to_keep = keep
     else:
         to_keep = keep.shape[1] - int(batch["prefix_lengths"].min()) + 1
-    common = dict(position_ids=batch["position_ids"], logits_to_keep=to_keep, use_cache=False)
+    common = dict(position_ids=packed_position_ids(model, batch), logits_to_keep=to_keep, use_cache=False)
     if mask_route == "forward":
         logits = model(**inputs, attention_mask=mask4d, **common).logits
     elif mask_route == "decoder":

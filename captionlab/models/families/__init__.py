@@ -11,7 +11,7 @@ instead of reaching into `model.model.language_model` themselves.
 Adding a family (LLaVA-OneVision, Qwen2.5-VL, SmolVLM, ...): a module here with a `ModelFamily`
 subclass, and one `register_family(...)` line below (or a call from anywhere before the model is
 loaded: tests add a toy one). LLaVA (`llava`), LLaVA-NeXT (`llava_next`), SmolVLM (`idefics3`),
-LLaVA-OneVision (`llava_onevision`) are here.
+LLaVA-OneVision (`llava_onevision`), Qwen2.5-VL (`qwen2_5_vl`) are here.
 Importing this package does not import torch or transformers.
 """
 
@@ -21,6 +21,7 @@ from captionlab.models.families.base import FamilyNotFound, ModelFamily
 from captionlab.models.families.llava import LlavaFamily
 from captionlab.models.families.llava_next import LlavaNextFamily
 from captionlab.models.families.llava_onevision import LlavaOnevisionFamily
+from captionlab.models.families.qwen2_5_vl import Qwen25VLFamily
 from captionlab.models.families.smolvlm import SmolVLMFamily
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -55,6 +56,7 @@ register_family(LlavaFamily())
 register_family(LlavaNextFamily())
 register_family(SmolVLMFamily())
 register_family(LlavaOnevisionFamily())
+register_family(Qwen25VLFamily())
 
 __all__ = ["FAMILIES", "FamilyNotFound", "ModelFamily", "family_for", "family_of", "register_family",
            "unregister_family"]

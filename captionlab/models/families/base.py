@@ -32,6 +32,11 @@ class ModelFamily:
     prompt_template: ClassVar[str] = VICUNA_TEMPLATE  # "{system}", "{prompt}" and the image placeholder
     # The processor's image inputs the model takes beside input_ids, one entry per image (LLaVA-NeXT: + image_sizes).
     image_input_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes")
+    # The processor's per-token inputs beside input_ids and attention_mask (Qwen2.5-VL: mm_token_type_ids, which its
+    # 3-D rotary positions are computed from); a packed batch carries them for its prefix.
+    token_input_keys: ClassVar[tuple[str, ...]] = ()
+    # The token the prompt template writes where the image goes (the processor repeats it once per image feature).
+    image_token: ClassVar[str] = "<image>"
     # The LLM's linear layers LoRA adapts (the paper: every fully connected layer of the LLM), and only the LLM's:
     # the vision tower has q/k/v projections too, which stay frozen.
     lora_target_modules: ClassVar[str] = r".*language_model.*\.(" + "|".join(LLM_LINEAR_LAYERS) + r")$"
@@ -77,6 +82,12 @@ class ModelFamily:
     def image_marker_ids(self, tokenizer) -> tuple[int, ...]:
         """Ids of the tokens the processor puts around an image's tokens: neither image nor prompt (none here)."""
         return ()
+
+    def prompt_position_ids(self, model, inputs: dict):
+        """Position ids of a batch of prompts (`inputs`: input_ids, attention_mask and the processor's other outputs)
+        where they are not the count of attended tokens before each (Qwen2.5-VL's 3-D rotary positions, shape
+        (3, batch, length)); None: they are that count, as for LLaVA."""
+        return None
 
     def full_fine_tuning_parameters(self, model) -> list:
         """What full fine-tuning trains: the projector and the whole LLM with its head; the vision tower stays."""
