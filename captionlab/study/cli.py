@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a training setting for every training (e.g. max_train_images=64); repeatable")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images of each benchmark")
+    parser.add_argument("--max-new-tokens", type=int, help="longest caption in tokens (default: the evaluate "
+                                                           "command's)")
     parser.add_argument("--hardware", choices=sorted(estimates.HARDWARE), default="h200",
                         help="the GPU the dry run's estimates are for (default h200, where the rates were measured)")
     parser.add_argument("--json", action="store_true", help="print the plan or the states as JSON")
@@ -58,7 +60,8 @@ def build_from_args(args: argparse.Namespace):
 
     return build_plan(args.model, datasets_config=args.datasets, strategies=_split(args.strategies),
                       datasets=_split(args.benchmarks), overrides=args.overrides, limit=args.limit,
-                      hardware=args.hardware, gpus=args.gpus, out=args.out)
+                      hardware=args.hardware, gpus=args.gpus, out=args.out,
+                      max_new_tokens=args.max_new_tokens)
 
 
 def run_command(args: argparse.Namespace) -> int:

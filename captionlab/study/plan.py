@@ -77,6 +77,7 @@ class StudyPlan:
     hardware: estimates.Hardware
     gpus: int
     limit: int | None
+    max_new_tokens: int
     preparation: tuple[str, ...]
     trainings: list[TrainingStep]
     cells: list[EvaluationCell]
@@ -121,7 +122,8 @@ def recipe_name(model: str, strategy: str) -> str | None:
 
 def build_plan(model: str, *, datasets_config: Path | None = None, strategies: list[str] | None = None,
                datasets: list[str] | None = None, overrides: list[str] | tuple[str, ...] = (),
-               limit: int | None = None, hardware: str = "h200", gpus: int = 1, out: Path | None = None) -> StudyPlan:
+               limit: int | None = None, hardware: str = "h200", gpus: int = 1, out: Path | None = None,
+               max_new_tokens: int | None = None) -> StudyPlan:
     """The study of `model` (see the module docstring); PlanError for a model without recipes or a bad choice."""
     if model not in models_with_recipes():
         raise PlanError(f"no recipes for {model!r} under {paths.RECIPES_DIR}; models with recipes: "
@@ -132,6 +134,11 @@ def build_plan(model: str, *, datasets_config: Path | None = None, strategies: l
         raise PlanError(f"--gpus must be at least 1, got {gpus}")
     if limit is not None and limit < 1:
         raise PlanError(f"--limit must be at least 1, got {limit}")
+    from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
+
+    max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+    if max_new_tokens < 1:
+        raise PlanError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     config_path = Path(datasets_config).expanduser().resolve() if datasets_config else None
     if config_path is not None and not config_path.is_file():
         raise PlanError(f"--datasets: {config_path} does not exist (python -m captionlab data fetch --all writes one)")
@@ -150,7 +157,8 @@ def build_plan(model: str, *, datasets_config: Path | None = None, strategies: l
     if config_path is not None:
         preparation = tuple(p for p in preparation if p != "world")  # the given datasets replace the world's
     return StudyPlan(model=model, out=Path(out).expanduser().resolve() if out else default_out(model),
-                     datasets_config=config_path, hardware=hw, gpus=gpus, limit=limit, preparation=preparation,
+                     datasets_config=config_path, hardware=hw, gpus=gpus, limit=limit, max_new_tokens=max_new_tokens,
+                     preparation=preparation,
                      trainings=trainings, cells=cells, captioners=captioners, datasets=chosen_datasets,
                      notes=list(dict.fromkeys(notes)))
 

@@ -89,6 +89,7 @@ def _write_study_json(plan: StudyPlan) -> None:
     atomic.write_json(plan.out / "study.json", {
         "model": plan.model, "datasets_config": None if plan.datasets_config is None else str(plan.datasets_config),
         "captioners": plan.captioners, "datasets": plan.datasets, "limit": plan.limit, "gpus": plan.gpus,
+        "max_new_tokens": plan.max_new_tokens,
         "hardware": plan.hardware.name, "trainings": [{"strategy": t.strategy, "recipe": t.recipe,
                                                        "overrides": list(t.overrides)} for t in plan.trainings],
         "updated": time.time()})
@@ -222,21 +223,19 @@ def _evaluate(plan: StudyPlan, cell: EvaluationCell, slurm: SlurmOptions | None,
 
 def _cell_argv(plan: StudyPlan, cell: EvaluationCell, checkpoint: str | None) -> list[str]:
     """The evaluate command of the cell (what follows `python -m captionlab`), as a Slurm grid's cell runs it."""
-    from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
     from captionlab.evaluation.slurm_grid import GridSelection, cell_argv
 
     selection = GridSelection(model=plan.model, strategies=(cell.strategy,), datasets=(cell.dataset,),
                               config=None if plan.datasets_config is None else str(plan.datasets_config),
-                              limit=plan.limit, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, skip_broken=True)
+                              limit=plan.limit, max_new_tokens=plan.max_new_tokens, skip_broken=True)
     return cell_argv(selection, {"strategy": cell.strategy, "dataset": cell.dataset, "checkpoint": checkpoint}, None)
 
 
 def _evaluate_here(plan: StudyPlan, cell: EvaluationCell, checkpoint: str | None) -> dict:
-    from captionlab.caption_length import DEFAULT_MAX_NEW_TOKENS
     from captionlab.captioner import GenerationSettings, default_batch_size
     from captionlab.evaluation.evaluator import evaluate
 
-    settings = GenerationSettings(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, batch_size=default_batch_size(None))
+    settings = GenerationSettings(max_new_tokens=plan.max_new_tokens, batch_size=default_batch_size(None))
     result = evaluate(plan.model, cell.strategy, cell.dataset, checkpoint=checkpoint, config_path=plan.datasets_config,
                       limit=plan.limit, settings=settings, skip_broken=True)
     return {"metrics": result.reported_metrics(), "n_images": result.n_images, "split": result.split,
