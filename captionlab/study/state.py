@@ -67,7 +67,8 @@ def training_state(out: Path, strategy: str) -> StepState:
         return StepState("train", strategy, RUNNING, progress, (row or {}).get("message") or str(folder.path))
     resumable = any(is_complete_checkpoint(folder.path / name) for name in ("last", "previous"))
     why = (row or {}).get("message") or status.get("message") or registered or "unknown"
-    then = "rerunning the study resumes it from its last checkpoint" if resumable else "rerunning the study starts it again"
+    then = ("rerunning the study resumes it from its last checkpoint" if resumable
+            else "rerunning the study starts it again")
     return StepState("train", strategy, FAILED, progress, f"{registered}: {why}; {then}")
 
 
