@@ -192,3 +192,19 @@ def test_a_study_on_two_gloo_processes(home, tiny_world):
     assert "--num_processes 2" in log and json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     cell = json.loads((home / "studies" / "embedded" / "cells" / "lora--coco" / "done.json").read_text())
     assert cell["n_images"] == 3 and Path(cell["results_path"]).is_file()
+
+
+@pytest.mark.slow
+def test_with_slurm_the_study_submits_what_is_ready_and_a_rerun_finishes_it(home, tiny_world, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch here: the trainings' submission says so
+    command = _study(home, tiny_world, "--slurm", "--executor", "local")
+    first = _run(command, home)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "train lora (embedded/lora): could not start: Slurm is not available here" in first.stdout
+    assert "evaluate zero_shot on coco: submitted as job" in first.stdout
+    assert "evaluate lora on coco: waiting for the lora training (pending)" in first.stdout
+    done = home / "studies" / "embedded" / "cells" / "zero_shot--coco" / "done.json"
+    _wait_for(done.exists, timeout=240)
+    second = _run([*command, "--strategies", "zero_shot"], home)
+    assert second.returncode == 0 and "evaluate zero_shot on coco: recorded earlier" in second.stdout
+    assert (home / "studies" / "embedded" / "results" / "tables.md").exists()

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--partition", help="Slurm partition (with --slurm)")
     parser.add_argument("--time-min", type=int, default=24 * 60, help="Slurm time limit per job in minutes")
     parser.add_argument("--executor", choices=["slurm", "local"], default="slurm",
-                        help="local: submitit's local executor (the Slurm path run on this machine)")
+                        help="local: the evaluation cells through submitit's local executor (their Slurm path, run on "
+                             "this machine); trainings are submitted with sbatch either way")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (steps, counts, estimates); run nothing")
     parser.add_argument("--out", type=Path, help="the study's folder (default: <workspace>/studies/<model>)")
     parser.add_argument("--strategies", help="comma-separated captioners to include (default: all of the study's)")

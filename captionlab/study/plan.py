@@ -147,9 +147,11 @@ def build_plan(model: str, *, datasets_config: Path | None = None, strategies: l
     chosen_datasets = _datasets(datasets)
     hw = estimates.HARDWARE[hardware]
     all_overrides = tuple(overrides) + ((f"datasets_config={config_path}",) if config_path else ())
-    trainings = [_training(model, s, all_overrides, config_path, hw, notes)
+    read: dict = {}  # records read once per (dataset, split, limit) for all trainings
+    trainings = [_training(model, s, all_overrides, config_path, hw, notes, read)
                  for s in captioners if strategy_traits(s).trains]
-    cells = [_cell(model, s, d, config_path, limit, hw, notes) for s in captioners for d in chosen_datasets]
+    images = {d: count_eval_images(d, config_path, model, notes) for d in chosen_datasets}
+    cells = [_cell(model, s, d, images[d], limit, hw) for s in captioners for d in chosen_datasets]
     if config_path is None and model != EMBEDDED_MODEL:
         notes.insert(0, "No datasets.yaml given (--datasets): step counts and image counts assume the published "
                         "split sizes; running the study needs one (python -m captionlab data fetch --all).")
@@ -187,7 +189,7 @@ def _datasets(chosen: list[str] | None) -> list[str]:
 
 
 def _training(model: str, strategy: str, overrides: tuple[str, ...], config_path: Path | None,
-              hardware: estimates.Hardware, notes: list[str]) -> TrainingStep:
+              hardware: estimates.Hardware, notes: list[str], read: dict) -> TrainingStep:
     from captionlab.training.config import ConfigError, resolve_config
 
     recipe = recipe_name(model, strategy)
@@ -195,14 +197,14 @@ def _training(model: str, strategy: str, overrides: tuple[str, ...], config_path
         config = resolve_config(recipe, list(overrides))
     except ConfigError as exc:
         raise PlanError(f"recipe {recipe}: {exc}") from None
-    counted = count_training(config, model, config_path, notes)
+    counted = count_training(config, model, config_path, notes, read)
     estimate = estimates.estimate_training(model, strategy, None if counted.sequences_per_epoch is None
                                            else counted.sequences_per_epoch, counted.val_sequences, config.epochs,
                                            hardware)
     return TrainingStep(strategy, recipe, overrides, config.epochs, config.batch_size, counted, estimate)
 
 
-def count_training(config, model: str, config_path: Path | None, notes: list[str]) -> Counted:
+def count_training(config, model: str, config_path: Path | None, notes: list[str], read: dict | None = None) -> Counted:
     """Sequences per epoch and optimizer steps of a training: the trainer's own count from the data when it can be
     read, else from the published COCO split sizes."""
     from captionlab.data.datasets import default_config_path
@@ -211,18 +213,24 @@ def count_training(config, model: str, config_path: Path | None, notes: list[str
         return Counted(None, None, None, "unknown until the embedded world is written (the study's first step)")
     if config_path is not None or model == EMBEDDED_MODEL:
         try:
-            return _count_from_data(config)
+            return _count_from_data(config, {} if read is None else read)
         except Exception as exc:  # unreadable data is the dry run's note, not its failure
             notes.append(f"could not read {config.dataset} ({config.train_split}) to count steps: {exc}")
     return _count_published(config)
 
 
-def _count_from_data(config) -> Counted:
+def _count_from_data(config, read: dict) -> Counted:
     from captionlab.training.samples import epoch_groups, split_steps
     from captionlab.training.trainer import load_split
 
-    records = load_split(config, config.train_split, config.max_train_images)
-    val = load_split(config, config.val_split, config.max_val_images)
+    def records_of(split: str, limit: int | None) -> list:
+        key = (config.dataset, config.datasets_config, config.images, split, limit)
+        if key not in read:
+            read[key] = load_split(config, split, limit)
+        return read[key]
+
+    records = records_of(config.train_split, config.max_train_images)
+    val = records_of(config.val_split, config.max_val_images)
     steps = sum(len(split_steps(epoch_groups(records, config.epoch_unit, config.seed, epoch), config.batch_size))
                 for epoch in range(config.epochs))
     per_epoch = sum(len(g) for g in epoch_groups(records, config.epoch_unit, config.seed, 0))
@@ -250,9 +258,8 @@ def _count_published(config) -> Counted:
                    f"{config.train_split}")
 
 
-def _cell(model: str, strategy: str, dataset: str, config_path: Path | None, limit: int | None,
-          hardware: estimates.Hardware, notes: list[str]) -> EvaluationCell:
-    images = count_eval_images(dataset, config_path, model, notes)
+def _cell(model: str, strategy: str, dataset: str, images: int | None, limit: int | None,
+          hardware: estimates.Hardware) -> EvaluationCell:
     if limit is not None and images is not None:
         images = min(images, limit)
     uses_llava = strategy_traits(strategy).uses_llava_base
