@@ -93,6 +93,33 @@ def test_step_counts_from_a_datasets_yaml_are_the_trainers(home, tiny_world):
     assert [c.name for c in plan.cells] == ["zero_shot--coco", "lora--coco"]
 
 
+def test_status_before_any_study_and_of_a_study_not_started(home, tiny_world, capsys):
+    from captionlab.service.study import study_status_markdown
+    from captionlab.study.runner import _write_study_json
+
+    assert train_main(["study", "status"]) == 1
+    assert "no study yet" in capsys.readouterr().err
+    assert study_status_markdown().startswith("No study yet")
+    plan = build_plan("embedded", datasets_config=tiny_world, strategies=["zero_shot", "lora"], datasets=["coco"])
+    plan.out.mkdir(parents=True)
+    _write_study_json(plan)  # what a study writes first
+    assert train_main(["study", "status", "--model", "embedded"]) == 0
+    text = capsys.readouterr().out
+    assert "Study of embedded" in text and "4 pending" in text  # a training, two cells, the report
+    assert [line.split()[:3] for line in text.splitlines()[2:]][2:] == [
+        ["train", "lora", "pending"], ["evaluate", "zero_shot--coco", "pending"], ["evaluate", "lora--coco", "pending"],
+        ["report", "tables", "and"]]
+    assert "| evaluate | lora--coco | · pending |" in study_status_markdown()
+
+
+def test_dry_run_as_json(home, capsys):
+    assert train_main(["study", "--model", "llava-1.6-7b", "--dry-run", "--json", "--benchmarks", "coco"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [t["strategy"] for t in plan["trainings"]] == PAPER_TRAININGS
+    assert [c["name"] for c in plan["cells"]] == ["zero_shot--coco", *[f"{s}--coco" for s in PAPER_TRAININGS]]
+    assert plan["trainings"][2]["estimate"]["basis"].startswith("estimate: 2.4 sequences/s")
+
+
 # --- the study, run ----------------------------------------------------------------------------------------------
 
 
@@ -124,8 +151,8 @@ def _wait_for(predicate, timeout: float = 120.0):
 @pytest.mark.slow
 def test_a_study_interrupted_in_training_resumes_then_reruns_without_redoing_anything(home, tiny_world):
     study = home / "studies" / "embedded"
-    # 60 images, 4 a step, 2 epochs: 30 steps, a checkpoint after each, so the interruption lands mid-training
-    command = _study(home, tiny_world, "--set", "batch_size=4", "--set", "micro_batch_size=4", "--set", "epochs=2",
+    # 60 images, 4 a step, 1 epoch: 15 steps, a checkpoint after each, so the interruption lands mid-training
+    command = _study(home, tiny_world, "--set", "batch_size=4", "--set", "micro_batch_size=4", "--set", "epochs=1",
                      "--set", "checkpoint_every_steps=1")
     first = subprocess.Popen(command, cwd=PROJECT_ROOT, env=_env(home), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -151,7 +178,7 @@ def test_a_study_interrupted_in_training_resumes_then_reruns_without_redoing_any
     assert run_status["state"] == "finished" and "resumed from last/ at step" in (run_dir / "log.txt").read_text()
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if '"step"' in line and '"loss"' in line]
-    assert steps[-1] == run_status["total_steps"] == 30
+    assert steps[-1] == run_status["total_steps"] == 15
     for name in ("zero_shot--coco", "lora--coco"):
         assert json.loads((study / "cells" / name / "done.json").read_text())["n_images"] == 3
     tables = (study / "results" / "tables.md").read_text()
