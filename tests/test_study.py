@@ -235,3 +235,19 @@ def test_with_slurm_the_study_submits_what_is_ready_and_a_rerun_finishes_it(home
     second = _run([*command, "--strategies", "zero_shot"], home)
     assert second.returncode == 0 and "evaluate zero_shot on coco: recorded earlier" in second.stdout
     assert (home / "studies" / "embedded" / "results" / "tables.md").exists()
+
+
+def test_one_study_process_per_study_folder(home, tiny_world):
+    import fcntl
+
+    from captionlab.study.runner import StudyError, run_study
+
+    plan = build_plan("embedded", datasets_config=tiny_world, strategies=["zero_shot"], datasets=["coco"])
+    plan.out.mkdir(parents=True)
+    with (plan.out / "study.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `train study` holds it
+        held.write("pid 4242")
+        held.flush()
+        with pytest.raises(StudyError, match="being run by pid 4242"):
+            run_study(plan, say=lambda _: None)
+    assert not (plan.out / "cells").exists()  # refused before doing anything

@@ -57,6 +57,14 @@ def run_study(plan: StudyPlan, *, slurm: SlurmOptions | None = None, say: Callab
         raise StudyError("the study needs the benchmarks: give --datasets DATASETS_YAML (python -m captionlab data "
                          "fetch --all --root DIR writes one); --dry-run shows the plan without it")
     plan.out.mkdir(parents=True, exist_ok=True)
+    lock = _hold_study_lock(plan.out)
+    try:
+        return _run_steps(plan, slurm, say, trainer_cmd)
+    finally:
+        lock.close()  # releases the flock
+
+
+def _run_steps(plan: StudyPlan, slurm: SlurmOptions | None, say, trainer_cmd) -> Outcome:
     _write_study_json(plan)
     outcome = Outcome()
     for name in plan.preparation:
@@ -74,6 +82,26 @@ def run_study(plan: StudyPlan, *, slurm: SlurmOptions | None = None, say: Callab
     written = write_report(plan)
     say(f"report: {', '.join(str(p) for p in written)}")
     return outcome
+
+
+def _hold_study_lock(out: Path):
+    """One `train study` per study folder at a time (two would start the same training twice): an flock on
+    <out>/study.lock, held until the handle is closed or this process ends, however it ends."""
+    import fcntl
+
+    handle = (out / "study.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StudyError(f"this study ({out}) is being run by {holder}; wait for it, or stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 def _count(outcome: Outcome, result: str) -> None:
