@@ -186,12 +186,12 @@ def test_a_study_interrupted_in_training_resumes_then_reruns_without_redoing_any
     assert "#### Table 4" in tables and "| LoRA |" in tables.split("#### Table 4")[1]
     assert (study / "results" / "fig2_cider.svg").read_text().startswith("<svg")
 
-    stamps = {p: p.stat().st_mtime_ns for p in study.glob("cells/*/done.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in [*study.glob("cells/*/done.json"), study / "results" / "tables.md"]}
     third = _run(command, home)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "train lora (embedded/lora): finished earlier" in third.stdout
     assert third.stdout.count("recorded earlier") == 2 and "in this process" not in third.stdout
-    assert {p: p.stat().st_mtime_ns for p in study.glob("cells/*/done.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and "report: up to date" in third.stdout
     assert (run_dir / "log.txt").read_text().count("[launcher") == 2  # started once, resumed once, never again
 
     status = _run([sys.executable, "-m", "train", "study", "status"], home)

@@ -21,7 +21,11 @@ SVG_BAR_W, SVG_GROUP_GAP, SVG_H = 14, 24, 240
 
 
 def gather_inputs(plan) -> None:
-    """Copy each finished cell's results and each finished training's energy.json into the report's layout."""
+    """Copy each finished cell's results and each finished training's energy.json into the report's layout (copies
+    of an earlier selection removed first: the report shows the study as asked now)."""
+    for copies in [*(plan.out / "results").glob("*/"), plan.out / "runs"]:
+        if copies.is_dir():
+            shutil.rmtree(copies)
     for cell in plan.cells:
         done = atomic.read_json_object(states.cell_dir(plan.out, cell.name) / "done.json")
         source = Path(done.get("results_path") or "")
@@ -102,4 +106,5 @@ def write_report(plan) -> list[Path]:
                "fig2_cider.svg": fig2_svg(rows, plan.model)}
     for name, text in written.items():
         atomic.write_text(results / name, text)
+    atomic.write_json(results / "report.json", {"cells": [c.name for c in plan.cells]})  # what it covers
     return [results / name for name in written]

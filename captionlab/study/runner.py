@@ -77,11 +77,20 @@ def _run_steps(plan: StudyPlan, slurm: SlurmOptions | None, say, trainer_cmd) ->
         say(f"report: not written yet ({outcome.failed} step(s) failed, {outcome.waiting} waiting); run the same "
             "command again to continue")
         return outcome
+    report = states.report_state(plan.out, [states.cell_state(plan.out, c.name) for c in plan.cells])
+    if report.state == states.FINISHED and _report_covers(plan):
+        say(f"report: up to date in {report.detail}")
+        return outcome
     from captionlab.study.report import write_report
 
     written = write_report(plan)
     say(f"report: {', '.join(str(p) for p in written)}")
     return outcome
+
+
+def _report_covers(plan: StudyPlan) -> bool:
+    """The report was written for this selection of captioners and benchmarks (a rerun may choose others)."""
+    return atomic.read_json_object(plan.out / "results" / "report.json").get("cells") == [c.name for c in plan.cells]
 
 
 def _hold_study_lock(out: Path):
