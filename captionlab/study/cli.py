@@ -145,7 +145,7 @@ def format_plan(plan) -> str:
     lines += ["", f"Report: {plan.out / 'results'}/tables.md (Tables 1-4), fig2_cider.csv and fig2_cider.svg (Fig. 2)",
               "", f"Total: {len(plan.trainings)} trainings ({steps:,} optimizer steps), {len(plan.cells)} evaluation "
                   f"cells; estimated {total:,.1f} GPU hours on {plan.hardware.name} (about {total / plan.gpus:,.1f} h "
-                  f"on {plan.gpus} GPU(s)), an estimate, not a measurement"]
+                  f"on {plan.gpus} GPU(s) if the work scales linearly), an estimate, not a measurement"]
     if missing:
         lines.append(f"Not estimated (nothing measured applies), so not in the total: {', '.join(missing)}")
     return "\n".join(lines)
