@@ -171,7 +171,7 @@ def mean_words(texts) -> float:
 
 def checks(study: dict, checkpoints: Path) -> list[str]:
     """The quality claims the embedded study makes, each computed from the shipped predictions."""
-    from captionlab.world.vocabulary import NOVEL_KINDS
+    from captionlab.evaluation.novel_objects import count_novel_naming, embedded_novel_patterns
 
     out = []
     zero = study.get((ZERO_SHOT, "coco"))
@@ -191,12 +191,11 @@ def checks(study: dict, checkpoints: Path) -> list[str]:
             values = json.loads(check.read_text())
             out.append(f"{LABELS[strategy]}: CLIP-Score {values['clip_score']:.3f} with its own coco test image, "
                        f"{values['clip_score_shuffled']:.3f} with another image's (shuffled pairing).")
+    novel = embedded_novel_patterns()
     for strategy in ORDER:
         row = study.get((strategy, "nocaps"))
         if row and row["predictions"]:
-            named = sum(any(k in c.lower() for k in NOVEL_KINDS) for c in row["predictions"].values())
-            out.append(f"{LABELS[strategy]} names a nocaps-only object kind in {named} of "
-                       f"{len(row['predictions'])} nocaps captions.")
+            out.append(count_novel_naming(row["predictions"], row["references"], novel).line(LABELS[strategy]))
     return out
 
 

@@ -233,6 +233,15 @@ def test_novel_kinds_are_never_named_in_coco_captions(root: Path, config: dict) 
     assert banned & {w for a in nocaps["annotations"] for w in words_of(a["caption"])}
 
 
+def test_the_novel_object_check_finds_exactly_the_nocaps_only_kinds_from_the_coco_captions(root: Path,
+                                                                                             config: dict) -> None:
+    from captionlab.evaluation.novel_objects import kind_patterns, novel_kinds
+
+    coco = load_json(root, config, "coco")
+    captions = [s["raw"] for entry in coco["images"] for s in entry["sentences"]]
+    assert novel_kinds(kind_patterns(KIND_SYNONYMS, plural), captions) == list(NOVEL_KINDS)
+
+
 def test_coco_references_are_short_and_verbose_answers_long(root: Path, config: dict) -> None:
     coco = load_json(root, config, "coco")
     coco_lengths = [len(s["tokens"]) for entry in coco["images"] for s in entry["sentences"]]

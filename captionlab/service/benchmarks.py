@@ -44,7 +44,7 @@ def your_rows(checkpoints: Path | None = None, problems: list[str] | None = None
     found: dict[tuple, dict] = {}
     workspace = [_row(r, "workspace", checkpoints) for r in reversed(list_results())]
     for row in _shipped_results(checkpoints, problems if problems is not None else []) + workspace:
-        found[_evaluated_thing(row)] = row  # oldest first: the newest wins, the workspace's over the shipped
+        found[_identity_key(row)] = row  # oldest first: the newest wins, the workspace's over the shipped
     rows = list(found.values())
     _label(rows, checkpoints)
     return sorted(rows, key=lambda r: (r["model"], _strategy_order(r["strategy"]), r["label"] != "", r["label"],
@@ -64,11 +64,12 @@ def all_rows(checkpoints: Path | None = None) -> tuple[list[dict], list[str]]:
     return rows, problems
 
 
-def _evaluated_thing(row: dict) -> tuple:
-    return row["model"], row["strategy"], row["dataset"], row["split"], row["checkpoint_key"], _part(row)
+def _identity_key(row: dict) -> tuple:
+    """What a row evaluated (model, strategy, split, checkpoint, part scored): two rows with one key are one result."""
+    return row["model"], row["strategy"], row["dataset"], row["split"], row["checkpoint_key"], _coverage_key(row)
 
 
-def _part(row: dict) -> tuple | None:
+def _coverage_key(row: dict) -> tuple | None:
     """Which part of its split a row scored (None: all of it), as a key."""
     part = row.get("coverage")
     return None if part is None else (part["scored"], part["first"], part["missing"], part["broken"])
@@ -246,7 +247,7 @@ def _model_of(row: dict) -> str:
 
 def _line_of(row: dict) -> tuple:
     """(source, model, strategy, checkpoint, images): the rows one table line (or chart mark) holds."""
-    return row["source"], _model_of(row), row["strategy"], row.get("checkpoint_key"), _part(row)
+    return row["source"], _model_of(row), row["strategy"], row.get("checkpoint_key"), _coverage_key(row)
 
 
 def _whole_split(row: dict) -> bool:
@@ -309,7 +310,7 @@ def table_rows(rows: list[dict], datasets: list[str]) -> tuple[list[str], list[l
                 value = None if row is None else row["metrics"].get(metric)
                 marked = row is not None and _whole_split(row)
                 scorer = None if row is None else _scorer(row, metric)
-                cell = _mark(value, metric, best_model.get((source, model, dataset, metric, scorer)) if marked else None,
+                cell = _format_cell(value, metric, best_model.get((source, model, dataset, metric, scorer)) if marked else None,
                              best_source.get((source, dataset, metric, scorer)) if marked else None, model)
                 line.append(cell + (" †" if value is not None and scorer not in (None, PAPER_CLIP_NAME) else ""))
         cells.append(line)
@@ -337,7 +338,9 @@ def clip_encoder_note(rows: list[dict]) -> str:
             "same CLIP, and ranked only among them.")
 
 
-def _mark(value: float | None, metric: str, best_in_model: float | None, best_overall: float | None, model: str) -> str:
+def _format_cell(value: float | None, metric: str, best_in_model: float | None, best_overall: float | None,
+                 model: str) -> str:
+    """A table cell: bold where best among one model's strategies, a star where best overall."""
     if value is None:
         return "–"
     text = f"{value:.3f}" if metric == "CLIP-Score" else f"{value:.1f}"
@@ -425,7 +428,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     predictions = _read_predictions(row.get("predictions_path"))
     if not predictions and not per_image:
         where = row.get("predictions_path") or "not recorded"
-        return [], f"{_about(row)}no per-image data for this evaluation (predictions: {where})"
+        return [], f"{_label_prefix(row)}no per-image data for this evaluation (predictions: {where})"
     ids = list(predictions) or sorted({i for scores in per_image.values() for i in scores})
     out = []
     for image_id in ids[:MAX_DRILLDOWN_ROWS]:
@@ -442,7 +445,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
             line[f"{metric} (image)"] = None if value is None else round(float(value), 3)
         line["references"] = list(entry.get("references", []))
         out.append(line)
-    source = f"{_about(row)}{len(ids)} images from {row.get('predictions_path') or results_json}"
+    source = f"{_label_prefix(row)}{len(ids)} images from {row.get('predictions_path') or results_json}"
     if len(ids) > MAX_DRILLDOWN_ROWS:
         source += f" (first {MAX_DRILLDOWN_ROWS} shown)"
     if per_image:
@@ -454,7 +457,7 @@ def drilldown(row: dict) -> tuple[list[dict], str]:
     return out, source
 
 
-def _about(row: dict) -> str:
+def _label_prefix(row: dict) -> str:
     """"run r1 · first 10 images: " before the drill-down's line, for a labelled row."""
     return f"{row['label']}: " if row.get("label") else ""
 
