@@ -251,3 +251,18 @@ def test_one_study_process_per_study_folder(home, tiny_world):
         with pytest.raises(StudyError, match="being run by pid 4242"):
             run_study(plan, say=lambda _: None)
     assert not (plan.out / "cells").exists()  # refused before doing anything
+
+
+def test_a_training_the_registry_lost_and_no_process_runs_is_failed_not_waited_for(home, tmp_path):
+    from captionlab import atomic
+    from captionlab.study import state
+
+    out, run_dir = tmp_path / "study", tmp_path / "run"
+    run_dir.mkdir(parents=True)
+    atomic.write_json(run_dir / "status.json", {"state": "running", "pid": 2**22 + 12345, "step": 3, "total_steps": 9})
+    atomic.write_json(out / "trainings" / "lora.json", {"run_id": "gone", "run_dir": str(run_dir)})
+    found = state.training_state(out, "lora")
+    assert (found.state, found.progress) == ("failed", "step 3/9")
+    assert "crashed" in found.detail and "starts it again" in found.detail  # no checkpoint to resume from
+    atomic.write_json(run_dir / "status.json", {"state": "running", "pid": os.getpid(), "step": 3, "total_steps": 9})
+    assert state.training_state(out, "lora").state == "running"  # a live trainer the registry does not know

@@ -164,7 +164,8 @@ def _train(plan: StudyPlan, training: TrainingStep, slurm: SlurmOptions | None, 
                                "backend": info.backend})
             say(f"{label}: started {info.run_id}" + (f" (Slurm job {info.slurm_job_id})" if info.slurm_job_id else ""))
         else:
-            say(f"{label}: already running ({current.progress}); waiting for it")
+            say(f"{label}: already running ({current.progress or current.detail})"
+                + ("" if slurm is not None else "; waiting for it"))
     except launcher.LaunchError as exc:
         say(f"{label}: could not start: {exc}")
         return states.FAILED

@@ -63,13 +63,21 @@ def training_state(out: Path, strategy: str) -> StepState:
         progress += f", epoch {status.get('epoch')}"
     if registered == "finished" and status.get("state") == "finished":
         return StepState("train", strategy, FINISHED, progress, str(folder.path))
-    if registered in ("queued", "running"):
+    if registered in ("queued", "running") and (row is not None or _trainer_lives(status)):
         return StepState("train", strategy, RUNNING, progress, (row or {}).get("message") or str(folder.path))
+    if row is None and registered in ("queued", "running"):
+        registered = "crashed"  # not in the registry (lost) and no live trainer: nothing will finish it
     resumable = any(is_complete_checkpoint(folder.path / name) for name in ("last", "previous"))
     why = (row or {}).get("message") or status.get("message") or registered or "unknown"
     then = ("rerunning the study resumes it from its last checkpoint" if resumable
             else "rerunning the study starts it again")
     return StepState("train", strategy, FAILED, progress, f"{registered}: {why}; {then}")
+
+
+def _trainer_lives(status: dict) -> bool:
+    from captionlab import processes
+
+    return isinstance(status.get("pid"), int) and processes.is_live(status["pid"])
 
 
 def cell_state(out: Path, name: str) -> StepState:
