@@ -198,9 +198,8 @@ def _training(model: str, strategy: str, overrides: tuple[str, ...], config_path
     except ConfigError as exc:
         raise PlanError(f"recipe {recipe}: {exc}") from None
     counted = count_training(config, model, config_path, notes, read)
-    estimate = estimates.estimate_training(model, strategy, None if counted.sequences_per_epoch is None
-                                           else counted.sequences_per_epoch, counted.val_sequences, config.epochs,
-                                           hardware)
+    estimate = estimates.estimate_training(model, strategy, counted.sequences_per_epoch, counted.val_sequences,
+                                           config.epochs, hardware)
     return TrainingStep(strategy, recipe, overrides, config.epochs, config.batch_size, counted, estimate)
 
 
