@@ -21,6 +21,7 @@ from captionlab.names import STUDY_ORDER as ORDER
 from captionlab.names import ZERO_SHOT, strategy_traits
 
 START, END = "<!-- embedded-study:start -->", "<!-- embedded-study:end -->"
+EMBEDDED_LABEL = "embedded tiny LLaVA"
 
 
 def load_study(checkpoints: Path) -> dict[tuple[str, str], dict]:
@@ -56,7 +57,7 @@ def _on_llava(strategy: str) -> bool:
     return strategy_traits(strategy).uses_llava_base
 
 
-def metrics_table(study: dict, datasets: tuple[str, ...]) -> str:
+def metrics_table(study: dict, datasets: tuple[str, ...], model_label: str = EMBEDDED_LABEL) -> str:
     """A table shaped like the paper's Tables 1-3; the best value of each column in bold (LLaVA rows)."""
     header = "| Model | Strategy | " + " | ".join(f"{d} {m}" for d in datasets for m in METRICS) + " |"
     lines = [header, "|" + "---|" * (2 + len(datasets) * len(METRICS))]
@@ -69,7 +70,7 @@ def metrics_table(study: dict, datasets: tuple[str, ...]) -> str:
     for strategy in ORDER:
         if not any((strategy, d) in study for d in datasets):
             continue
-        model = "embedded tiny LLaVA" if _on_llava(strategy) else LABELS[strategy]
+        model = model_label if _on_llava(strategy) else LABELS[strategy]
         cells = []
         for d in datasets:
             for m in METRICS:
@@ -104,7 +105,7 @@ def hallucination_section(study: dict, dataset: str = "coco") -> list[str]:
             hallucination_table(study, dataset)]
 
 
-def nocaps_domain_table(study: dict) -> str:
+def nocaps_domain_table(study: dict, model_label: str = EMBEDDED_LABEL) -> str:
     """CIDEr (and the other metrics) per nocaps domain, each domain scored on its own images, as nocaps reports it."""
     from captionlab.data.readers.nocaps import NOCAPS_DOMAINS
 
@@ -118,7 +119,7 @@ def nocaps_domain_table(study: dict) -> str:
             continue
         cells = [_cell(by_domain.get(d, {}).get(m), m) for d in NOCAPS_DOMAINS for m in ("CIDEr", "CLIP-Score")]
         cells += [_cell(row["metrics"].get(m), m) for m in ("CIDEr", "CLIP-Score")]
-        model = "embedded tiny LLaVA" if _on_llava(strategy) else LABELS[strategy]
+        model = model_label if _on_llava(strategy) else LABELS[strategy]
         label = LABELS[strategy] if _on_llava(strategy) else "-"  # the baseline is its own model: no strategy
         lines.append(f"| {model} | {label} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
@@ -211,18 +212,20 @@ def clip_line(study: dict) -> str:
     return f"CLIP-S computed with {described}.{paper}"
 
 
-def render(checkpoints: Path) -> str:
+def render(checkpoints: Path, model_label: str = EMBEDDED_LABEL, with_checks: bool = True) -> str:
+    """The tables of the results under `checkpoints` (results/ and runs/); the checks are the embedded study's."""
     study = load_study(checkpoints)
     parts = [
         clip_line(study), generation_line(study),
-        "#### Table 1: in-domain (coco test)", metrics_table(study, ("coco",)),
+        "#### Table 1: in-domain (coco test)", metrics_table(study, ("coco",), model_label),
         *hallucination_section(study),
-        "#### Tables 2-3: out-of-domain", metrics_table(study, ("nocaps", "cc3m")), "",
-        metrics_table(study, ("vizwiz", "textcaps")),
-        "#### nocaps by domain", nocaps_domain_table(study),
+        "#### Tables 2-3: out-of-domain", metrics_table(study, ("nocaps", "cc3m"), model_label), "",
+        metrics_table(study, ("vizwiz", "textcaps"), model_label),
+        "#### nocaps by domain", nocaps_domain_table(study, model_label),
         "#### Table 4: trainable parameters and training energy", energy_table(checkpoints),
-        "#### Checks", "\n".join(f"- {line}" for line in checks(study, checkpoints)),
     ]
+    if with_checks:
+        parts += ["#### Checks", "\n".join(f"- {line}" for line in checks(study, checkpoints))]
     return "\n\n".join(parts) + "\n"
 
 

@@ -11,6 +11,11 @@ Steps (each skipped when its output already exists; delete a folder to redo it):
   checks         CLIP-Score of each captioner's coco test captions against a shuffled pairing
                                                                    -> <out>/results/<key>/coco/shuffled_clip_score.json
   report         write the embedded study's tables (<out>/results/tables.md) and the gallery
+
+`python -m train study --model embedded` is the same study through the real study's command (captionlab/study/):
+it runs this module's world, clip and base steps where their output is missing (the shipped clip/ and base/ are
+used as they are), then the same recipes, grid and report into the workspace (<workspace>/studies/embedded),
+resumably; this command alone rebuilds the shipped folder.
 """
 
 from __future__ import annotations

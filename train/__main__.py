@@ -1,9 +1,11 @@
-"""`python -m train`: run a training recipe, or rebuild the embedded study.
+"""`python -m train`: run a training recipe, run a model's whole study, or rebuild the embedded study.
 
     python -m train run --recipe embedded/lora [key=value ...]   # new run folder under the workspace
     python -m train run --run-dir DIR [--resume]                 # what the launcher starts
     accelerate launch --multi_gpu --num_processes 4 -m train run --recipe llava-1.5-7b/lora   # DDP
     accelerate launch --multi_gpu --num_processes 8 -m train run --recipe llava-1.5-7b/full   # FSDP2 (the recipe's distributed: fsdp)
+    python -m train study --model llava-1.5-7b --datasets D.yaml [--gpus N | --slurm] [--dry-run]   # captionlab/study
+    python -m train study status [--model NAME]
 
 The run folder's layout is described in captionlab/training/run_folder.py.
 """
@@ -166,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     # set by `--recipe` when it hands over to `--run-dir`: register the run and copy the output into log.txt
     run.add_argument("--from-terminal", action="store_true", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
-    zoo = sub.add_parser("zoo", help="rebuild the whole embedded study from nothing")
+    from captionlab.study.cli import register as register_study
+
+    register_study(sub)
+    zoo = sub.add_parser("zoo", help="rebuild the whole embedded study from nothing, into the shipped "
+                                     "checkpoints/embedded (train study --model embedded runs its recipes into the "
+                                     "workspace)")
     zoo.add_argument("--only", nargs="*", help="run only these steps (default: all)")
     zoo.set_defaults(func=cmd_zoo)
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from captionlab.service import runs
+from captionlab.service.study import study_status_markdown
 from captionlab.service.catalog import strategy_label, trainable_strategies
 from captionlab.service.settings import AppSettings
 from captionlab.ui import charts
@@ -222,6 +223,9 @@ def create_train_tab(settings: AppSettings) -> None:
         except runs.LaunchError as exc:
             return f"**Error:** {exc}"
 
+    with gr.Accordion("Studies (python -m train study): each step's state", open=False):
+        study_panel = gr.Markdown(study_status_markdown, elem_id="train-studies")  # read at each page load
+        study_refresh = gr.Button("Refresh", size="sm")
     watch_outputs = [run_id, progress, stats, curves, log, runs_table, stop_button, resume_button]
     preview_button.click(on_preview, form_inputs, [form_message, command], api_visibility="private")
     launch_button.click(on_launch, form_inputs, [form_message, command, run_id], api_visibility="private").then(
@@ -236,3 +240,4 @@ def create_train_tab(settings: AppSettings) -> None:
         refresh, run_id, watch_outputs, api_visibility="private")
     timer.tick(refresh, run_id, watch_outputs, api_visibility="private", show_progress="hidden")
     log.change(None, js=FOLLOW_LOG_END_JS, api_visibility="private")
+    study_refresh.click(study_status_markdown, None, study_panel, api_visibility="private")
