@@ -26,9 +26,20 @@ def test_missing_weights_of_registry_model_say_how_to_get_them():
         weights_folder(get_model_spec("llava-1.5-7b"))
 
 
-def test_params_prints_the_paper_counts_for_llava_15(capsys):
-    assert main(["params", "--model", "llava-1.5-7b"]) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def llava_15_params() -> str:
+    """`params --model llava-1.5-7b`'s output, computed once for the tests that read it (~25 s on 2 cores)."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["params", "--model", "llava-1.5-7b"]) == 0
+    return buffer.getvalue()
+
+
+def test_params_prints_the_paper_counts_for_llava_15(llava_15_params):
+    out = llava_15_params
     for number in ["196,608", "131,072", "319,815,680", "321,175,552", "7,063,427,072"]:
         assert number in out
     # lora_targets: all_linear, the method text's literal reading: + vision tower (24 x 2,359,296), projector
@@ -65,9 +76,8 @@ def test_params_of_the_embedded_model_match_its_shipped_runs(capsys):
     assert shipped["prompt_learning"] == 7_552 and shipped["full"] == 1_148_544  # README's Table 4
 
 
-def test_params_say_what_the_counts_mean(capsys):
-    assert main(["params", "--model", "llava-1.5-7b"]) == 0
-    out = capsys.readouterr().out
+def test_params_say_what_the_counts_mean(llava_15_params):
+    out = llava_15_params
     assert "method text" in out and "19.7k" in out and "13.1k" in out
     assert "vision tower stays frozen" in out
     assert "LLM's seven projections" in out and "all fully connected layers of the MLLMs" in out
