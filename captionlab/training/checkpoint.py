@@ -53,7 +53,11 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str], c
 def initial_weights(source: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """(the folder read, its trainable tensors by parameter name) for `init_from`: a run folder (its best/
     checkpoint), a checkpoint folder, or an artifact folder holding the whole network (the CLIP-Captioner's)."""
+    from captionlab import paths
+
     folder = Path(source).expanduser()
+    if not folder.is_absolute() and not folder.exists():  # a recipe's path, relative to the project
+        folder = paths.PROJECT_ROOT / folder
     if (folder / "best" / CHECKPOINT_COMPLETE).exists():
         folder = folder / "best"
     if (folder / CHECKPOINT_COMPLETE).exists():
