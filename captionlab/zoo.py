@@ -6,7 +6,8 @@ Steps (each skipped when its output already exists; delete a folder to redo it):
   base           pretrain the tiny LLaVA: brief captions, then verbose descriptions -> <out>/base
   personalize    train every strategy on the coco domain (the real trainer, paper recipe)
                                                                    -> <out>/strategies/<name>, <out>/runs/<name>
-  clip_captioner train the CLIP-Captioner baseline                 -> <out>/clip_captioner
+  clip_captioner train the CLIP-Captioner baseline: cross-entropy   -> <out>/clip_captioner_xe, then SCST from it
+                                                                   -> <out>/clip_captioner
   evaluate       caption and score all seven captioners on all five domains -> <out>/results
   checks         CLIP-Score of each captioner's coco test captions against a shuffled pairing
                                                                    -> <out>/results/<key>/coco/shuffled_clip_score.json
@@ -36,6 +37,7 @@ CLIP_EPOCHS = 6  # over 9000 images (coco train and both pretraining pools): 426
 # (bench/clip_probe.py, bench/RESULTS.md "Tiny CLIP").
 CLIP_LR = 5e-4
 PERSONALIZED = TRAINABLE_STRATEGIES
+CLIP_CAPTIONER_XE = "clip_captioner_xe"  # the CLIP-Captioner's cross-entropy stage; its SCST stage ships as clip_captioner
 
 
 def _say(message: str) -> None:
@@ -205,15 +207,17 @@ def step_personalize(out: Path) -> None:
 
 
 def step_clip_captioner(out: Path) -> None:
+    """Barraco et al.'s two stages: cross-entropy (shipped as clip_captioner_xe), then SCST from that artifact."""
     target = out / "clip_captioner"
     if target.exists() and any(target.glob("*.safetensors")):
         _say("clip_captioner: exists")
         return
-    started = time.monotonic()
-    run_dir = paths.workspace() / "zoo_runs" / "clip_captioner"
-    _train_recipe("embedded/clip_captioner", run_dir)
-    _ship_run(run_dir, target, out / "runs" / "clip_captioner")
-    _say(f"clip_captioner: done in {time.monotonic() - started:.0f}s")
+    for key in (CLIP_CAPTIONER_XE, CLIP_CAPTIONER):
+        started = time.monotonic()
+        run_dir = paths.workspace() / "zoo_runs" / key
+        _train_recipe(f"embedded/{key}", run_dir)
+        _ship_run(run_dir, out / key, out / "runs" / key)
+        _say(f"{key}: done in {time.monotonic() - started:.0f}s")
 
 
 def step_evaluate(out: Path) -> None:
@@ -292,7 +296,8 @@ def write_manifest(out: Path) -> Path:
         if file.is_file() and file.name != "manifest.json":
             files[str(file.relative_to(out))] = hashlib.sha256(file.read_bytes()).hexdigest()
     recipes = {s: {"recipe": f"embedded/{s}", "config_sha256": recipe_hash(f"embedded/{s}")}
-               for s in [*PERSONALIZED, CLIP_CAPTIONER] if (out / "runs" / s / "config.yaml").exists()}
+               for s in [*PERSONALIZED, CLIP_CAPTIONER_XE, CLIP_CAPTIONER]
+               if (out / "runs" / s / "config.yaml").exists()}
     manifest = out / "manifest.json"
     manifest.write_text(json.dumps({"files": files, "recipes": recipes}, indent=1, sort_keys=True) + "\n")
     return manifest

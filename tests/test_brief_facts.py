@@ -41,6 +41,12 @@ def test_registry_models_carry_the_papers_ids_prompt_length_and_lora(model):
 def test_the_7b_recipes_keep_the_papers_hyperparameters(recipe):
     values = yaml.safe_load(recipe.read_text())
     assert values["model"] == recipe.parent.name and values["dataset"] == "coco"
+    if values.get("objective") == "scst":  # beyond the paper: a self-critical stage after its cross-entropy run
+        assert "init_from=" in recipe.read_text().splitlines()[0] and values["batch_size"] == 32
+        assert values["val_split"] == "val" and values["train_split"].startswith("train")
+        return
+    assert values.get("optimizer", "sgd") == "sgd" and values.get("lr_schedule", "cosine") == "cosine"
+    assert values.get("warmup_steps", 0) == 0
     assert (values["lr_max"], values["lr_min"], values["batch_size"], values["epochs"]) == (0.02, 1e-5, 32, 4)
     assert values.get("momentum", 0.0) == 0.0 and values.get("weight_decay", 0.0) == 0.0
     assert values["val_split"] == "val"  # best checkpoint by validation loss

@@ -293,7 +293,7 @@ def test_captions_become_bos_caption_eos_with_labels_on_the_caption(clip_dir):
     assert ClipCaptionerStrategy.name == "clip_captioner" and ClipCaptionerStrategy.prefix_slots == 0
 
 
-@pytest.mark.parametrize("recipe", ["embedded/clip_captioner", "clip-captioner/coco"])
+@pytest.mark.parametrize("recipe", ["embedded/clip_captioner", "clip-captioner/coco", "clip-captioner/coco_scst"])
 def test_recipes_load_and_start_with_their_command(recipe):
     path = RECIPES_DIR / f"{recipe}.yaml"
     assert path.read_text().splitlines()[0].startswith(f"# python -m train run --recipe {recipe}")

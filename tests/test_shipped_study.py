@@ -29,7 +29,7 @@ def test_every_shipped_file_matches_the_manifest():
 
 
 @pytest.mark.skipif(MANIFEST is None, reason="no shipped study")
-@pytest.mark.parametrize("strategy", [*PERSONALIZED, "clip_captioner"])
+@pytest.mark.parametrize("strategy", [*PERSONALIZED, "clip_captioner_xe", "clip_captioner"])
 def test_shipped_runs_were_trained_by_their_recipes(strategy):
     config = yaml.safe_load((SHIPPED / "runs" / strategy / "config.yaml").read_text())
     config.pop("recipe", None)

@@ -48,6 +48,25 @@ def greedy_decode(model: ClipCaptionModel, memory: torch.Tensor, max_length: int
 
 
 @torch.no_grad()
+def sample_decode(model: ClipCaptionModel, memory: torch.Tensor, max_length: int = DEFAULT_MAX_LENGTH,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, L) ids drawn token by token from the model's distribution (ancestral sampling, temperature 1; SCST's
+    samples); <pad> after <eos>."""
+    config = model.config
+    tokens = torch.full((memory.shape[0], 1), config.bos_id, dtype=torch.long, device=memory.device)
+    done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
+    for _ in range(_max_steps(model, max_length)):
+        probs = torch.softmax(model.decode(tokens, memory)[:, -1].float(), dim=-1)
+        step = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        step = torch.where(done, torch.full_like(step, config.pad_id), step)
+        tokens = torch.cat([tokens, step[:, None]], dim=1)
+        done |= step == config.eos_id
+        if bool(done.all()):
+            break
+    return tokens[:, 1:]
+
+
+@torch.no_grad()
 def beam_search(model: ClipCaptionModel, memory: torch.Tensor, beam_size: int = DEFAULT_BEAM_SIZE,
                 max_length: int = DEFAULT_MAX_LENGTH) -> torch.Tensor:
     """(B, L) ids of each image's best hypothesis by summed log-probability (see the module doc)."""

@@ -54,6 +54,19 @@ class ClipCaptionerTraining:
         input_ids, labels = encode_captions(self.tokenizer, captions, self.model.config.max_positions)
         return {"features": self.extractor(images), "input_ids": input_ids, "labels": labels}
 
+    @torch.no_grad()
+    def sample_captions(self, model: ClipCaptionModel, images: list[Image.Image], samples: int, max_length: int,
+                        greedy: bool) -> list[str]:
+        """SCST's captions (training/scst.py): `samples` drawn per image (image-major), or the greedy one."""
+        from captionlab.baseline.captioner import greedy_decode, ids_to_text, sample_decode
+
+        memory = model.encode(self.extractor(images).to(self.device))
+        if greedy:
+            ids = greedy_decode(model, memory, max_length)
+        else:
+            ids = sample_decode(model, memory.repeat_interleave(samples, dim=0), max_length)
+        return [ids_to_text(self.tokenizer, row) for row in ids.tolist()]
+
 
 def network_config(feature_dim: int, grid_tokens: int, tokenizer: CaptionTokenizer) -> CaptionModelConfig:
     sizes = PAPER_SIZES if feature_dim >= PAPER_SIZE_MIN_WIDTH else SMALL_SIZES

@@ -37,16 +37,35 @@ def _sha256(path: Path) -> str:
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str], cpu: bool = True) -> dict[str, torch.Tensor]:
-    """SGD momentum buffers keyed by parameter name (the only tensor state plain SGD keeps).
+    """The optimizer's tensor state keyed `<kind>::<parameter name>`: SGD's momentum buffers; Adam's exp_avg,
+    exp_avg_sq and step (`restore_optimizer_state` puts them back).
 
     `cpu=False` leaves them where they are (sharded ones are gathered by the caller, on every process)."""
     tensors = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            buffer = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buffer is not None:
-                tensors[f"momentum_buffer::{names[id(p)]}"] = buffer.detach().cpu().contiguous() if cpu else buffer
+            for kind, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{kind}::{names[id(p)]}"] = value.detach().cpu().contiguous() if cpu else value
     return tensors
+
+
+def initial_weights(source: str | Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(the folder read, its trainable tensors by parameter name) for `init_from`: a run folder (its best/
+    checkpoint), a checkpoint folder, or an artifact folder holding the whole network (the CLIP-Captioner's)."""
+    from captionlab import paths
+
+    folder = Path(source).expanduser()
+    if not folder.is_absolute() and not folder.exists():  # a recipe's path, relative to the project
+        folder = paths.PROJECT_ROOT / folder
+    if (folder / "best" / CHECKPOINT_COMPLETE).exists():
+        folder = folder / "best"
+    if (folder / CHECKPOINT_COMPLETE).exists():
+        return folder, load_checkpoint(folder)[1]
+    if (folder / "model.safetensors").is_file():
+        return folder, load_file(str(folder / "model.safetensors"))
+    raise CheckpointError(f"init_from: {source} is not a run folder with a best/ checkpoint, a complete checkpoint "
+                          "folder (best/, last/) or an artifact folder with a model.safetensors")
 
 
 def save_checkpoint(folder: Path, *, save_artifact, trainable: dict[str, torch.Tensor],

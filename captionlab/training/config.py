@@ -8,6 +8,7 @@ by validation loss. A bad value is rejected with a message naming the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ from captionlab.models.registry import ZERO_SHOT_PROMPT
 
 EPOCH_UNITS = ("caption", "image", "image_captions")
 DISTRIBUTED = ("ddp", "fsdp")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "noam", "constant")
+OBJECTIVES = ("xe", "scst")
+SCST_BASELINES = ("greedy", "mean")
+_ADDED = {"omit_when_default": True}  # settings added after the study shipped: left out of to_dict at their default
 
 
 class ConfigError(ValueError):
@@ -49,10 +55,36 @@ class TrainConfig:
     """Captions per forward pass; batch_size is reached by gradient accumulation."""
     lr_max: float = 2e-2
     lr_min: float = 1e-5
+    """Where the cosine schedule ends (unused by noam and constant)."""
     momentum: float = 0.0
-    """SGD momentum; the paper says plain SGD."""
+    """SGD momentum; the paper says plain SGD. Not used by adam."""
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
+    optimizer: str = field(default="sgd", metadata=_ADDED)
+    """sgd (the paper's recipe) or adam (the CLIP-Captioner's, Barraco et al. after the M2 Transformer: Adam with
+    betas (0.9, adam_beta2))."""
+    adam_beta2: float = field(default=0.999, metadata=_ADDED)
+    """Adam's second-moment decay; the M2 / CLIP-Captioner cross-entropy stage uses 0.98."""
+    lr_schedule: str = field(default="cosine", metadata=_ADDED)
+    """cosine: lr_max -> lr_min (the paper's). noam: Vaswani et al.'s inverse square root, lr_max reached at step
+    warmup_steps (the M2 Transformer's cross-entropy schedule). constant: lr_max throughout (after any warm-up;
+    M2's SCST stage: 5e-6)."""
+    warmup_steps: int = field(default=0, metadata=_ADDED)
+    """Optimizer steps of linear warm-up from 0 to lr_max (noam needs at least 1; M2 uses 10,000)."""
+    objective: str = field(default="xe", metadata=_ADDED)
+    """xe: token-level cross-entropy on the reference captions. scst: self-critical sequence training (Rennie et
+    al. 2017): sampled captions rewarded by CIDEr-D against the image's references (training/scst.py), usually
+    from a cross-entropy run's weights (init_from). A step then takes batch_size images (epoch_unit image)."""
+    scst_samples: int = field(default=5, metadata=_ADDED)
+    """Captions sampled per image and step under objective scst."""
+    scst_baseline: str = field(default="mean", metadata=_ADDED)
+    """What a sample's reward is compared with: mean (the mean reward of the image's other samples, the
+    CLIP-Captioner's / M2's choice; needs scst_samples >= 2) or greedy (the greedy caption's reward, Rennie's)."""
+    scst_max_length: int = field(default=20, metadata=_ADDED)
+    """Longest sampled caption, in tokens (M2: 20)."""
+    init_from: str | None = field(default=None, metadata=_ADDED)
+    """Start from another run's weights: its run folder (its best/ checkpoint) or a checkpoint folder (best/,
+    last/), same model and strategy; e.g. the SCST stage from the cross-entropy run."""
     epoch_unit: str = "caption"
     """caption: an epoch visits every (image, caption) pair once (the captioning convention, 5 per COCO
     image); image: every image once, with one of its captions drawn per epoch; image_captions: every
@@ -117,7 +149,8 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1, "must be at least 1"),
             ("micro_batch_size", 1 <= self.micro_batch_size <= self.batch_size, "must be between 1 and batch_size"),
             ("lr_max", self.lr_max > 0, "must be positive"),
-            ("lr_min", 0 <= self.lr_min <= self.lr_max, "must be between 0 and lr_max"),
+            ("lr_min", 0 <= self.lr_min <= (self.lr_max if self.lr_schedule == "cosine" else math.inf),
+             "must be between 0 and lr_max"),  # only cosine decays to it
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "must be non-negative"),
             ("epoch_unit", self.epoch_unit in EPOCH_UNITS, f"must be one of {EPOCH_UNITS}"),
@@ -135,6 +168,12 @@ class TrainConfig:
             ("lora_rank", self.lora_rank is None or self.lora_rank >= 1, "must be at least 1"),
             ("lora_alpha", self.lora_alpha is None or self.lora_alpha > 0, "must be positive"),
             ("lora_targets", self.lora_targets in ("llm", "all_linear"), "must be llm or all_linear"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+            ("adam_beta2", 0 < self.adam_beta2 < 1, "must be in (0, 1)"),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of {', '.join(LR_SCHEDULES)}"),
+            ("warmup_steps", self.warmup_steps >= (1 if self.lr_schedule == "noam" else 0),
+             "must be at least 1 for lr_schedule noam" if self.lr_schedule == "noam" else "must be non-negative"),
+            *self._scst_checks(),
             ("dataset", bool(str(self.dataset).strip()), "must name a dataset"),
             ("model", bool(str(self.model).strip()), "must name a model"),
             ("prompt", self.strategy != "prompt_learning" or self.prompt == ZERO_SHOT_PROMPT,
@@ -147,6 +186,23 @@ class TrainConfig:
         if self.distributed == "fsdp":
             self._validate_fsdp()
         return self
+
+    def _scst_checks(self) -> list[tuple[str, bool, str]]:
+        scst = self.objective == "scst"
+        return [
+            ("objective", self.objective in OBJECTIVES,
+             "must be xe (cross-entropy) or scst (self-critical sequence training)"),
+            ("scst_baseline", self.scst_baseline in SCST_BASELINES,
+             "must be greedy (Rennie et al.'s) or mean (the mean reward of the image's other samples)"),
+            ("scst_samples", self.scst_samples >= (2 if self.scst_baseline == "mean" else 1),
+             "must be at least 2 with scst_baseline mean (a sample is compared with the others)"
+             if self.scst_baseline == "mean" else "must be at least 1"),
+            ("scst_max_length", self.scst_max_length >= 1, "must be at least 1"),
+            ("distributed", not (scst and self.distributed == "fsdp"),
+             "must be ddp with objective scst (sampling under FSDP is not supported)"),
+            ("share_prefix", not (scst and self.share_prefix), "does not apply to objective scst"),
+            ("init_from", self.init_from is None or bool(str(self.init_from).strip()), "must name a run or checkpoint"),
+        ]
 
     def _validate_fsdp(self) -> None:
         from captionlab.strategies import STRATEGIES

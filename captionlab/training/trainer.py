@@ -1,4 +1,5 @@
-"""The one trainer for every strategy: token-level cross-entropy on the caption, SGD, cosine schedule.
+"""The one trainer for every strategy: token-level cross-entropy on the caption, SGD, cosine schedule (the paper's
+defaults; Adam, warm-up and noam for the CLIP-Captioner's recipe; `objective: scst` for self-critical training, scst.py).
 
 `train_run(run_dir, resume)` reads the run's config.yaml and writes the run folder (see
 run_folder.py). It runs on the CPU, on one GPU, or under `accelerate launch` on several (DDP, or FSDP2
@@ -45,6 +46,22 @@ def cosine_lr(step: int, total_steps: int, lr_max: float, lr_min: float) -> floa
     return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * progress))
 
 
+def scheduled_lr(step: int, total_steps: int, config: TrainConfig) -> float:
+    """The learning rate of optimizer step `step` (0-based) under `config.lr_schedule`, after `warmup_steps` of
+    linear warm-up. noam is Vaswani et al. 2017's eq. 3, d^-0.5 * min(s^-0.5, s * w^-1.5) with s = step + 1, as the
+    M2 Transformer's train.py (aimagelab/meshed-memory-transformer, `lambda_lr`) trains the CLIP-Captioner's
+    cross-entropy stage; written here with its peak, lr_max, reached at s = w (M2: 512^-0.5 * 10000^-0.5)."""
+    warmup = config.warmup_steps
+    if config.lr_schedule == "noam":
+        s = step + 1
+        return config.lr_max * min(s / warmup, math.sqrt(warmup / s))
+    if step < warmup:
+        return config.lr_max * (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return config.lr_max
+    return cosine_lr(step - warmup, total_steps - warmup, config.lr_max, config.lr_min)
+
+
 def caption_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed token-level cross-entropy over the caption tokens (next-token targets)."""
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
@@ -63,6 +80,16 @@ def _check_finite(loss: float, what: str, config: TrainConfig) -> None:
             f"the run diverged: {what} is {loss}. Launch it again with a lower lr_max (now {config.lr_max:g})"
             + ("" if config.max_grad_norm else " or with max_grad_norm set (gradient clipping)")
             + "; the checkpoints written before this are kept")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Eval mode (no dropout) for a while, then train mode again: SCST samples without dropout."""
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
 
 
 class _StopRequested:
@@ -139,6 +166,8 @@ class Trainer:
             self.optimizer = self._make_optimizer()
             self.model = self.accelerator.prepare_model(self.loaded.model)
         self.names = {id(p): n for n, p in self.params.items()}
+        if self.config.init_from and not resume:
+            self._init_from(self.config.init_from)
         self._say_preparing(f"reading dataset {self.config.dataset} (the embedded world is generated on first use, "
                             "under a minute)")
         self.train_records = load_split(self.config, self.config.train_split, self.config.max_train_images)
@@ -151,6 +180,9 @@ class Trainer:
         own_batch = getattr(self.loaded, "build_batch", None)  # the CLIP-Captioner brings its own
         self.build_batch = own_batch or self._llava_batch
         self.packed = bool(self.config.share_prefix) and own_batch is None
+        self.scst = self.config.objective == "scst"
+        if self.scst:
+            self._setup_scst()
         self.state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_val_loss": None, "best_epoch": None,
                       "val_losses": [], "initial_val_loss": None, "epoch_energy_j": [], "energy_j": 0.0, "elapsed_s": 0.0,
                       "energy_at_epoch_start_j": 0.0, "initial_val_energy_j": None}
@@ -190,6 +222,9 @@ class Trainer:
                               "FSDP config file); set distributed=fsdp in the recipe, or launch with --multi_gpu")
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        if self.config.optimizer == "adam":
+            return torch.optim.Adam(list(self.params.values()), lr=self.config.lr_max,
+                                    betas=(0.9, self.config.adam_beta2), weight_decay=self.config.weight_decay)
         return torch.optim.SGD(list(self.params.values()), lr=self.config.lr_max,
                                momentum=self.config.momentum, weight_decay=self.config.weight_decay)
 
@@ -231,8 +266,10 @@ class Trainer:
             for name, tensor in trainable.items():  # full tensors; under FSDP each process keeps its shard
                 self.params[name].copy_(fsdp.load_full_into(self.params[name], tensor))
         for name, tensor in optimizer.items():
-            param = self.params[name.split("::", 1)[1]]
-            self.optimizer.state[param]["momentum_buffer"] = fsdp.load_full_into(param, tensor)
+            kind, param_name = name.split("::", 1)
+            param = self.params[param_name]
+            # Adam's step count is a scalar, kept as saved; buffers take the parameter's layout (its shard)
+            self.optimizer.state[param][kind] = tensor if kind == "step" else fsdp.load_full_into(param, tensor)
         self.state.update({k: v for k, v in state.items() if k in self.state})
         # the steps after the checkpoint are trained again and logged anew: their old rows must go
         dropped = self.run.drop_metrics_after(self.state["step"]) if self.main else 0
@@ -241,6 +278,24 @@ class Trainer:
                  else f"epoch {epoch + 1} of {epochs}")  # a checkpoint saved after an epoch is not in the next one
         self.log(f"resumed from {folder.name}/ at step {self.state['step']} ({where})"
                  + (f"; dropped {dropped} metrics row(s) written after it" if dropped else ""))
+
+    def _init_from(self, source: str) -> None:
+        """Start from another run's trainable weights (`init_from`): the same model and strategy, by name."""
+        from captionlab.training.checkpoint import CheckpointError, initial_weights
+        from captionlab.training.config import ConfigError
+
+        try:
+            folder, tensors = initial_weights(source)
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from None
+        missing = sorted(set(self.params) - set(tensors))
+        if missing:
+            raise ConfigError(f"init_from: {folder} lacks {len(missing)} of this run's trainable tensors (e.g. "
+                              f"{missing[0]}): it was trained with another model or strategy")
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(fsdp.load_full_into(param, tensors[name]))
+        self.log(f"initialised {len(self.params)} trainable tensors from {folder}")
 
     def _energy_j(self) -> float:
         return self.state["energy_j"] + self.energy.joules()
@@ -341,13 +396,11 @@ class Trainer:
         with self._autocast():
             if "loss_targets" in batch:  # packed
                 return packed_loss_sum(self.model, batch)[0]
-            labels = batch["labels"]
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
-            return caption_loss_sum(self.model(**inputs).logits, labels)
+            return caption_loss_sum(self._logits(batch), batch["labels"])
 
     def train_step(self, groups) -> dict:
+        if self.scst:
+            return self._scst_step(groups)
         batches = self._batches(groups)
         local_tokens = sum(self._token_count(b) for b in batches)
         global_tokens = max(1.0, self._global_sum(local_tokens))
@@ -368,17 +421,100 @@ class Trainer:
             # zero-weighted backward through DDP, so that its gradient all-reduce pairs with the others'.
             dummy = self._build_batches(groups[:1])[0]
             (self._forward_loss_sum(dummy) * 0.0).backward()
-        lr = cosine_lr(self.state["step"], self.total_steps, self.config.lr_max, self.config.lr_min)
+        return {"loss": self._global_sum(loss_sum) / global_tokens, **self._optimizer_step()}
+
+    def _optimizer_step(self) -> dict:
+        lr = scheduled_lr(self.state["step"], self.total_steps, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # accelerate's clip is FSDP-aware: the norm of sharded gradients is reduced across the processes
         grad_norm = self.accelerator.clip_grad_norm_(list(self.params.values()), self.config.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": self._global_sum(loss_sum) / global_tokens, "lr": lr, "grad_norm": float(fsdp.full_tensor(grad_norm))}
+        return {"lr": lr, "grad_norm": float(fsdp.full_tensor(grad_norm))}
+
+    # --- self-critical sequence training (objective: scst; scst.py) ------------------------------
+    def _setup_scst(self) -> None:
+        from captionlab.training import scst
+
+        self.references = {r.image_id: r.references for r in self.train_records if r.references}
+        self.reward = scst.CiderD(self.references.values())  # idf from the training references, fixed
+        own = getattr(self.loaded, "sample_captions", None)  # the CLIP-Captioner brings its own sampler
+        model = lambda: self.accelerator.unwrap_model(self.model)  # noqa: E731
+        if own is not None:
+            self.sample = lambda images, k, length, greedy: own(model(), images, k, length, greedy)
+        else:
+            self.sample = lambda images, k, length, greedy: scst.sample_llava(
+                model(), self.loaded, self.strategy.prefix_slots, self.config.prompt, images, k, length, greedy)
+        self.log(f"SCST: {self.config.scst_samples} samples per image, {self.config.scst_baseline} baseline, "
+                 f"CIDEr-D idf from {len(self.references)} training images; validation score: -CIDEr-D of greedy "
+                 "captions (logged as val_loss)")
+
+    def _step_images(self, groups) -> list:
+        """This process's images of a step (interleaved), each once: SCST rewards an image against all its references."""
+        seen = {}
+        for group in groups:
+            for sample in group:
+                seen.setdefault(sample.image_id, sample.image_path)
+        return list(seen.items())[self.rank::self.world]
+
+    def _scst_step(self, groups) -> dict:
+        from captionlab.training import scst
+
+        config, images = self.config, self._step_images(groups)
+        global_samples = max(1.0, self._global_sum(len(images) * config.scst_samples))
+        # a process with no image (fewer images than processes) still joins DDP's gradient all-reduce, at weight 0
+        counted = bool(images)
+        images = images or [next((s.image_id, s.image_path) for group in groups for s in group)]
+        chunks = [images[i:i + config.micro_batch_size] for i in range(0, len(images), config.micro_batch_size)]
+        loss_sum, totals = 0.0, {"reward_sum": 0.0, "baseline_sum": 0.0, "samples": 0.0}
+        for index, chunk in enumerate(chunks):
+            pictures = [self.images.get(path) for _, path in chunk]
+            with _eval_mode(self.model):
+                captions, advantages, stats = scst.rollout(
+                    self.sample, self.reward, pictures, [self.references[i] for i, _ in chunk], config.scst_samples,
+                    config.scst_baseline, config.scst_max_length)
+            batch = self.build_batch([p for p in pictures for _ in range(config.scst_samples)], captions)
+            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+            last = index == len(chunks) - 1
+            context = self.accelerator.no_sync(self.model) if (self.world > 1 and not last) else contextlib.nullcontext()
+            with context:
+                with self._autocast():
+                    log_probs = scst.sequence_log_probs(self._logits(batch), batch["labels"])
+                micro = scst.scst_loss_sum(log_probs, advantages.to(log_probs.device))
+                (micro * (self.world / global_samples if counted else 0.0)).backward()
+            if counted:
+                loss_sum += float(micro.detach())
+                totals = {k: totals[k] + stats[k] for k in totals}
+        samples = max(1.0, self._global_sum(totals["samples"]))
+        return {"loss": self._global_sum(loss_sum) / global_samples,
+                "reward": self._global_sum(totals["reward_sum"]) / samples,
+                "reward_baseline": self._global_sum(totals["baseline_sum"]) / samples, **self._optimizer_step()}
+
+    @torch.no_grad()
+    def _scst_validation(self) -> float:
+        """-(mean CIDEr-D of the greedy captions of the validation images): lower is better, as a loss."""
+        from captionlab.training import scst
+
+        records = [r for r in self.val_records if r.references][self.rank::self.world]
+        total = 0.0
+        with _eval_mode(self.model):
+            for start in range(0, len(records), self.config.micro_batch_size):
+                chunk = records[start:start + self.config.micro_batch_size]
+                total += scst.greedy_reward_sum(self.sample, self.reward, [self.images.get(r.image_path) for r in chunk],
+                                                [r.references for r in chunk], self.config.scst_max_length)
+        return -self._global_sum(total) / max(1.0, self._global_sum(len(records)))
+
+    def _logits(self, batch: dict) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
+        return self.model(**inputs).logits
 
     @torch.no_grad()
     def validation_loss(self) -> float:
+        if self.scst:
+            return self._scst_validation()
         self.model.eval()
         samples = caption_samples(self.val_records)
         # packed: every caption of an image together (the same pairs, so the same loss)
