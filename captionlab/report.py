@@ -149,6 +149,7 @@ TABLE_4_NOTE = ("Covers: the parts each figure counts (NVML: the GPU only; RAPL:
 
 def energy_table(checkpoints: Path) -> str:
     from captionlab.training.energy import covered_parts
+    from captionlab.training.stages import earlier_stage_energy
 
     lines = ["| Strategy | Trainable params | Energy, all epochs (kWh) | Energy, up to best (kWh) | Best epoch "
              "| Method | Covers |", "|---|---|---|---|---|---|---|"]
@@ -157,10 +158,18 @@ def energy_table(checkpoints: Path) -> str:
         if not energy_file.exists():
             continue
         energy = json.loads(energy_file.read_text())
+        kwh_all, kwh_best = energy.get("kwh_all_epochs") or 0, energy.get("kwh_best") or 0
+        covers = covered_parts(energy)
+        earlier = earlier_stage_energy(energy_file.parent)  # e.g. the CLIP-Captioner's cross-entropy stage
+        if earlier is not None:
+            name, record = earlier
+            stage_kwh = record.get("kwh_all_epochs") or 0
+            kwh_all, kwh_best = kwh_all + stage_kwh, kwh_best + stage_kwh
+            covers += f"; with its earlier stage {name} ({stage_kwh:.2e} kWh)"
         lines.append(f"| {LABELS[strategy]} | {energy.get('trainable_parameters', 0):,} | "
-                     f"{energy.get('kwh_all_epochs', 0):.2e} | {energy.get('kwh_best', 0):.2e} | "
+                     f"{kwh_all:.2e} | {kwh_best:.2e} | "
                      f"{energy.get('best_epoch')} | {energy.get('label') or energy.get('method')} | "
-                     f"{covered_parts(energy)} |")
+                     f"{covers} |")
     return "\n".join(lines) + "\n\n" + TABLE_4_NOTE
 
 

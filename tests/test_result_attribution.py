@@ -198,3 +198,28 @@ def test_clip_scores_of_another_clip_are_marked_and_ranked_only_among_themselves
     assert note.startswith("† CLIP-S computed with embedded-tiny-clip (the embedded world's 48-pixel CLIP), not the "
                            "paper's ViT-B/32")
     assert benchmarks.clip_encoder_note([r for r in rows if r["strategy"] == "lora"]) == ""
+
+
+def test_a_run_continuing_another_counts_its_earlier_stage_which_is_not_a_captioner_of_its_own(home):
+    """The shipped CLIP-Captioner is XE then SCST (init_from): its figures include the XE stage's energy once."""
+    from captionlab.service import energy
+
+    runs = {r["Run"]: r for r in energy.run_energy_rows(SHIPPED)}
+    xe, scst = runs["clip_captioner_xe"], runs["clip_captioner"]
+    own = json.loads((SHIPPED / "runs/clip_captioner/energy.json").read_text())["kwh_all_epochs"]
+    assert scst["kWh all epochs"] == pytest.approx(own + xe["kWh all epochs"])
+    assert xe["stage_of"] == "clip_captioner" and "clip_captioner_xe" in scst["Covers"]
+    assert "yours · clip_captioner_xe" not in {b["source"] for b in energy.energy_bars([], list(runs.values()))}
+
+
+def test_the_earlier_stage_of_a_workspace_run_is_found_through_its_checkpoint(tmp_path):
+    from captionlab.training.stages import earlier_stage_energy
+
+    first, second = tmp_path / "xe", tmp_path / "scst"
+    (first / "best" / "artifact").mkdir(parents=True)
+    (first / "energy.json").write_text(json.dumps({"kwh_all_epochs": 0.5}))
+    second.mkdir()
+    (second / "config.yaml").write_text(f"init_from: {first / 'best' / 'artifact'}\n")
+    assert earlier_stage_energy(second) == ("xe", {"kwh_all_epochs": 0.5})
+    (second / "config.yaml").write_text("strategy: lora\n")
+    assert earlier_stage_energy(second) is None

@@ -21,6 +21,7 @@ from captionlab import atomic, paths
 from captionlab.service.benchmarks import coverage_label
 from captionlab.service.catalog import PAPER_STRATEGIES, strategy_label
 from captionlab.training.energy import MEASURED_METHODS, covered_parts
+from captionlab.training.stages import earlier_stage_record
 
 PAPER_NOTE = ("The paper's Table 4 prints 19.7k (prompt learning) and 13.1k (prefix tuning) trainable parameters: "
               "10x below what its own method text gives, 48 tokens x 4096 = 196,608 and 32 layers x 1 token x 4096 "
@@ -98,6 +99,37 @@ def run_energy_rows(checkpoints: Path | None = None) -> list[dict]:
                 continue
             rows.append(_energy_row(energy, path.parent.name, energy.get("model", ""), energy.get("strategy", ""),
                                     "shipped", path.parent, _shipped_artifacts(Path(checkpoints), path.parent)))
+    return _link_stages(rows)
+
+
+def _link_stages(rows: list[dict]) -> list[dict]:
+    """A run that continues another (`init_from`, e.g. SCST after cross-entropy) counts its earlier stages' energy
+    in its own figures; an earlier stage stays listed, marked `stage_of`, and is neither plotted nor counted as a
+    run awaiting its own evaluation."""
+    by_folder = {Path(r["folder"]).resolve(): r for r in rows}
+    earlier_of = {}
+    for row in rows:
+        record = earlier_stage_record(Path(row["folder"]))
+        earlier = by_folder.get(record.resolve()) if record is not None else None
+        if earlier is not None and earlier is not row:
+            earlier_of[id(row)] = earlier
+            earlier["stage_of"] = row["Run"]
+            earlier["Covers"] = f"{earlier['Covers']}; a first stage, counted in {row['Run']}'s figures"
+    own = {id(r): r["kWh all epochs"] for r in rows}
+    for row in rows:
+        stage, seen, added = earlier_of.get(id(row)), {id(row)}, []
+        while stage is not None and id(stage) not in seen and own[id(stage)] is not None:
+            seen.add(id(stage))
+            added.append((stage["Run"], own[id(stage)]))
+            stage = earlier_of.get(id(stage))
+        if not added or row["kWh all epochs"] is None:
+            continue
+        extra = sum(kwh for _, kwh in added)
+        row["kWh all epochs"] += extra
+        if row["kWh up to best"] is not None:
+            row["kWh up to best"] += extra
+        named = ", ".join(f"{name} ({kwh:.2e} kWh)" for name, kwh in added)
+        row["Covers"] = f"{row['Covers']}; with its earlier stage(s) {named}"
     return rows
 
 
@@ -137,7 +169,7 @@ def energy_bars(paper: list[dict], runs: list[dict]) -> list[dict]:
     bars = [{"source": "paper (4x A100, as printed)", "strategy": r["Strategy"], "key": r["key"],
              "kwh_all": r["kWh all epochs"], "kwh_best": r["kWh up to best"], "method": "as printed"} for r in paper]
     for r in runs:
-        if r["kWh all epochs"] is not None:
+        if r["kWh all epochs"] is not None and not r.get("stage_of"):
             bars.append({"source": f"yours · {r['Run']}", "strategy": r["Strategy"], "key": r["key"],
                          "kwh_all": r["kWh all epochs"], "kwh_best": r["kWh up to best"], "method": r["Method"]})
     order = {k: i for i, k in enumerate(PAPER_STRATEGIES)}
@@ -155,7 +187,7 @@ def quality_points(paper: list[dict], runs: list[dict], results: list[dict]) -> 
             points.append({"source": "paper", "strategy": r["Strategy"], "kwh": r["kWh all epochs"],
                            "kwh_best": r["kWh up to best"], "cider": paper_cider[r["key"]], "method": "as printed"})
     for run in runs:
-        match = result_for_run(run, results)
+        match = None if run.get("stage_of") else result_for_run(run, results)
         if match is not None and run["kWh all epochs"] is not None:
             images = f" (CIDEr on {coverage_label(match['coverage'])})" if match.get("coverage") else ""
             points.append({"source": f"yours · {run['Run']}{images}", "strategy": run["Strategy"],
@@ -175,8 +207,10 @@ def result_for_run(run: dict, results: list[dict]) -> dict | None:
 
 
 def unevaluated_runs(runs: list[dict], results: list[dict]) -> list[dict]:
-    """The runs with energy figures but no COCO evaluation of their own checkpoint."""
-    return [run for run in runs if run["kWh all epochs"] is not None and result_for_run(run, results) is None]
+    """The runs with energy figures but no COCO evaluation of their own checkpoint (a first stage that a later run
+    continues is counted in that run, not here)."""
+    return [run for run in runs if run["kWh all epochs"] is not None and not run.get("stage_of")
+            and result_for_run(run, results) is None]
 
 
 def quality_note(runs: list[dict], results: list[dict]) -> str:
