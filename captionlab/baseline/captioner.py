@@ -12,7 +12,7 @@ finished. Beam 1 is greedy decoding, token for token; `greedy_decode` is the pla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,20 +31,27 @@ def _max_steps(model: ClipCaptionModel, max_length: int) -> int:
     return max(1, min(max_length, model.config.max_positions - 1))
 
 
-@torch.no_grad()
-def greedy_decode(model: ClipCaptionModel, memory: torch.Tensor, max_length: int = DEFAULT_MAX_LENGTH) -> torch.Tensor:
-    """(B, L) generated ids (no <bos>): the most likely token at every step; <pad> after <eos>."""
+def _decode_token_by_token(model: ClipCaptionModel, memory: torch.Tensor, max_length: int,
+                           choose: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(B, L) ids (no <bos>), each step's token chosen by `choose` from the last position's logits; <pad> after
+    <eos>."""
     config = model.config
     tokens = torch.full((memory.shape[0], 1), config.bos_id, dtype=torch.long, device=memory.device)
     done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
     for _ in range(_max_steps(model, max_length)):
-        step = model.decode(tokens, memory)[:, -1].argmax(-1)
+        step = choose(model.decode(tokens, memory)[:, -1])
         step = torch.where(done, torch.full_like(step, config.pad_id), step)
         tokens = torch.cat([tokens, step[:, None]], dim=1)
         done |= step == config.eos_id
         if bool(done.all()):
             break
     return tokens[:, 1:]
+
+
+@torch.no_grad()
+def greedy_decode(model: ClipCaptionModel, memory: torch.Tensor, max_length: int = DEFAULT_MAX_LENGTH) -> torch.Tensor:
+    """(B, L) generated ids (no <bos>): the most likely token at every step; <pad> after <eos>."""
+    return _decode_token_by_token(model, memory, max_length, lambda logits: logits.argmax(-1))
 
 
 @torch.no_grad()
@@ -52,18 +59,10 @@ def sample_decode(model: ClipCaptionModel, memory: torch.Tensor, max_length: int
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, L) ids drawn token by token from the model's distribution (ancestral sampling, temperature 1; SCST's
     samples); <pad> after <eos>."""
-    config = model.config
-    tokens = torch.full((memory.shape[0], 1), config.bos_id, dtype=torch.long, device=memory.device)
-    done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
-    for _ in range(_max_steps(model, max_length)):
-        probs = torch.softmax(model.decode(tokens, memory)[:, -1].float(), dim=-1)
-        step = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        step = torch.where(done, torch.full_like(step, config.pad_id), step)
-        tokens = torch.cat([tokens, step[:, None]], dim=1)
-        done |= step == config.eos_id
-        if bool(done.all()):
-            break
-    return tokens[:, 1:]
+    def draw(logits: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator).squeeze(1)
+
+    return _decode_token_by_token(model, memory, max_length, draw)
 
 
 @torch.no_grad()
