@@ -149,7 +149,7 @@ TABLE_4_NOTE = ("Covers: the parts each figure counts (NVML: the GPU only; RAPL:
 
 def energy_table(checkpoints: Path) -> str:
     from captionlab.training.energy import covered_parts
-    from captionlab.training.stages import earlier_stage_energy
+    from captionlab.training.stages import earlier_stages, stages_kwh
 
     lines = ["| Strategy | Trainable params | Energy, all epochs (kWh) | Energy, up to best (kWh) | Best epoch "
              "| Method | Covers |", "|---|---|---|---|---|---|---|"]
@@ -160,12 +160,11 @@ def energy_table(checkpoints: Path) -> str:
         energy = json.loads(energy_file.read_text())
         kwh_all, kwh_best = energy.get("kwh_all_epochs") or 0, energy.get("kwh_best") or 0
         covers = covered_parts(energy)
-        earlier = earlier_stage_energy(energy_file.parent)  # e.g. the CLIP-Captioner's cross-entropy stage
-        if earlier is not None:
-            name, record = earlier
-            stage_kwh = record.get("kwh_all_epochs") or 0
+        # a run continuing another (the CLIP-Captioner's SCST after its cross-entropy stage) counts both
+        stage_kwh, stages = stages_kwh(earlier_stages(energy_file.parent))
+        if stages:
             kwh_all, kwh_best = kwh_all + stage_kwh, kwh_best + stage_kwh
-            covers += f"; with its earlier stage {name} ({stage_kwh:.2e} kWh)"
+            covers += f"; with its earlier stage(s) {stages}"
         lines.append(f"| {LABELS[strategy]} | {energy.get('trainable_parameters', 0):,} | "
                      f"{kwh_all:.2e} | {kwh_best:.2e} | "
                      f"{energy.get('best_epoch')} | {energy.get('label') or energy.get('method')} | "

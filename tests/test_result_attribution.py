@@ -213,13 +213,13 @@ def test_a_run_continuing_another_counts_its_earlier_stage_which_is_not_a_captio
 
 
 def test_the_earlier_stage_of_a_workspace_run_is_found_through_its_checkpoint(tmp_path):
-    from captionlab.training.stages import earlier_stage_energy
+    from captionlab.training.stages import earlier_stages
 
     first, second = tmp_path / "xe", tmp_path / "scst"
     (first / "best" / "artifact").mkdir(parents=True)
     (first / "energy.json").write_text(json.dumps({"kwh_all_epochs": 0.5}))
     second.mkdir()
     (second / "config.yaml").write_text(f"init_from: {first / 'best' / 'artifact'}\n")
-    assert earlier_stage_energy(second) == ("xe", {"kwh_all_epochs": 0.5})
+    assert [(name, energy) for name, _, energy in earlier_stages(second)] == [("xe", {"kwh_all_epochs": 0.5})]
     (second / "config.yaml").write_text("strategy: lora\n")
-    assert earlier_stage_energy(second) is None
+    assert earlier_stages(second) == []

@@ -21,7 +21,7 @@ from captionlab import atomic, paths
 from captionlab.service.benchmarks import coverage_label
 from captionlab.service.catalog import PAPER_STRATEGIES, strategy_label
 from captionlab.training.energy import MEASURED_METHODS, covered_parts
-from captionlab.training.stages import earlier_stage_record
+from captionlab.training.stages import earlier_stages, stages_kwh
 
 PAPER_NOTE = ("The paper's Table 4 prints 19.7k (prompt learning) and 13.1k (prefix tuning) trainable parameters: "
               "10x below what its own method text gives, 48 tokens x 4096 = 196,608 and 32 layers x 1 token x 4096 "
@@ -107,29 +107,18 @@ def _link_stages(rows: list[dict]) -> list[dict]:
     in its own figures; an earlier stage stays listed, marked `stage_of`, and is neither plotted nor counted as a
     run awaiting its own evaluation."""
     by_folder = {Path(r["folder"]).resolve(): r for r in rows}
-    earlier_of = {}
     for row in rows:
-        record = earlier_stage_record(Path(row["folder"]))
-        earlier = by_folder.get(record.resolve()) if record is not None else None
-        if earlier is not None and earlier is not row:
-            earlier_of[id(row)] = earlier
-            earlier["stage_of"] = row["Run"]
-            earlier["Covers"] = f"{earlier['Covers']}; a first stage, counted in {row['Run']}'s figures"
-    own = {id(r): r["kWh all epochs"] for r in rows}
-    for row in rows:
-        stage, seen, added = earlier_of.get(id(row)), {id(row)}, []
-        while stage is not None and id(stage) not in seen and own[id(stage)] is not None:
-            seen.add(id(stage))
-            added.append((stage["Run"], own[id(stage)]))
-            stage = earlier_of.get(id(stage))
-        if not added or row["kWh all epochs"] is None:
-            continue
-        extra = sum(kwh for _, kwh in added)
-        row["kWh all epochs"] += extra
-        if row["kWh up to best"] is not None:
-            row["kWh up to best"] += extra
-        named = ", ".join(f"{name} ({kwh:.2e} kWh)" for name, kwh in added)
-        row["Covers"] = f"{row['Covers']}; with its earlier stage(s) {named}"
+        stages = earlier_stages(Path(row["folder"]))
+        nearest = by_folder.get(stages[0][1]) if stages else None
+        if nearest is not None and nearest is not row:
+            nearest["stage_of"] = row["Run"]
+            nearest["Covers"] = f"{nearest['Covers']}; a first stage, counted in {row['Run']}'s figures"
+        stage_kwh, named = stages_kwh(stages)
+        if stages and row["kWh all epochs"] is not None:
+            row["kWh all epochs"] += stage_kwh
+            if row["kWh up to best"] is not None:
+                row["kWh up to best"] += stage_kwh
+            row["Covers"] = f"{row['Covers']}; with its earlier stage(s) {named}"
     return rows
 
 

@@ -48,12 +48,22 @@ def earlier_stage_record(run_folder: Path) -> Path | None:
     return shipped if (shipped / "energy.json").is_file() else None
 
 
-def earlier_stage_energy(run_folder: Path) -> tuple[str, dict] | None:
-    """(name, energy record) of the run this one continues, or None."""
-    folder = earlier_stage_record(run_folder)
-    if folder is None:
-        return None
-    try:
-        return folder.name, json.loads((folder / "energy.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def earlier_stages(run_folder: Path) -> list[tuple[str, Path, dict]]:
+    """Every run this one continues, nearest first, as (name, record folder, energy record), following each
+    stage's own `init_from` back; a record that cannot be read ends the chain."""
+    stages, folder, seen = [], Path(run_folder).resolve(), {Path(run_folder).resolve()}
+    while (record := earlier_stage_record(folder)) is not None and record.resolve() not in seen:
+        seen.add(record.resolve())
+        try:
+            energy = json.loads((record / "energy.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            break
+        stages.append((record.name, record.resolve(), energy))
+        folder = record
+    return stages
+
+
+def stages_kwh(stages: list[tuple[str, Path, dict]]) -> tuple[float, str]:
+    """The energy of `earlier_stages` summed (kWh; each stage's whole run), and a note naming them ("" when none)."""
+    named = ", ".join(f"{name} ({energy.get('kwh_all_epochs') or 0:.2e} kWh)" for name, _, energy in stages)
+    return sum(energy.get("kwh_all_epochs") or 0 for _, _, energy in stages), named
