@@ -112,13 +112,13 @@ def _link_stages(rows: list[dict]) -> list[dict]:
         nearest = by_folder.get(stages[0][1]) if stages else None
         if nearest is not None and nearest is not row:
             nearest["stage_of"] = row["Run"]
-            nearest["Covers"] = f"{nearest['Covers']}; a first stage, counted in {row['Run']}'s figures"
-        stage_kwh, named = stages_kwh(stages)
+            nearest["Covers"] = f"{nearest['Covers']}; counted in {row['Run']}"
+        stage_kwh, _ = stages_kwh(stages)
         if stages and row["kWh all epochs"] is not None:
             row["kWh all epochs"] += stage_kwh
             if row["kWh up to best"] is not None:
                 row["kWh up to best"] += stage_kwh
-            row["Covers"] = f"{row['Covers']}; with its earlier stage(s) {named}"
+            row["Covers"] = f"{row['Covers']} + {', '.join(name for name, _, _ in stages)}"  # its row shows its kWh
     return rows
 
 
