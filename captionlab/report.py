@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from captionlab import paths
+from captionlab.evaluation.findings import check_findings, findings_lines
 from captionlab.names import REPORTED_METRICS as METRICS
 from captionlab.names import STRATEGY_LABELS as LABELS
 from captionlab.names import STUDY_ORDER as ORDER
@@ -199,12 +200,28 @@ def checks(study: dict, checkpoints: Path) -> list[str]:
             values = json.loads(check.read_text())
             out.append(f"{LABELS[strategy]}: CLIP-Score {values['clip_score']:.3f} with its own coco test image, "
                        f"{values['clip_score_shuffled']:.3f} with another image's (shuffled pairing).")
+    out.extend(vision_probe_lines(Path(checkpoints) / "results" / "vision_probe.json"))
     novel = embedded_novel_patterns()
     for strategy in ORDER:
         row = study.get((strategy, "nocaps"))
         if row and row["predictions"]:
             out.append(count_novel_naming(row["predictions"], row["references"], novel).line(LABELS[strategy]))
     return out
+
+
+def vision_probe_lines(probe_json: Path) -> list[str]:
+    """What the vision tower reads (the zoo's probe step), beside the raw pixels, per benchmark."""
+    if not probe_json.exists():
+        return []
+    probe = json.loads(probe_json.read_text())
+    tower, pixels = probe["tower"], probe["raw_pixels"]
+    kinds = ", ".join(f"{name} {tower[f'kind/{name}']:.0%} ({pixels[f'kind/{name}']:.0%})"
+                      for name in ("coco", "nocaps", "cc3m", "vizwiz", "textcaps"))
+    return [f"Vision tower: a linear probe of the patch tokens LLaVA's projector reads names the main object's kind "
+            f"for {kinds} of the evaluated images (in brackets: the same probe on the raw {probe['image_size']} px "
+            f"pixels); on coco the main object's colour {tower['colour/coco']:.0%} ({pixels['colour/coco']:.0%}), "
+            f"the setting {tower['setting/coco']:.0%} ({pixels['setting/coco']:.0%}); the word written on "
+            f"TextCaps pictures {tower['word/textcaps']:.0%} ({pixels['word/textcaps']:.0%})."]
 
 
 def clip_line(study: dict) -> str:
@@ -220,6 +237,12 @@ def clip_line(study: dict) -> str:
     return f"CLIP-S computed with {described}.{paper}"
 
 
+def cider_scores(study: dict) -> dict[tuple[str, str], float]:
+    """(strategy, dataset) -> CIDEr of every result that has one."""
+    return {key: result["metrics"]["CIDEr"] for key, result in study.items()
+            if (result.get("metrics") or {}).get("CIDEr") is not None}
+
+
 def render(checkpoints: Path, model_label: str = EMBEDDED_LABEL, with_checks: bool = True) -> str:
     """The tables of the results under `checkpoints` (results/ and runs/); the checks are the embedded study's."""
     study = load_study(checkpoints)
@@ -233,6 +256,9 @@ def render(checkpoints: Path, model_label: str = EMBEDDED_LABEL, with_checks: bo
         "#### Table 4: trainable parameters and training energy", energy_table(checkpoints),
     ]
     if with_checks:
+        parts += ["#### The paper's findings, checked on these results",
+                  "Coco CIDEr unless said; thresholds from issue #20 (`captionlab/evaluation/findings.py`).",
+                  "\n".join(findings_lines(check_findings(cider_scores(study))))]
         parts += ["#### Checks", "\n".join(f"- {line}" for line in checks(study, checkpoints))]
     return "\n\n".join(parts) + "\n"
 
