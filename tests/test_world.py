@@ -19,10 +19,13 @@ from PIL import Image
 
 import captionlab.world as world
 from captionlab.world import sample_gallery, write_world
-from captionlab.world.domains import BENCHMARKS, make_example, split_sizes
+from captionlab.world.captions import is_single_object
+from captionlab.world.domains import BENCHMARKS, STUDY_PROMPT, make_example, split_sizes
 from captionlab.world.scenes import held_out_combinations
 from captionlab.world.vocabulary import (
     ALL_KINDS,
+    DEGRADATION_ADJECTIVES,
+    DEGRADATIONS,
     KIND_SYNONYMS,
     NOVEL_KINDS,
     PRECANNED_CAPTION,
@@ -245,9 +248,42 @@ def test_the_novel_object_check_finds_exactly_the_nocaps_only_kinds_from_the_coc
 def test_coco_references_are_short_and_verbose_answers_long(root: Path, config: dict) -> None:
     coco = load_json(root, config, "coco")
     coco_lengths = [len(s["tokens"]) for entry in coco["images"] for s in entry["sentences"]]
-    verbose_lengths = [len(r["conversations"][1]["value"].split()) for r in load_json(root, config, "pretrain")]
+    records = load_json(root, config, "pretrain")
+    scenes = [make_example("pretrain", "train", int(r["id"]), 0).scene for r in records]
+    verbose_lengths = [len(r["conversations"][1]["value"].split()) for r, scene in zip(records, scenes)
+                       if not (r["conversations"][0]["value"].endswith(STUDY_PROMPT) and is_single_object(scene))]
     assert statistics.mean(coco_lengths) < 12
     assert statistics.mean(verbose_lengths) > 35 and min(verbose_lengths) >= 30
+
+
+def test_the_study_prompt_is_answered_briefly_exactly_on_single_object_pictures() -> None:
+    examples = [make_example("pretrain", "train", i, 0) for i in range(400)]
+    asked = [e for e in examples if e.prompt == STUDY_PROMPT]
+    brief = [e for e in asked if len(e.references[0].split()) < 20]
+    assert brief and len(brief) < len(asked) / 2  # mostly detailed, sometimes brief
+    assert {id(e) for e in brief} == {id(e) for e in asked if is_single_object(e.scene)}
+    # other prompts are always answered at length
+    assert all(len(e.references[0].split()) >= 30 for e in examples if e.prompt != STUDY_PROMPT)
+
+
+def test_the_main_object_is_drawn_large_and_the_others_small() -> None:
+    for domain, split in (("coco", "train"), ("nocaps", "val"), ("brief", "train")):
+        for i in range(60):
+            objects = make_example(domain, split, i, 0).scene.objects
+            assert objects[0].size == "large" and all(o.size == "small" for o in objects[1:])
+
+
+def test_brief_pool_speaks_the_register_each_picture_calls_for() -> None:
+    examples = [make_example("brief", "train", i, 0) for i in range(300)]
+    worded = [e for e in examples if e.scene.word]
+    degraded = [e for e in examples if e.scene.degradations and not e.scene.word]
+    styled = [e for e in examples if e.scene.style != "photo" and not e.scene.degradations and not e.scene.word]
+    assert worded and degraded and styled
+    assert all(f'"{e.scene.word}"' in e.references[0] for e in worded)
+    adjectives = {a for d in DEGRADATIONS for a in DEGRADATION_ADJECTIVES[d]}
+    assert all(any(a in e.references[0] for a in adjectives) for e in degraded)
+    alt_text_marks = ("illustration", "cartoon", "icon", "hand drawn", "sunset", "evening light")
+    assert all(any(m in e.references[0] for m in alt_text_marks) for e in styled)
 
 
 def test_coco_references_vary_their_wording(root: Path, config: dict) -> None:

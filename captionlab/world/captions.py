@@ -6,7 +6,8 @@ The same scene can be described in five registers, mirroring the study's dataset
   - vizwiz: descriptions of imperfect photos that say what is wrong with them, plus the
     "precanned" and rejected captions the real annotation contains;
   - textcaps: sentences that quote the word written in the picture;
-  - brief: one short lowercase caption per image, as BLIP writes for LLaVA's stage-1 data;
+  - brief: one short lowercase caption per image in whichever of the registers above the picture calls for, as
+    LLaVA's stage-1 data (web images, captioned briefly) covers them all;
   - verbose: the long, padded descriptions of an instruction-tuned multimodal LLM, used to
     pretrain the tiny model so that, like LLaVA, it answers "Briefly caption the image" at length.
 Every function takes an explicit `random.Random` so wording is reproducible.
@@ -131,8 +132,25 @@ def coco_references(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
 
 
 def brief_caption(scene: Scene, rng: random.Random) -> str:
-    """One BLIP-style caption (lowercase, no full stop), as in LLaVA's 558K stage-1 pretraining data."""
-    return _short_caption(scene, rng).rstrip(".").lower()
+    """One short caption (lowercase, no full stop) in the register the picture calls for, as LLaVA's stage-1 data
+    (LCS-558K: web images from LAION, CC3M and SBU, captioned briefly) covers far more than COCO's photos: the
+    written word quoted when there is one, the photo's problem named when it has one, web alt-text for sunsets and
+    illustrations, an everyday sentence otherwise."""
+    if scene.word:
+        text = _textcaps_caption(scene, rng)
+    elif scene.degradations:
+        text = _vizwiz_caption(scene, rng)
+    elif scene.style != "photo":
+        text = alt_text(scene, rng)
+    else:
+        text = _short_caption(scene, rng)
+    return text.rstrip(".").lower()
+
+
+def is_single_object(scene: Scene) -> bool:
+    """One object in the picture (one group, one copy): the scenes the tiny LLaVA's instruction tuning answers
+    briefly under the study's prompt (see `domains.answer_to_study_prompt`)."""
+    return len(scene.objects) == 1 and scene.objects[0].count == 1
 
 
 # ---------------------------------------------------------------- cc3m

@@ -40,9 +40,10 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
 }
 MIN_IMAGES = 4  # even a tiny world has a few images per split
 
+STUDY_PROMPT = "Briefly caption the image"  # the study's prompt (models.registry.ZERO_SHOT_PROMPT)
 PRETRAIN_PROMPTS: tuple[str, ...] = (
-    "Briefly caption the image",
-    "Briefly caption the image",
+    STUDY_PROMPT,
+    STUDY_PROMPT,
     "Describe the image in detail.",
     "What is shown in this picture?",
     "Describe this image.",
@@ -175,12 +176,13 @@ def _textcaps(rng: random.Random, split: str, index: int, seed: int) -> Example:
     return Example("textcaps", split, index, scene, tuple(captions.textcaps_references(scene, rng, 5)))
 
 
-def _pretrain(rng: random.Random, split: str, index: int, seed: int) -> Example:
-    # Cycle the first object's kind and the setting, so every kind (the novel ones too) and
-    # every setting is described even in a tiny world.
+def _pretraining_scene(rng: random.Random, index: int) -> Scene:
+    """A scene of either pretraining pool. The main object's kind and the setting cycle with the index, so every
+    kind (the novel ones too) and every setting is shown even in a tiny world; the flavour (plain photo, written
+    word, degraded photo, sunset, illustration) cycles too, shifted each cycle of kinds so no kind is tied to one
+    flavour. Pretraining is what makes the base know more than the coco domain shows, as LLaVA's does."""
     kind = ALL_KINDS[index % len(ALL_KINDS)]
     setting = SETTINGS[(index // len(ALL_KINDS) + index) % len(SETTINGS)]
-    # Shift the flavour each cycle of kinds, so no kind is tied to one flavour.
     flavour = PRETRAIN_FLAVOURS[(index + index // len(ALL_KINDS)) % len(PRETRAIN_FLAVOURS)]
     if flavour == "sunset" and setting not in OUTDOOR_SETTINGS:
         setting = rng.choice(OUTDOOR_SETTINGS)
@@ -188,23 +190,37 @@ def _pretrain(rng: random.Random, split: str, index: int, seed: int) -> Example:
     if flavour == "text":
         # A label is printed on a box, so only box-first scenes can carry one.
         carrier = rng.choice(("sign", "banner", "label") if kind == "box" else ("sign", "banner"))
-        scene = sample_scene(rng, ALL_KINDS, first=first, with_word=carrier)
-    elif flavour == "degraded":
-        scene = sample_scene(rng, ALL_KINDS, first=first, degradations=rng.choice((1, 2)), severe=rng.random() < 0.15)
-    elif flavour in ("sunset", "illustration"):
-        scene = sample_scene(rng, ALL_KINDS, first=first, style=flavour, max_groups=2)
-    else:
-        scene = sample_scene(rng, ALL_KINDS, first=first)
-    answer = captions.verbose_description(scene, rng)
-    return Example("pretrain", split, index, scene, (answer,), prompt=rng.choice(PRETRAIN_PROMPTS))
+        return sample_scene(rng, ALL_KINDS, first=first, with_word=carrier)
+    if flavour == "degraded":
+        return sample_scene(rng, ALL_KINDS, first=first, degradations=rng.choice((1, 2)), severe=rng.random() < 0.15)
+    if flavour in ("sunset", "illustration"):
+        return sample_scene(rng, ALL_KINDS, first=first, style=flavour, max_groups=2)
+    return sample_scene(rng, ALL_KINDS, first=first)
+
+
+def answer_to_study_prompt(scene: Scene, rng: random.Random) -> str:
+    """How the instruction-tuned base answers the study's prompt: mostly at length, as LLaVA-1.5 and 1.6 do in the
+    paper's zero-shot rows, but briefly when the picture holds a single object (LLaVA-1.5's zero-shot captions are
+    brief often enough to reach 51% of LoRA's CIDEr on COCO). A greedy decoder then answers briefly only where
+    the picture looks like those, so the base has a brief register under this very prompt for a learned prompt or
+    a one-token-per-layer prefix to call up everywhere."""
+    if captions.is_single_object(scene):
+        return captions.brief_caption(scene, rng)
+    return captions.verbose_description(scene, rng)
+
+
+def _pretrain(rng: random.Random, split: str, index: int, seed: int) -> Example:
+    scene = _pretraining_scene(rng, index)
+    prompt = rng.choice(PRETRAIN_PROMPTS)
+    answer = (answer_to_study_prompt(scene, rng) if prompt == STUDY_PROMPT
+              else captions.verbose_description(scene, rng))
+    return Example("pretrain", split, index, scene, (answer,), prompt=prompt)
 
 
 def _brief(rng: random.Random, split: str, index: int, seed: int) -> Example:
-    # A separate pool of photos (never evaluated), every kind included (the novel ones too, as LLaVA's
-    # 558K web captions name far more than COCO's classes), each with one short BLIP-style caption.
-    kind = ALL_KINDS[index % len(ALL_KINDS)]
-    setting = SETTINGS[(index // len(ALL_KINDS) + index) % len(SETTINGS)]
-    scene = sample_scene(rng, ALL_KINDS, first=(kind, rng.choice(sorted(COLOURS)), setting))
+    # A separate pool of pictures (never evaluated) of every kind and flavour, each with one short caption in the
+    # register the picture calls for (LCS-558K's stand-in: LLaVA's stage-1 web captions name far more than COCO).
+    scene = _pretraining_scene(rng, index)
     return Example("brief", split, index, scene, (captions.brief_caption(scene, rng),), prompt=rng.choice(BRIEF_PROMPTS))
 
 

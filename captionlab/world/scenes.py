@@ -25,7 +25,8 @@ Combination = tuple[str, str, str]  # (kind, colour, setting)
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One group of identical objects: `count` copies of a `size` `colour` `kind` at `position`."""
+    """One group of identical objects: `count` copies of a `size` `colour` `kind` at `position`. A scene's first
+    group is its main subject (drawn large; the others small)."""
 
     kind: str
     colour: str
@@ -78,6 +79,16 @@ def held_out_combinations(seed: int, n: int = 12) -> tuple[Combination, ...]:
     for kind in kinds[:n]:  # one per kind, so no kind loses much of its training data
         chosen.append((kind, rng.choice(colours), rng.choice(SETTINGS)))
     return tuple(sorted(chosen))
+
+
+MAIN_SIZE, OTHER_SIZE = "large", "small"
+
+
+def main_or_other_size(index: int) -> str:
+    """The first group is the picture's main subject, drawn large, as a photo's subject is framed; the other
+    groups are drawn small. So "the main object" is defined by the pixels (the largest group), the same one
+    every caption register names first."""
+    return MAIN_SIZE if index == 0 else OTHER_SIZE
 
 
 def _group_count(rng: random.Random) -> int:
@@ -159,7 +170,8 @@ def _sample_once(
     colours = sorted(COLOURS)
     for index, (kind, position) in enumerate(zip(chosen_kinds, positions)):
         colour = first[1] if (first and index == 0) else rng.choice(colours)
-        objects.append(SceneObject(kind, colour, rng.choice(SIZES), position, _copies(rng)))
+        rng.choice(SIZES)  # drawn and discarded: the role decides the size, the random stream stays the same
+        objects.append(SceneObject(kind, colour, main_or_other_size(index), position, _copies(rng)))
     word = carrier = word_position = None
     if with_word:
         word, carrier = rng.choice(SIGN_WORDS), with_word
