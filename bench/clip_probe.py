@@ -4,14 +4,12 @@
     CAPTIONLAB_HOME=workspace python -m bench.clip_probe --load checkpoints/embedded/clip          # probe only
     CAPTIONLAB_HOME=workspace python -m bench.clip_probe --pixels --image-size 48                  # raw pixels
 
-Trains the CLIP on exactly the zoo's pairs (coco train + both pretraining pools; no evaluation image), then fits
-a multinomial logistic regression on features of the 3000 coco train images and scores it on the 500 coco
-val+test images, for three labels read from the world's scenes: the first object's kind (14), its colour, the
-setting. Features: "llava" = the patch tokens of the layer LLaVA feeds its projector (hidden_states[-2],
-flattened, what the LLM sees), "embed" = CLIP's projected image embedding. The first object is one of up to
-three groups, so "kind1" also scores the single-group images and "kindany" whether the predicted kind is in
-the picture at all. Each result is appended to $CAPTIONLAB_HOME/clip_probes.jsonl. Needs the world
-(`python -m train zoo --only world`) and the shipped tokenizer.
+Trains the CLIP on exactly the zoo's pairs (coco train + both pretraining pools; no evaluation image), with the
+zoo's options or others (`--words W`: the caption-words objective), then probes it with
+`captionlab.embedded.probe.probe_vision_tower`: a logistic regression on the patch tokens LLaVA's projector
+reads, fitted on coco train + the brief pool, scoring the main object's kind on coco val+test and each other
+benchmark, colour and setting on coco, the written word on TextCaps. Each result is appended to
+$CAPTIONLAB_HOME/clip_probes.jsonl. Needs the world (`python -m train zoo --only world`) and the shipped tokenizer.
 """
 
 from __future__ import annotations
@@ -31,23 +29,8 @@ import transformers
 from PIL import Image
 
 from captionlab.embedded.clip import build_clip, contrastive_step
+from captionlab.embedded.probe import load_u8, normalise, probe_vision_tower
 
-
-
-def load_u8(paths: list[Path], size: int) -> torch.Tensor:
-    """Images resized (bicubic, as CLIPImageProcessor) to size, uint8 NCHW."""
-    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
-    for i, path in enumerate(paths):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BICUBIC)
-            out[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1)
-    return out
-
-
-def normalise(u8: torch.Tensor) -> torch.Tensor:
-    return (u8.float() / 255.0 - 0.5) / 0.5
 
 
 def shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -71,7 +54,9 @@ def train(model, tokenizer, images: torch.Tensor, captions: list[list[str]], a, 
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.1)
+    word_head = torch.nn.Linear(model.config.vision_config.hidden_size, len(tokenizer)) if a.words > 0 else None
+    parameters = list(model.parameters()) + (list(word_head.parameters()) if word_head is not None else [])
+    optimizer = torch.optim.AdamW(parameters, lr=a.lr, weight_decay=0.1)
     per_epoch = math.ceil(len(images) / a.batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=a.lr, total_steps=a.epochs * per_epoch,
                                                    pct_start=a.warmup)
@@ -93,7 +78,8 @@ def train(model, tokenizer, images: torch.Tensor, captions: list[list[str]], a, 
             if a.dedup:  # identical captions in a batch are positives of each other, not negatives
                 same = torch.tensor([[s == t for t in texts] for s in texts], dtype=torch.float32)
                 targets = same / same.sum(1, keepdim=True)
-            losses.append(contrastive_step(model, tokenizer, texts, pixels, optimizer, schedule, targets))
+            losses.append(contrastive_step(model, tokenizer, texts, pixels, optimizer, schedule, targets,
+                                           word_head=word_head, word_weight=a.words))
         say(f"epoch {epoch + 1}/{a.epochs}: loss {np.mean(losses):.3f} ({time.monotonic() - started:.0f}s)")
 
 
@@ -149,63 +135,6 @@ def hard_order(groups, n: int, batch: int, rng: random.Random) -> list[int]:
     return order[:n]
 
 
-@torch.no_grad()
-def features(model, images: torch.Tensor, layer: int = -2) -> dict[str, torch.Tensor]:
-    model.eval()
-    feats = {"llava": [], "embed": []}
-    for start in range(0, len(images), 250):
-        pixels = normalise(images[start:start + 250])
-        out = model.vision_model(pixel_values=pixels, output_hidden_states=True)
-        patches = out.hidden_states[layer][:, 1:]
-        feats["llava"].append(patches.flatten(1))
-        feats["embed"].append(model.visual_projection(out.pooler_output))
-    return {k: torch.cat(v) for k, v in feats.items()}
-
-
-def probe(train_x, train_y, test_x, classes: int) -> torch.Tensor:
-    """Multinomial logistic regression (full-batch L-BFGS); its L2 strength picked on the last 500 train rows
-    (never on the test rows), then refitted on all train rows."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-
-    def fit(x, y, l2):
-        w = torch.zeros(x.shape[1], classes, requires_grad=True)
-        b = torch.zeros(classes, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, history_size=10, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(x @ w + b, y) + l2 * (w ** 2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        return w.detach(), b.detach()
-
-    fit_x, fit_y, hold_x, hold_y = train_x[:-500], train_y[:-500], train_x[-500:], train_y[-500:]
-
-    def holdout(l2):
-        w, b = fit(fit_x, fit_y, l2)
-        return float(((hold_x @ w + b).argmax(1) == hold_y).float().mean())
-
-    best = max((1e-3, 1e-2), key=holdout)
-    w, b = fit(train_x, train_y, best)
-    return (test_x @ w + b).argmax(1)
-
-
-def labels(split: str, n: int) -> dict[str, list[str]]:
-    from captionlab.world.domains import make_example
-
-    out = {"kind": [], "colour": [], "setting": [], "kinds": []}
-    for i in range(n):
-        scene = make_example("coco", split, i, 0).scene
-        out["kinds"].append(set(scene.kinds()))
-        out["kind"].append(scene.objects[0].kind)
-        out["colour"].append(scene.objects[0].colour)
-        out["setting"].append(scene.setting)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--load", help="probe a saved CLIP folder instead of training one")
@@ -223,6 +152,8 @@ def main() -> None:
     p.add_argument("--hard", action="store_true")
     p.add_argument("--kind-views", type=float, default=0.0,
                    help="share of training texts replaced by the kinds their caption names (use with --dedup)")
+    p.add_argument("--words", type=float, default=0.0,
+                   help="weight of the caption-words objective (captionlab.embedded.clip.caption_words_loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layer", type=int, default=-2, help="hidden state probed (LLaVA's projector reads -2)")
     p.add_argument("--untrained", action="store_true", help="probe a randomly initialised tower (no training)")
@@ -232,7 +163,7 @@ def main() -> None:
     a = p.parse_args()
     name = a.name or f"{a.image_size}px-p{a.patch}-w{a.width}-l{a.layers}-e{a.epochs}-lr{a.lr}-s{a.shift}" \
                      f"{'-dedup' if a.dedup else ''}{'-hard' if a.hard else ''}" \
-                     f"{f'-kindviews{a.kind_views}' if a.kind_views else ''}"
+                     f"{f'-kindviews{a.kind_views}' if a.kind_views else ''}{f'-words{a.words}' if a.words else ''}"
     say = lambda m: print(f"[{name} {time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     from captionlab import paths
     from captionlab.embedded.tokenizers import clip_tokenizer_from
@@ -259,34 +190,8 @@ def main() -> None:
         if a.save:
             model.save_pretrained(a.save)
     train_seconds = time.monotonic() - started
-    root = world_config().parent
-    coco = json.loads((root / "annotations" / "dataset_coco.json").read_text())["images"]
-    by_split = {s: [root / "images" / "coco" / im["filepath"] / im["filename"] for im in coco if im["split"] == s]
-                for s in ("train", "val", "test")}
-    fit_images = load_u8(by_split["train"], a.image_size)
-    eval_images = load_u8(by_split["val"] + by_split["test"], a.image_size)
-    if a.pixels:  # the reference: the same probe on the raw pixels the tower is given
-        fit_feats = {"llava": normalise(fit_images).flatten(1)}
-        eval_feats = {"llava": normalise(eval_images).flatten(1)}
-    else:
-        fit_feats, eval_feats = features(model, fit_images, a.layer), features(model, eval_images, a.layer)
-    fit_labels = labels("train", len(by_split["train"]))
-    val, test = labels("val", len(by_split["val"])), labels("test", len(by_split["test"]))
-    eval_labels = {k: val[k] + test[k] for k in fit_labels}
-    result = {**vars(a), "name": name, "train_seconds": round(train_seconds)}
-    single = torch.tensor([len(k) == 1 for k in eval_labels["kinds"]])
-    for target, feats in (("kind", ("llava", "embed")), ("colour", ("llava",)), ("setting", ("llava", "embed"))):
-        names = sorted(set(fit_labels[target]))
-        ytr = torch.tensor([names.index(v) for v in fit_labels[target]])
-        yte = torch.tensor([names.index(v) for v in eval_labels[target]])
-        for feat in (f for f in feats if f in fit_feats):
-            predicted = probe(fit_feats[feat], ytr, eval_feats[feat], len(names))
-            result[f"{target}/{feat}"] = round(float((predicted == yte).float().mean()), 3)
-            if target == "kind":  # the first group is one of up to 3: also score single-group images, and
-                # whether the predicted kind is in the picture at all
-                result[f"kind1/{feat}"] = round(float((predicted == yte)[single].float().mean()), 3)
-                result[f"kindany/{feat}"] = round(float(np.mean([names[int(k)] in present for k, present
-                                                                 in zip(predicted, eval_labels["kinds"])])), 3)
+    result = {**vars(a), "name": name, "train_seconds": round(train_seconds),
+              **probe_vision_tower(model, world_config().parent, a.image_size, pixels=a.pixels, layer=a.layer)}
     say(json.dumps(result))
     with open(paths.workspace() / "clip_probes.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")

@@ -3,6 +3,7 @@
 Steps (each skipped when its output already exists; delete a folder to redo it):
   world          generate the embedded caption world (workspace/world)
   clip           train the tokenizer and the tiny CLIP             -> <out>/clip
+  probe          linear probes of the CLIP's vision tower (and of the raw pixels) -> <out>/results/vision_probe.json
   base           pretrain the tiny LLaVA: brief captions, then verbose descriptions -> <out>/base
   personalize    train every strategy on the coco domain (the real trainer, paper recipe)
                                                                    -> <out>/strategies/<name>, <out>/runs/<name>
@@ -29,13 +30,16 @@ from pathlib import Path
 from captionlab import paths
 from captionlab.names import CLIP_CAPTIONER, COMPARE_ORDER, TRAINABLE_STRATEGIES
 
-STEPS = ["world", "clip", "base", "personalize", "clip_captioner", "evaluate", "checks", "report"]
+STEPS = ["world", "clip", "probe", "base", "personalize", "clip_captioner", "evaluate", "checks", "report"]
 CLIP_EPOCHS = 6  # over 9000 images (coco train and both pretraining pools): 426 steps
 # At 2e-3 contrastive training discarded object kind: a linear probe of the patch tokens LLaVA's projector reads
 # named the first object's kind for 29% of coco val+test images, against 45% for an untrained tower and 46% from
 # raw pixels, and the personalised captions repeated a likely kind. At 5e-4 the probe gets 43%
 # (bench/clip_probe.py, bench/RESULTS.md "Tiny CLIP").
 CLIP_LR = 5e-4
+# The caption-words objective beside InfoNCE (captionlab.embedded.clip.caption_words_loss): see bench/RESULTS.md
+# "Tiny CLIP, world v3" for what it does to the probe.
+CLIP_WORD_WEIGHT = 1.0
 PERSONALIZED = TRAINABLE_STRATEGIES
 CLIP_CAPTIONER_XE = "clip_captioner_xe"  # the CLIP-Captioner's cross-entropy stage; its SCST stage ships as clip_captioner
 
@@ -111,7 +115,29 @@ def step_clip(out: Path) -> None:
     tokenizer.save_pretrained(out / "tokenizer")
     _say(f"tokenizer: {len(tokenizer)} tokens; training the tiny CLIP on {len(pairs)} images")
     train_clip(pairs, clip_tokenizer_from(tokenizer), out / "clip", epochs=CLIP_EPOCHS, lr=CLIP_LR,
-               progress=_say)
+               word_weight=CLIP_WORD_WEIGHT, progress=_say)
+
+
+def step_probe(out: Path) -> None:
+    """What the vision tower reads (captionlab.embedded.probe), beside the same probe on the raw pixels."""
+    import transformers
+
+    from captionlab.embedded.probe import probe_vision_tower
+    from captionlab.embedded.shapes import LLAVA_SHAPE
+
+    target = out / "results" / "vision_probe.json"
+    if target.exists():
+        _say("probe: exists")
+        return
+    clip = transformers.CLIPModel.from_pretrained(out / "clip", use_safetensors=True)
+    size = LLAVA_SHAPE.image_size
+    tower = probe_vision_tower(clip, paths.world_dir(), size)
+    pixels = probe_vision_tower(None, paths.world_dir(), size, pixels=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"tower": tower, "raw_pixels": pixels, "image_size": size,
+                                  "features": "patch tokens of hidden_states[-2], flattened (what LLaVA's projector "
+                                              "reads)"}, indent=1, sort_keys=True) + "\n")
+    _say(f"probe: main object's kind on coco val+test {tower['kind/coco']:.1%} (raw pixels {pixels['kind/coco']:.1%})")
 
 
 def step_base(out: Path) -> None:

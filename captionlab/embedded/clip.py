@@ -61,16 +61,23 @@ def pixels_of(paths: list[Path], processor) -> torch.Tensor:
 
 
 def contrastive_step(model: transformers.CLIPModel, tokenizer, texts: list[str], pixels: torch.Tensor, optimizer,
-                     schedule, targets: torch.Tensor | None = None) -> float:
+                     schedule, targets: torch.Tensor | None = None, word_head: torch.nn.Linear | None = None,
+                     word_weight: float = 0.0) -> float:
     """One optimizer step of CLIP's symmetric InfoNCE on a batch of (image, text) pairs; returns the loss.
     `targets`: the matching text of each image (class indices, or a row-stochastic matrix where several texts
-    match); default the diagonal, each image's own text."""
+    match); default the diagonal, each image's own text. `word_head` (with `word_weight` > 0) adds the caption's
+    bag of words as a second objective (`caption_words_loss`)."""
     tokens = tokenizer(texts, padding=True, truncation=True, max_length=CLIP_TEXT["max_position_embeddings"],
                        return_tensors="pt")
-    out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+    with_words = word_head is not None and word_weight > 0
+    out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels,
+                output_hidden_states=with_words)
     if targets is None:
         targets = torch.arange(len(texts))
     loss = (F.cross_entropy(out.logits_per_image, targets) + F.cross_entropy(out.logits_per_text, targets)) / 2
+    if with_words:
+        patches = out.vision_model_output.hidden_states[LLAVA_FEATURE_LAYER][:, 1:]
+        loss = loss + word_weight * caption_words_loss(word_head, patches, tokens, tokenizer)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -78,16 +85,38 @@ def contrastive_step(model: transformers.CLIPModel, tokenizer, texts: list[str],
     return float(loss.detach())
 
 
+LLAVA_FEATURE_LAYER = -2  # the tiny LLaVA's projector reads the vision tower's second-to-last hidden state
+
+
+def caption_words_loss(word_head: torch.nn.Linear, patches: torch.Tensor, tokens, tokenizer) -> torch.Tensor:
+    """Predict which of the vocabulary's tokens the caption uses from the image's patch tokens (the ones LLaVA's
+    projector reads), multi-label, a linear head on their mean: weakly supervised from caption text only, as in
+    Joulin et al. (ECCV 2016) and Tag2Text-style tagging. InfoNCE alone lets a tiny tower separate this world's
+    captions by colour, setting and place and drop the object's shape (bench/RESULTS.md "Tiny CLIP"); every
+    kind noun the caption uses is a target here, so the tower has to see what the object is."""
+    present = torch.zeros(len(tokens["input_ids"]), word_head.out_features)
+    special = torch.tensor(sorted({i for i in tokenizer.all_special_ids if i is not None and i >= 0}))
+    ids = tokens["input_ids"].masked_fill(tokens["attention_mask"] == 0, int(special[0]) if len(special) else 0)
+    present.scatter_(1, ids, 1.0)
+    if len(special):
+        present[:, special] = 0.0
+    return F.binary_cross_entropy_with_logits(word_head(patches.mean(1)), present)
+
+
 def train_clip(pairs: list[tuple[Path, list[str]]], tokenizer, out_dir: Path, *, epochs: int = 8,
-               batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-               progress: Callable[[str], None] = print) -> Path:
-    """Train the tiny CLIP on (image path, captions) pairs and save it to out_dir."""
+               batch_size: int = 128, lr: float = 2e-3, word_weight: float = 0.0, image_size: int | None = None,
+               seed: int = 0, progress: Callable[[str], None] = print) -> Path:
+    """Train the tiny CLIP on (image path, captions) pairs and save it to out_dir. `word_weight` > 0 adds the
+    caption-words objective (`caption_words_loss`); its head is discarded after training."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    processor = clip_image_processor(LLAVA_SHAPE.image_size)
-    model = build_clip(tokenizer)
+    image_size = image_size or LLAVA_SHAPE.image_size
+    processor = clip_image_processor(image_size)
+    model = build_clip(tokenizer, image_size=image_size)
+    word_head = torch.nn.Linear(model.config.vision_config.hidden_size, len(tokenizer)) if word_weight > 0 else None
     pixels = pixels_of([p for p, _ in pairs], processor)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    parameters = list(model.parameters()) + (list(word_head.parameters()) if word_head is not None else [])
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.1)
     steps = epochs * math.ceil(len(pairs) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     started = time.monotonic()
@@ -99,8 +128,9 @@ def train_clip(pairs: list[tuple[Path, list[str]]], tokenizer, out_dir: Path, *,
             index = order[start:start + batch_size]
             texts = [rng.choice(pairs[i][1]) for i in index]
             # duplicates of a caption in a batch are rare enough to ignore: the diagonal targets
-            losses.append(contrastive_step(model, tokenizer, texts, pixels[index], optimizer, schedule))
-        progress(f"clip epoch {epoch + 1}/{epochs}: contrastive loss {np.mean(losses):.3f} "
+            losses.append(contrastive_step(model, tokenizer, texts, pixels[index], optimizer, schedule,
+                                           word_head=word_head, word_weight=word_weight))
+        progress(f"clip epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f} "
                  f"({time.monotonic() - started:.0f}s)")
     out_dir = Path(out_dir)
     model.eval()
