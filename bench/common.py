@@ -10,13 +10,23 @@ Models (`--model`):
   tiny-next      the same as LLaVA-NeXT, one 64x64 image = 5 tiles.
   tiny-576       tiny widths, but LLaVA-1.5's token layout: 576 image tokens (96 px, 4 px patches), so the
                  share of the sequence that the image+prompt prefix takes is the real one.
+  qwen2.5-vl-3b, qwen2.5-vl-7b, smolvlm-256m, smolvlm-2.2b, llava-onevision-0.5b, llava-onevision-7b
+                 issue #21's families from their registry configs, random weights, one 480 x 640 image (a COCO
+                 photo) each: Qwen2.5-VL 391 image tokens (resized to 476 x 644, image_grid_thw (1, 34, 46), 3-D
+                 rotary positions from mm_token_type_ids), SmolVLM 64 / 81 (the unsplit global image, an all-true
+                 pixel_attention_mask), LLaVA-OneVision 2,929 (5 tiles, anyres_max_9). No GPU numbers exist for them
+                 yet (`bash bench/gpu_session_perf.sh` with FAMILIES=1 is the ready command).
+  --shrink       (run_all; `make_setup(shrink=True)`) any registry model with tiny widths and depths but its own
+                 geometry, vocabulary and token layout, named "<model>-shrunk": the GPU path on the CPU.
 
-No processor or tokenizer exists offline for the 7B models, so every input is made as tensors, the
+No processor or tokenizer exists offline for the registry models, so every input is made as tensors, the
 same way for every model: input_ids = BOS, [prefix-tuning placeholder], prompt text, N image tokens,
-prompt text (P prompt tokens in all: the registry's 48 random ones for the 7B models, the real prompt's
-tokens for tiny ones, so prompt learning finds exactly its P tokens), then caption tokens ending in EOS; random
-text ids that are never a special token; random pixel values; `image_sizes` for LLaVA-NeXT, with the
-image-token count computed the way LlavaNextProcessor computes it (checked against it in the tests).
+prompt text (P prompt tokens in all: the registry's 48 random ones for the LLaVA 7B models, 32 random ones standing
+in for the template's where the registry states no count (the new families: said so in the report), the real
+prompt's tokens for tiny ones, so prompt learning finds exactly its P tokens), then caption tokens ending in EOS;
+random text ids that are never a special token; random pixel values. Each family's image inputs and token count come
+from its `ModelFamily.image_layout` (config only), computed the way its processor computes them and checked against
+the processor classes in `tests/test_bench.py`.
 """
 
 from __future__ import annotations
@@ -431,7 +441,8 @@ def markdown(report: dict) -> str:
         lines += [f"Command: `{env['command']}`", ""]
     for name, info in report.get("models", {}).items():
         lines.append(f"- {name}: {info['parameters']:,} parameters, {info['dtype']}, attention {info['attention']}, "
-                     f"{info['prefix_tokens']} prefix tokens per image ({info['image_tokens']} image tokens), {info['weights']}")
+                     f"{info['prefix_tokens']} prefix tokens per image ({info['image_tokens']} image tokens), {info['weights']}"
+                     + (f"; {info['prompt_note']}" if info.get("prompt_note") else ""))
     lines += ["", "| model | work | strategy | method | setting | batch | throughput | J/unit | peak GiB | note |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
