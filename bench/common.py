@@ -137,10 +137,6 @@ class Setup:
             inputs[key] = (input_ids == self.image_id).long()
         return inputs
 
-    def image_sizes(self, images: int) -> torch.Tensor | None:
-        sizes = self.layout.values.get("image_sizes")
-        return torch.tensor([sizes] * images) if sizes is not None else None
-
 
 def llava_next_image_tokens(config: dict, height: int, width: int) -> tuple[int, int]:
     """(image tokens, tiles) of one height x width image for a LLaVA-NeXT config, as LlavaNextProcessor counts them."""

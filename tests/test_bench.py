@@ -387,10 +387,10 @@ def test_the_gpu_session_scripts_call_the_bench_with_flags_and_names_it_knows(sc
 # --- issue #21's families: Qwen2.5-VL, SmolVLM (Idefics3), LLaVA-OneVision -------------------------------------------
 # one size of each on shrunk configs (tiny widths, the registry config's geometry and vocabulary); (model, strategy
 # trained, image, captions per image). Smaller images than the GPU rows' 480 x 640 keep each test a few seconds on two
-# CPUs (the real vocabularies' logits dominate): Qwen2.5-VL 112 x 112 = 16 image tokens; LLaVA-OneVision 300 x 400 =
-# 2 tiles, 1,317 image tokens (its fewest: 480 x 640 is 5 tiles, 2,929), one caption.
+# CPUs (the real vocabularies' logits dominate): Qwen2.5-VL 112 x 112 = 16 image tokens; LLaVA-OneVision 384 x 384 =
+# 2 tiles (base + 1), 1,485 image tokens (its fewest: 480 x 640 is 5 tiles, 2,929), one caption.
 SHRUNK_FAMILIES = [("qwen2.5-vl-3b", "lora", (112, 112), 2), ("smolvlm-256m", "prefix_tuning", None, 2),
-                   ("llava-onevision-0.5b", "prompt_learning", (300, 400), 1)]
+                   ("llava-onevision-0.5b", "prompt_learning", (384, 384), 1)]
 
 
 @pytest.mark.parametrize("name, strategy, image, captions", SHRUNK_FAMILIES, ids=[m[0] for m in SHRUNK_FAMILIES])

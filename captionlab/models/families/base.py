@@ -31,7 +31,7 @@ class ImageLayout:
     # its all-true masks, by shape per image (Idefics3's pixel_attention_mask: no padding in a square image)
     masks: dict[str, tuple[int, ...]] = field(default_factory=dict)
     rows_concatenated: bool = False  # a batch's pixel_values: the images' rows one after another, not stacked
-    tiles: int = 1
+    tiles: int = 1  # the vision tower's passes over it (LLaVA-NeXT / OneVision: the base image + the pinpoint's tiles)
 
 
 class FamilyNotFound(ValueError):

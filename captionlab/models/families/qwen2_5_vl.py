@@ -26,8 +26,9 @@ IMAGE_WRAPPERS = ("<|vision_start|>", "<|vision_end|>")  # around an image's tok
 # The special tokens a tiny model's tokenizer must know (the real one does).
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", *IMAGE_WRAPPERS, "<|image_pad|>", "<|video_pad|>")
 TINY_MERGE = 2  # 2 x 2 patches per LLM token, as the real models
-# The image processor's pixel bounds in Qwen2.5-VL-{3B,7B}-Instruct's preprocessor_config.json
-# (min_pixels 56 x 56, max_pixels 12,845,056 = 28 x 28 x 16,384); images are resized into them.
+# The image processor's pixel bounds in Qwen2.5-VL-{3B,7B}-Instruct's preprocessor_config.json (min_pixels 56 x 56,
+# max_pixels 12,845,056 = 28 x 28 x 16,384; as public transcriptions of the 7B's file quote it, not read from the Hub
+# here); images are resized into them (transformers' own default max is 28 x 28 x 1,280).
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 12_845_056
 
 
