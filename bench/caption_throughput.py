@@ -42,14 +42,22 @@ import time
 
 import torch
 
-from bench.common import (Setup, add_timing_flags, bench_parser, environment, free_memory, measure,
-                          preset_with_overrides, print_comparisons, start_bench, synchronize, with_oom_fallback,
-                          write_report)
+from bench.common import (REGISTRY_MODELS, TINY_MODELS, Setup, add_timing_flags, bench_parser, environment,
+                          free_memory, measure, preset_with_overrides, print_comparisons, start_bench, synchronize,
+                          with_oom_fallback, write_report)
 
 PRESETS = {
     # images, plain batch, captionlab batch, new tokens
     "llava-1.5-7b": dict(images=128, plain_batch=32, batch=128, new_tokens=20),
     "llava-1.6-7b": dict(images=32, plain_batch=32, batch=32, new_tokens=20),
+    # issue #21's families (no GPU run yet: first guesses, out of memory halves the batch and says so); one 480 x 640
+    # image each: 391 image tokens on Qwen2.5-VL, 2,929 on LLaVA-OneVision (5 tiles), 64 / 81 on SmolVLM
+    "qwen2.5-vl-3b": dict(images=64, plain_batch=32, batch=64, new_tokens=20),
+    "qwen2.5-vl-7b": dict(images=64, plain_batch=32, batch=64, new_tokens=20),
+    "smolvlm-256m": dict(images=128, plain_batch=32, batch=128, new_tokens=20),
+    "smolvlm-2.2b": dict(images=128, plain_batch=32, batch=128, new_tokens=20),
+    "llava-onevision-0.5b": dict(images=32, plain_batch=32, batch=32, new_tokens=20),
+    "llava-onevision-7b": dict(images=32, plain_batch=32, batch=32, new_tokens=20),
     "tiny": dict(images=8, plain_batch=4, batch=8, new_tokens=4),
     "tiny-next": dict(images=8, plain_batch=4, batch=8, new_tokens=4),
     "tiny-576": dict(images=8, plain_batch=4, batch=8, new_tokens=4),
@@ -59,10 +67,8 @@ PRESETS = {
 def caption_inputs(setup: Setup, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
     n = pixels.shape[0]
     ids = setup.prefix_ids().unsqueeze(0).repeat(n, 1)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels.to(setup.dtype)}
-    sizes = setup.image_sizes(n)
-    if sizes is not None:
-        inputs["image_sizes"] = sizes
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **setup.image_inputs(pixels),
+              **setup.token_inputs(ids)}
     return {k: v.to(setup.device) for k, v in inputs.items()}
 
 
@@ -114,8 +120,10 @@ def steps_setting(kind: str | None, graphs: bool) -> str:
 
 
 def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: int, new_tokens: int,
-                warmup: int = 1, iters: int = 1, min_seconds: float = 0.0, seed: int = 0) -> list[dict]:
-    """Rows for plain generate at `plain_batch` and captionlab's path at `batch` over the same `images` images."""
+                warmup: int = 1, iters: int = 1, min_seconds: float = 0.0, seed: int = 0,
+                methods: tuple[str, ...] | None = None) -> list[dict]:
+    """Rows for plain generate at `plain_batch` and captionlab's path at `batch` over the same `images` images
+    (`methods`: those rows of METHODS only; default all)."""
     generator = torch.Generator().manual_seed(seed)
     pixels = setup.random_pixels(images, generator)
     shape = setup.image_size or tuple(setup.pixel_shape[-2:])
@@ -124,6 +132,8 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
     setup.model.eval()
     rows = []
     for method, (which, graph, compiled, exact_steps, compiled_steps) in METHODS.items():
+        if methods is not None and method not in methods:
+            continue
         size = plain_batch if which == "plain" else batch
         if method == "plain-large-batch" and batch == plain_batch:
             continue
@@ -189,7 +199,7 @@ def run_caption(setup: Setup, meter, *, images: int, plain_batch: int, batch: in
 
 
 def parser() -> argparse.ArgumentParser:
-    p = bench_parser(__doc__, "llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")
+    p = bench_parser(__doc__, ", ".join(REGISTRY_MODELS + TINY_MODELS))
     p.add_argument("--images", type=int)
     p.add_argument("--plain-batch", type=int)
     p.add_argument("--batch", type=int)

@@ -10,13 +10,23 @@ Models (`--model`):
   tiny-next      the same as LLaVA-NeXT, one 64x64 image = 5 tiles.
   tiny-576       tiny widths, but LLaVA-1.5's token layout: 576 image tokens (96 px, 4 px patches), so the
                  share of the sequence that the image+prompt prefix takes is the real one.
+  qwen2.5-vl-3b, qwen2.5-vl-7b, smolvlm-256m, smolvlm-2.2b, llava-onevision-0.5b, llava-onevision-7b
+                 issue #21's families from their registry configs, random weights, one 480 x 640 image (a COCO
+                 photo) each: Qwen2.5-VL 391 image tokens (resized to 476 x 644, image_grid_thw (1, 34, 46), 3-D
+                 rotary positions from mm_token_type_ids), SmolVLM 64 / 81 (the unsplit global image, an all-true
+                 pixel_attention_mask), LLaVA-OneVision 2,929 (5 tiles, anyres_max_9). No GPU numbers exist for them
+                 yet (`bash bench/gpu_session_perf.sh` with FAMILIES=1 is the ready command).
+  --shrink       (run_all; `make_setup(shrink=True)`) any registry model with tiny widths and depths but its own
+                 geometry, vocabulary and token layout, named "<model>-shrunk": the GPU path on the CPU.
 
-No processor or tokenizer exists offline for the 7B models, so every input is made as tensors, the
+No processor or tokenizer exists offline for the registry models, so every input is made as tensors, the
 same way for every model: input_ids = BOS, [prefix-tuning placeholder], prompt text, N image tokens,
-prompt text (P prompt tokens in all: the registry's 48 random ones for the 7B models, the real prompt's
-tokens for tiny ones, so prompt learning finds exactly its P tokens), then caption tokens ending in EOS; random
-text ids that are never a special token; random pixel values; `image_sizes` for LLaVA-NeXT, with the
-image-token count computed the way LlavaNextProcessor computes it (checked against it in the tests).
+prompt text (P prompt tokens in all: the registry's 48 random ones for the LLaVA 7B models, 32 random ones standing
+in for the template's where the registry states no count (the new families: said so in the report), the real
+prompt's tokens for tiny ones, so prompt learning finds exactly its P tokens), then caption tokens ending in EOS;
+random text ids that are never a special token; random pixel values. Each family's image inputs and token count come
+from its `ModelFamily.image_layout` (config only), computed the way its processor computes them and checked against
+the processor classes in `tests/test_bench.py`.
 """
 
 from __future__ import annotations
@@ -38,13 +48,23 @@ from pathlib import Path
 
 import torch
 
+from captionlab.models.families.base import ImageLayout
 from captionlab.models.registry import ModelSpec
 from captionlab.models.tiny import TINY_TEXTS
 from captionlab.names import TRAINABLE_STRATEGIES
 
 TINY_MODELS = ("tiny", "tiny-next", "tiny-576")
 REAL_MODELS = ("llava-1.5-7b", "llava-1.6-7b")
+# issue #21's families: built from their registry configs like the LLaVA ones (no GPU numbers exist for them yet)
+FAMILY_MODELS = ("qwen2.5-vl-3b", "qwen2.5-vl-7b", "smolvlm-256m", "smolvlm-2.2b", "llava-onevision-0.5b",
+                 "llava-onevision-7b")
+REGISTRY_MODELS = REAL_MODELS + FAMILY_MODELS
 TRAIN_STRATEGIES = TRAINABLE_STRATEGIES
+# The image a registry model's inputs stand for where its token count depends on the image: a COCO photo's usual
+# 640 x 480 (height, width), the paper's data; LLaVA-NeXT keeps the reference measurement's 672 x 672 (see below).
+COCO_IMAGE = (480, 640)
+# Prompt tokens of a registry model that states no count (no tokenizer offline): a stand-in, said so in the report.
+STAND_IN_PROMPT_TOKENS = 32
 
 
 @dataclass
@@ -57,9 +77,8 @@ class Setup:
     tokenizer: object | None
     device: torch.device
     dtype: torch.dtype
-    image_tokens: int  # per image
-    pixel_shape: tuple  # per image: (3, S, S) or (tiles, 3, S, S)
-    image_size: tuple[int, int] | None  # (height, width) for LLaVA-NeXT's image_sizes
+    layout: ImageLayout  # one image's tokens and input shapes (its family's `image_layout`)
+    image_size: tuple[int, int]  # (height, width) of the image the inputs stand for
     prompt_text: torch.Tensor  # the P prompt text token ids (random, fixed per setup)
     bos_id: int
     eos_id: int
@@ -71,8 +90,12 @@ class Setup:
     info: dict = field(default_factory=dict)
 
     @property
-    def is_next(self) -> bool:
-        return self.spec.architecture == "llava_next"
+    def image_tokens(self) -> int:  # per image
+        return self.layout.tokens
+
+    @property
+    def pixel_shape(self) -> tuple:  # per image: (3, S, S), (tiles, 3, S, S), (patches, values)
+        return self.layout.pixel_shape
 
     def prefix_ids(self, prefix_slots: int = 0) -> torch.Tensor:
         """One image's image+prompt prefix (1D): BOS, placeholders, prompt text, image tokens, prompt text."""
@@ -92,36 +115,41 @@ class Setup:
     def random_pixels(self, images: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn((images, *self.pixel_shape), generator=generator)
 
-    def image_sizes(self, images: int) -> torch.Tensor | None:
-        return torch.tensor([list(self.image_size)] * images) if self.is_next else None
+    def image_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's image inputs for one image per row (`pixels`: (rows, *pixel_shape), from `random_pixels`), as
+        the family's processor batches them: pixel_values stacked (or their rows concatenated, Qwen2.5-VL), and each
+        of the layout's other inputs once per row (image_sizes, image_grid_thw, pixel_attention_mask)."""
+        rows = pixels.shape[0]
+        values = pixels.flatten(0, 1) if self.layout.rows_concatenated else pixels
+        inputs = {"pixel_values": values.to(self.dtype)}
+        inputs |= {key: torch.tensor([value] * rows) for key, value in self.layout.values.items()}
+        inputs |= {key: torch.ones((rows, *shape), dtype=torch.bool) for key, shape in self.layout.masks.items()}
+        return inputs
+
+    def token_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The family's per-token inputs beside input_ids (`ModelFamily.token_input_keys`): Qwen2.5-VL's
+        mm_token_type_ids, 1 on image tokens and 0 elsewhere, as the processor marks them (its 3-D rotary positions
+        are computed from them: without them the model would count positions as 1-D text)."""
+        inputs = {}
+        for key in self.spec.family.token_input_keys:
+            if key != "mm_token_type_ids":
+                raise ValueError(f"{self.name}: the bench cannot make the per-token input {key!r}")
+            inputs[key] = (input_ids == self.image_id).long()
+        return inputs
 
 
 def llava_next_image_tokens(config: dict, height: int, width: int) -> tuple[int, int]:
     """(image tokens, tiles) of one height x width image for a LLaVA-NeXT config, as LlavaNextProcessor counts them."""
-    from transformers.image_processing_utils import select_best_resolution
+    from captionlab.models.families import family_for
 
-    vision = config["vision_config"]
-    size, patch = int(vision["image_size"]), int(vision["patch_size"])
-    best_h, best_w = select_best_resolution([height, width], config["image_grid_pinpoints"])
-    scale_h, scale_w = best_h // size, best_w // size
-    patches = size // patch
-    current_h, current_w = patches * scale_h, patches * scale_w
-    if width / height > current_w / current_h:
-        new_h = int(round(height * (current_w / width), 7))
-        current_h -= ((current_h - new_h) // 2) * 2
-    else:
-        new_w = int(round(width * (current_h / height), 7))
-        current_w -= ((current_w - new_w) // 2) * 2
-    tokens = current_h * current_w + current_h + patches * patches + 1  # unpadded + newlines + base (+CLS)
-    if config.get("vision_feature_select_strategy", "default") == "default":
-        tokens -= 1
-    return tokens, 1 + scale_h * scale_w
+    layout = family_for("llava_next").image_layout(config, height, width)
+    return layout.tokens, layout.tiles
 
 
 def llava_image_tokens(config: dict) -> int:
-    vision = config["vision_config"]
-    tokens = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
-    return tokens + (1 if config.get("vision_feature_select_strategy", "default") == "full" else 0)
+    from captionlab.models.families import family_for
+
+    return family_for("llava").image_layout(config, 0, 0).tokens
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -131,27 +159,50 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def shrink_config(config: dict) -> dict:
     """A real model's config with tiny widths and depths but the same image geometry, vocabulary and token layout.
 
-    For checking the real-model code path (no tokenizer, 576 / 2,928 image tokens, 48 prompt tokens) on the CPU.
+    For checking the real-model code path (no tokenizer, the real image token counts, prompt tokens) on the CPU.
+    The LLM's fields are in `text_config`, or at the top level of a flat config (Qwen2.5-VL's); Qwen2.5-VL's vision
+    tower names its depth and heads `depth` / `num_heads`, and its M-RoPE sections are scaled to the smaller head.
     """
     import copy
 
     config = copy.deepcopy(config)
-    config["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                   projection_dim=32)
-    config["text_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=4, head_dim=16)
+    vision = config["vision_config"]
+    vision.update(hidden_size=32, intermediate_size=64)
+    for key, value in (("num_hidden_layers", 2), ("depth", 2), ("num_attention_heads", 2), ("num_heads", 2),
+                       ("projection_dim", 32)):
+        if key in vision or key in ("num_hidden_layers", "num_attention_heads") and "depth" not in vision:
+            vision[key] = value
+    text = config.get("text_config") or config
+    text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=4, head_dim=16)
+    if "out_hidden_size" in vision:  # the merger projects onto the LLM's width
+        vision.update(out_hidden_size=64, fullatt_block_indexes=[1])
+    for rope in (text.get("rope_scaling"), text.get("rope_parameters")):
+        if isinstance(rope, dict) and "mrope_section" in rope:  # (t, h, w) split of the rotary half of a head: 8
+            rope["mrope_section"] = [2, 3, 3]
     return config
 
 
+def bench_image(spec: ModelSpec) -> tuple[int, int]:
+    """(height, width) of the image the inputs stand for: LLaVA-NeXT's 2 x 2 tiles as the reference measurement
+    (672 x 672 on LLaVA-1.6), else a COCO photo's 480 x 640 (fixed-square families resize it: no matter there)."""
+    if spec.architecture == "llava_next":
+        size = int(spec.config["vision_config"]["image_size"])
+        return 2 * size, 2 * size
+    return COCO_IMAGE
+
+
 def make_setup(name: str, device: str | torch.device, seed: int = 0, dtype: torch.dtype | None = None,
-               shrink: bool = False) -> Setup:
+               shrink: bool = False, image: tuple[int, int] | None = None) -> Setup:
     """Build the model `name` on `device` (random weights) and the facts needed to make its inputs.
 
-    `shrink` (real models only): tiny widths, real geometry (see `shrink_config`); the setup is named "<name>-shrunk".
+    `shrink` (registry models only): tiny widths, real geometry (see `shrink_config`); the setup is named
+    "<name>-shrunk". `image`: the (height, width) the inputs stand for, instead of `bench_image`'s.
     """
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     workdir = None
+    prompt_note = None
     if name in TINY_MODELS:
         from captionlab.models.loading import load_model
         from captionlab.models.registry import get_model_spec
@@ -171,60 +222,65 @@ def make_setup(name: str, device: str | torch.device, seed: int = 0, dtype: torc
         real_prompt = torch.tensor(prompt_token_ids(spec, tokenizer))  # prompt learning checks it sees these
         prompt_count = len(real_prompt)
         specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
-                    tokenizer.convert_tokens_to_ids("<image>")}
+                    tokenizer.convert_tokens_to_ids(spec.family.image_token)}
         vocab = len(tokenizer)
         bos, eos, pad, unk = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id
-    elif name in REAL_MODELS:
+    elif name in REGISTRY_MODELS:
         real_prompt = None  # no tokenizer offline: random text ids of the registry's prompt length
+        from dataclasses import replace
+
         from captionlab.models.loading import build_random_model
         from captionlab.models.registry import get_model_spec
 
         spec = get_model_spec(name)
+        if spec.prompt_token_count is None:  # prompt learning learns this many (it needs a count without a tokenizer)
+            spec = replace(spec, prompt_token_count=STAND_IN_PROMPT_TOKENS)
+            prompt_note = (f"{STAND_IN_PROMPT_TOKENS} random prompt tokens stand in for the template's (no tokenizer "
+                           "offline, and the registry states no count for this model)")
         if shrink:
-            from dataclasses import replace
-
             spec = replace(spec, config=shrink_config(spec.config), name=f"{name}-shrunk")
         model = build_random_model(spec, device=device, seed=seed, dtype=dtype)
         model.eval()
         tokenizer = None
         prompt_count = int(spec.prompt_token_count)
-        text = spec.config["text_config"]
+        text = spec.text_config
         bos, eos, unk = int(text.get("bos_token_id", 1)), int(text.get("eos_token_id", 2)), 0
-        pad = int(spec.config.get("pad_token_id", text.get("pad_token_id", 0)))
+        pad = spec.config.get("pad_token_id", text.get("pad_token_id"))
+        pad = eos if pad is None else int(pad)  # Qwen's configs name no pad token: any id works (never attended)
         vocab = int(text["vocab_size"])
-        specials = {bos, eos, pad, unk, int(spec.config["image_token_index"])}
-        specials |= set(range(int(spec.config["image_token_index"]), vocab))  # added tokens (<image>, <pad>, ...)
+        image_id = spec.family.image_token_id(model.config)
+        # the ids the processor's own tokens take: added after the text vocabulary (<image>, <|image_pad|>, ...)
+        added = [int(v) for k, v in spec.config.items()
+                 if k.endswith(("_token_id", "_token_index")) and isinstance(v, int) and int(v) >= image_id - 16]
+        specials = {bos, eos, pad, unk, image_id} | set(range(min([image_id, *added]), vocab))
     else:
-        raise SystemExit(f"unknown --model {name!r}: choose from {', '.join(REAL_MODELS + TINY_MODELS)}")
+        raise SystemExit(f"unknown --model {name!r}: choose from {', '.join(REGISTRY_MODELS + TINY_MODELS)}")
     config = spec.config
-    image_id = int(config["image_token_index"])
-    vision = config["vision_config"]
-    size = int(vision["image_size"])
-    if spec.architecture == "llava_next":
-        image_size = (2 * size, 2 * size)  # 672x672 on LLaVA-1.6: the best pinpoint is 2x2 tiles
-        image_tokens, tiles = llava_next_image_tokens(config, *image_size)
-        pixel_shape = (tiles, 3, size, size)
-    else:
-        image_size, image_tokens, pixel_shape = None, llava_image_tokens(config), (3, size, size)
+    image_id = spec.family.image_token_id(model.config)
+    image_size = tuple(image) if image else bench_image(spec)
+    layout = spec.family.image_layout(config, *image_size)
     generator = torch.Generator().manual_seed(seed)
     text_ids = torch.tensor([i for i in range(vocab) if i not in specials])
     prompt_text = text_ids[torch.randint(len(text_ids), (prompt_count,), generator=generator)]
     if real_prompt is not None:
         prompt_text = real_prompt
-    setup = Setup(name=spec.name if (shrink and name in REAL_MODELS) else name, spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype,
-                  image_tokens=image_tokens, pixel_shape=pixel_shape, image_size=image_size, prompt_text=prompt_text,
-                  bos_id=bos, eos_id=eos, pad_id=pad, image_id=image_id, placeholder_id=unk, text_ids=text_ids,
-                  workdir=workdir)
+    setup = Setup(name=spec.name if (shrink and name in REGISTRY_MODELS) else name, spec=spec, model=model,
+                  tokenizer=tokenizer, device=device, dtype=dtype, layout=layout, image_size=image_size,
+                  prompt_text=prompt_text, bos_id=bos, eos_id=eos, pad_id=pad, image_id=image_id, placeholder_id=unk,
+                  text_ids=text_ids, workdir=workdir)
     setup.info = {
         "model": setup.name, "architecture": spec.architecture, "parameters": sum(p.numel() for p in model.parameters()),
-        "image_tokens": image_tokens, "prompt_tokens": prompt_count, "prefix_tokens": len(setup.prefix_ids()),
-        "pixel_shape": list(pixel_shape), "image_size": list(image_size) if image_size else None,
+        "image_tokens": layout.tokens, "prompt_tokens": prompt_count, "prefix_tokens": len(setup.prefix_ids()),
+        "pixel_shape": list(layout.pixel_shape), "image_size": list(image_size),
+        "image_inputs": ["pixel_values", *layout.values, *layout.masks, *spec.family.token_input_keys],
         "dtype": str(dtype).replace("torch.", ""),
         "attention": getattr(model.config, "_attn_implementation", None),
         "weights": ("random tiny model" if name in TINY_MODELS else
                     "random, shrunk widths (CPU check of the real-model path)" if shrink else
                     "random (architecture from the registry config)"),
     }
+    if prompt_note:
+        setup.info["prompt_note"] = prompt_note
     return setup
 
 
@@ -381,7 +437,8 @@ def markdown(report: dict) -> str:
         lines += [f"Command: `{env['command']}`", ""]
     for name, info in report.get("models", {}).items():
         lines.append(f"- {name}: {info['parameters']:,} parameters, {info['dtype']}, attention {info['attention']}, "
-                     f"{info['prefix_tokens']} prefix tokens per image ({info['image_tokens']} image tokens), {info['weights']}")
+                     f"{info['prefix_tokens']} prefix tokens per image ({info['image_tokens']} image tokens), {info['weights']}"
+                     + (f"; {info['prompt_note']}" if info.get("prompt_note") else ""))
     lines += ["", "| model | work | strategy | method | setting | batch | throughput | J/unit | peak GiB | note |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:

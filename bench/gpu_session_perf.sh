@@ -12,6 +12,11 @@
 # loses (results are packed after every step, so what ran comes back).
 #
 #   bash bench/gpu_session_perf.sh            # writes into $OUT (or bench/out)
+#
+# Issue #21's families (never run on a GPU yet), one ready command of their own, each model time-boxed (510 s in all,
+# under one command's 600 s; a model cut off keeps the sections it finished): LoRA training rows at each model's stated
+# rank, then the captioning rows; one 480 x 640 image each:
+#   FAMILIES=1 bash bench/gpu_session_perf.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/out}/r  # everything here, packed after each step into ../results.tgz (the lent machine returns few files)
@@ -24,6 +29,21 @@ step() {  # seconds, log name, command...
   grep -v "Warning\|warn(" "$out/$name.log" | tail -25
   tar czf "$out/../results.tgz" -C "$out" .
 }
+if [ -n "${FAMILIES:-}" ]; then  # the 7B models first: the rows most wanted
+  step 120 qwen2.5-vl-7b python3 -m bench.run_all --device cuda --keep-going --models qwen2.5-vl-7b \
+    --works train,caption --strategies lora --out "$out" --stem qwen2.5-vl-7b
+  step 120 llava-onevision-7b python3 -m bench.run_all --device cuda --keep-going --models llava-onevision-7b \
+    --works train,caption --strategies lora --out "$out" --stem llava-onevision-7b
+  step 90 smolvlm-2.2b python3 -m bench.run_all --device cuda --keep-going --models smolvlm-2.2b \
+    --works train,caption --strategies lora --out "$out" --stem smolvlm-2.2b
+  step 60 qwen2.5-vl-3b python3 -m bench.run_all --device cuda --keep-going --models qwen2.5-vl-3b \
+    --works train,caption --strategies lora --out "$out" --stem qwen2.5-vl-3b
+  step 60 smolvlm-256m python3 -m bench.run_all --device cuda --keep-going --models smolvlm-256m \
+    --works train,caption --strategies lora --out "$out" --stem smolvlm-256m
+  step 60 llava-onevision-0.5b python3 -m bench.run_all --device cuda --keep-going --models llava-onevision-0.5b \
+    --works train,caption --strategies lora --out "$out" --stem llava-onevision-0.5b
+  exit 0
+fi
 step 90 dora_cuda_test python3 -m pytest -q tests/test_dora_fast.py tests/test_decoding.py -k "half_precision or graph"
 step 230 llava15 python3 -m bench.run_all --device cuda --keep-going --models llava-1.5-7b --works train,caption \
   --strategies lora,dora --out "$out" --stem llava15

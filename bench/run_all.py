@@ -4,6 +4,8 @@ captionlab against the plain transformers + peft way, written as JSON + markdown
     python -m bench.run_all --device cuda --out bench/out      # GPU: LLaVA-1.5-7B (all), LLaVA-1.6-7B (captioning, LoRA)
     python -m bench.run_all --device cpu --out /tmp/bench       # CPU smoke run on tiny models (seconds)
     python -m bench.run_all --device cpu --shrink --out /tmp/bench-shrunk   # the 7B code path, tiny widths, on the CPU
+    python -m bench.run_all --device cpu --shrink --models qwen2.5-vl-3b,smolvlm-256m --works train \
+        --strategies lora --out /tmp/bench-families     # issue #21's families, shrunk, on the CPU
 
 Every model is built once (random weights) and each strategy is attached to it and removed again.
 The report is rewritten after every section, so an interrupted run keeps what it measured.

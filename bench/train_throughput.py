@@ -28,9 +28,9 @@ from collections.abc import Callable
 
 import torch
 
-from bench.common import (TRAIN_STRATEGIES, Setup, add_timing_flags, bench_parser, comparisons, environment,
-                          free_memory, measure, preset_with_overrides, print_comparisons, start_bench,
-                          with_oom_fallback, write_report)
+from bench.common import (REGISTRY_MODELS, TINY_MODELS, TRAIN_STRATEGIES, Setup, add_timing_flags, bench_parser,
+                          comparisons, environment, free_memory, measure, preset_with_overrides, print_comparisons,
+                          start_bench, with_oom_fallback, write_report)
 from captionlab.training.batching import IGNORE_INDEX
 from captionlab.training.master_weights import autocast_to, keep_float32_masters
 from captionlab.training.prefix_sharing import pack_sequences, packed_loss_sum
@@ -40,6 +40,13 @@ PRESETS = {
     "llava-1.5-7b": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4,
                          larger_packed_images=8),
     "llava-1.6-7b": dict(images=2, captions_per_image=5, caption_tokens=16, plain_batch=2, packed_images=1),
+    # issue #21's families (no GPU run yet: first guesses; out of memory halves the batch and says so)
+    "qwen2.5-vl-3b": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4),
+    "qwen2.5-vl-7b": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4),
+    "smolvlm-256m": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4),
+    "smolvlm-2.2b": dict(images=8, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=4),
+    "llava-onevision-0.5b": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=4, packed_images=2),
+    "llava-onevision-7b": dict(images=2, captions_per_image=5, caption_tokens=16, plain_batch=2, packed_images=1),
     "tiny": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=2),
     "tiny-next": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=8, packed_images=2),
     "tiny-576": dict(images=4, captions_per_image=5, caption_tokens=16, plain_batch=5, packed_images=1),
@@ -126,20 +133,16 @@ def per_caption_batch(setup: Setup, prefix: torch.Tensor, pixels: torch.Tensor, 
         labels[row, len(prefix):n] = cap
         mask[row, :n] = 1
     index = torch.tensor([i for i, _ in chosen])
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels[index].to(setup.dtype)}
-    sizes = setup.image_sizes(len(chosen))
-    if sizes is not None:
-        batch["image_sizes"] = sizes
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, **setup.image_inputs(pixels[index]),
+             **setup.token_inputs(ids)}
     return {k: v.to(setup.device) for k, v in batch.items()}
 
 
 def packed_batch(setup: Setup, prefix: torch.Tensor, pixels: torch.Tensor, captions, images: int) -> dict:
     batch = pack_sequences([prefix] * images, captions[:images], setup.pad_id,
                            pad_to_multiple_of=16 if setup.device.type == "cuda" else 1)
-    batch["pixel_values"] = pixels[:images].to(setup.dtype)
-    sizes = setup.image_sizes(images)
-    if sizes is not None:
-        batch["image_sizes"] = sizes
+    batch |= setup.image_inputs(pixels[:images])
+    batch |= setup.token_inputs(batch["input_ids"])  # the prefix's image tokens; captions hold none
     return {k: v.to(setup.device) for k, v in batch.items()}
 
 
@@ -332,7 +335,7 @@ def interleaved_step_times(setup: Setup, strategies: list[str], *, repeats: int,
 
 
 def parser() -> argparse.ArgumentParser:
-    p = bench_parser(__doc__, "llava-1.5-7b, llava-1.6-7b, tiny, tiny-next, tiny-576")
+    p = bench_parser(__doc__, ", ".join(REGISTRY_MODELS + TINY_MODELS))
     p.add_argument("--strategies", default=",".join(TRAIN_STRATEGIES))
     for key in ("images", "captions_per_image", "caption_tokens", "plain_batch", "packed_images"):
         p.add_argument("--" + key.replace("_", "-"), type=int, dest=key)

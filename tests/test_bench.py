@@ -382,3 +382,147 @@ def test_the_gpu_session_scripts_call_the_bench_with_flags_and_names_it_knows(sc
         assert not strategy or strategy in TRAIN_STRATEGIES, f"{script}: unknown strategy {strategy!r}"
     for work in (args.get("works") or "").split(","):
         assert not work or work in ("caption", "train"), f"{script}: unknown work {work!r}"
+
+
+# --- issue #21's families: Qwen2.5-VL, SmolVLM (Idefics3), LLaVA-OneVision -------------------------------------------
+# one size of each on shrunk configs (tiny widths, the registry config's geometry and vocabulary); (model, strategy
+# trained, image, captions per image). Smaller images than the GPU rows' 480 x 640 keep each test a few seconds on two
+# CPUs (the real vocabularies' logits dominate): Qwen2.5-VL 112 x 112 = 16 image tokens; LLaVA-OneVision 384 x 384 =
+# 2 tiles (base + 1), 1,485 image tokens (its fewest: 480 x 640 is 5 tiles, 2,929), one caption.
+SHRUNK_FAMILIES = [("qwen2.5-vl-3b", "lora", (112, 112), 2), ("smolvlm-256m", "prefix_tuning", None, 2),
+                   ("llava-onevision-0.5b", "prompt_learning", (384, 384), 1)]
+
+
+@pytest.mark.parametrize("name, strategy, image, captions", SHRUNK_FAMILIES, ids=[m[0] for m in SHRUNK_FAMILIES])
+def test_the_new_families_bench_on_shrunk_configs(name, strategy, image, captions):
+    """The bench builds each family's own inputs (image_grid_thw + mm_token_type_ids, pixel_attention_mask,
+    image_sizes) without a processor; the plain and packed training rows compute the same loss (Qwen2.5-VL: with its
+    3-D positions on both), and GreedyDecoder's tokens are plain generate()'s."""
+    import torch
+
+    from bench.caption_throughput import run_caption
+    from bench.common import make_setup
+    from bench.train_throughput import run_train
+    from captionlab.training.energy import EnergyMeter
+
+    torch.manual_seed(0)
+    setup = make_setup(name, "cpu", shrink=True, image=image)
+    assert setup.name == f"{name}-shrunk" and setup.tokenizer is None
+    assert setup.info["prefix_tokens"] == 1 + 32 + setup.image_tokens and "stand in" in setup.info["prompt_note"]
+    ids = setup.prefix_ids().unsqueeze(0)
+    inputs = setup.image_inputs(setup.random_pixels(2, torch.Generator().manual_seed(0)))
+    assert set(inputs) | set(setup.token_inputs(ids)) == set(setup.info["image_inputs"])
+    meter = EnergyMeter("cpu").start()
+    rows = run_train(setup, meter, [strategy], images=1, captions_per_image=captions, caption_tokens=4,
+                     plain_batch=captions, packed_images=1, warmup=0, iters=1)
+    assert [r["method"] for r in rows] == ["plain", "captionlab"]
+    assert rows[1]["loss_tokens"] == 4 * captions and rows[1]["loss_rel_diff"] < 1e-5, rows[1]
+    assert all(r["per_s"] > 0 and math.isfinite(r["per_s"]) for r in rows)
+    rows = run_caption(setup, meter, images=captions, plain_batch=captions, batch=captions, new_tokens=3, warmup=0,
+                       methods=("plain", "captionlab-eager"))
+    assert [r["method"] for r in rows] == ["plain", "captionlab-eager"]
+    assert rows[1]["tokens_equal_plain"] is True and rows[1]["per_s"] > 0
+    assert not any(p.requires_grad for p in setup.model.parameters())  # the strategy came off again
+
+
+def test_qwen_inputs_carry_the_image_grid_and_token_types_its_3d_positions_come_from():
+    """Without mm_token_type_ids Qwen2.5-VL silently counts 1-D positions; the bench's inputs give it the grid and
+    the image tokens, so text after the image counts on from the image's largest side (not from its token count)."""
+    import torch
+
+    from bench.common import make_setup
+
+    setup = make_setup("qwen2.5-vl-3b", "cpu", shrink=True)
+    assert setup.image_tokens == 17 * 23 and setup.pixel_shape == (34 * 46, 3 * 2 * 14 * 14)  # 476 x 644 resized
+    ids = setup.prefix_ids().unsqueeze(0)
+    types = setup.token_inputs(ids)["mm_token_type_ids"]
+    assert int(types.sum()) == setup.image_tokens
+    grid = setup.image_inputs(setup.random_pixels(1, torch.Generator()))["image_grid_thw"]
+    assert grid.tolist() == [[1, 34, 46]]
+    positions = setup.spec.family.prompt_position_ids(setup.model, {"input_ids": ids, "mm_token_type_ids": types,
+                                                                     "image_grid_thw": grid,
+                                                                     "attention_mask": torch.ones_like(ids)})
+    assert positions.shape == (3, 1, ids.shape[1])
+    assert int(positions.max()) == ids.shape[1] - setup.image_tokens + 23 - 1  # the image spans max(17, 23) positions
+
+
+@pytest.mark.parametrize("name, image, tokens", [("qwen2.5-vl-7b", (480, 640), 391), ("smolvlm-256m", (480, 640), 64),
+                                                 ("smolvlm-2.2b", (480, 640), 81),
+                                                 ("llava-onevision-7b", (480, 640), 2929),
+                                                 ("llava-onevision-0.5b", (384, 384), 1485)])
+def test_the_published_configs_image_token_counts(name, image, tokens):
+    """The counts the bench's GPU rows are built with, from each registry config (the processor checks are below)."""
+    from captionlab.models.registry import get_model_spec
+
+    spec = get_model_spec(name)
+    assert spec.family.image_layout(spec.config, *image).tokens == tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_family_folders(tmp_path_factory, tiny_tokenizer):
+    from captionlab.models.tiny import save_tiny_llava
+
+    return {arch: save_tiny_llava(tmp_path_factory.mktemp(arch), tiny_tokenizer, architecture=arch, seed=0)
+            for arch in ("qwen2_5_vl", "idefics3", "llava_onevision")}
+
+
+@pytest.mark.parametrize("architecture", ["qwen2_5_vl", "idefics3", "llava_onevision"])
+def test_each_family_image_layout_matches_its_processor(tiny_family_folders, architecture):
+    """`ModelFamily.image_layout` (config only) against the family's real processor class (built offline, as the tiny
+    models ship it) on images of several sizes and shapes: the image tokens it writes, the pixel_values' shape per
+    image and the other image inputs (image_grid_thw, image_sizes)."""
+    from captionlab.models.loading import load_model
+    from captionlab.models.registry import get_model_spec
+
+    spec = get_model_spec(tiny_family_folders[architecture])
+    processor = load_model(spec, device="cpu").processor
+    family = spec.family
+    image_id = processor.tokenizer.convert_tokens_to_ids(family.image_token)
+    settings = {}
+    if architecture == "qwen2_5_vl":
+        size = processor.image_processor.size
+        settings = {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]}
+    for width, height in [(64, 64), (48, 32), (32, 64), (40, 90), (100, 30)]:
+        inputs = processor(images=[Image.new("RGB", (width, height))], text=[family.image_token], return_tensors="pt")
+        layout = family.image_layout(spec.config, height, width, **settings)
+        assert layout.tokens == int((inputs["input_ids"] == image_id).sum()), (width, height)
+        pixels = inputs["pixel_values"]
+        assert tuple(pixels.shape if layout.rows_concatenated else pixels.shape[1:]) == layout.pixel_shape, (width, height)
+        for key, value in layout.values.items():
+            assert inputs[key].tolist() == [value], (key, width, height)
+        for key, shape in layout.masks.items():
+            assert tuple(inputs[key].shape[1:]) == shape and bool(inputs[key].all()), key
+
+
+@pytest.mark.parametrize("name", ["llava-onevision-7b", "qwen2.5-vl-7b"])
+def test_the_published_geometry_counts_match_the_processor_class(tiny_tokenizer, name):
+    """The registry config's own geometry in the family's processor class (built offline: a tiny tokenizer, the
+    published image settings): large and lopsided images too, where LLaVA-OneVision's anyres_max_9 cap scales the
+    tiles' features down and Qwen2.5-VL's resize snaps to 28-pixel multiples."""
+    import transformers
+
+    from captionlab.models.families.qwen2_5_vl import MAX_PIXELS, MIN_PIXELS
+    from captionlab.models.registry import get_model_spec
+
+    spec = get_model_spec(name)
+    family, config = spec.family, spec.config
+    tokenizer = family.tiny_tokenizer(tiny_tokenizer)
+    if spec.architecture == "llava_onevision":
+        size = {"height": 384, "width": 384}
+        processor = transformers.LlavaOnevisionProcessor(
+            image_processor=transformers.LlavaOnevisionImageProcessor(
+                size=size, image_grid_pinpoints=config["image_grid_pinpoints"]),
+            video_processor=transformers.LlavaOnevisionVideoProcessor(size=size), tokenizer=tokenizer,
+            num_image_tokens=729, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
+    else:
+        sizes = dict(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=14, merge_size=2, temporal_patch_size=2)
+        processor = transformers.Qwen2_5_VLProcessor(image_processor=transformers.Qwen2VLImageProcessor(**sizes),
+                                                     video_processor=transformers.Qwen2VLVideoProcessor(**sizes),
+                                                     tokenizer=tokenizer)
+    image_id = tokenizer.convert_tokens_to_ids(family.image_token)
+    for width, height in [(640, 480), (1500, 1500), (2000, 500), (300, 900)]:
+        inputs = processor(images=[Image.new("RGB", (width, height))], text=[family.image_token], return_tensors="pt")
+        layout = family.image_layout(config, height, width)
+        assert layout.tokens == int((inputs["input_ids"] == image_id).sum()), (width, height)
+        pixels = inputs["pixel_values"]
+        assert tuple(pixels.shape if layout.rows_concatenated else pixels.shape[1:]) == layout.pixel_shape

@@ -7,6 +7,7 @@ Methods take the unwrapped transformers model (`captionlab.models.prompting.unwr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +17,21 @@ VICUNA_SYSTEM_PROMPT = (
 )
 VICUNA_TEMPLATE = "{system} USER: <image>\n{prompt} ASSISTANT:"
 LLM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """One image as the family's processor hands it to the model, known from the config alone (no processor, no
+    pixels): what the bench builds its processor-free inputs from (`bench/common.py`)."""
+
+    tokens: int  # the image tokens the processor writes into the prompt for it
+    pixel_shape: tuple[int, ...]  # its pixel_values: (3, S, S), (tiles, 3, S, S), Qwen2.5-VL's (patches, values)
+    # its other image inputs, one value per image (image_sizes: [height, width], image_grid_thw: [t, h, w])
+    values: dict[str, list] = field(default_factory=dict)
+    # its all-true masks, by shape per image (Idefics3's pixel_attention_mask: no padding in a square image)
+    masks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    rows_concatenated: bool = False  # a batch's pixel_values: the images' rows one after another, not stacked
+    tiles: int = 1  # the vision tower's passes over it (LLaVA-NeXT / OneVision: the base image + the pinpoint's tiles)
 
 
 class FamilyNotFound(ValueError):
@@ -88,6 +104,15 @@ class ModelFamily:
         where they are not the count of attended tokens before each (Qwen2.5-VL's 3-D rotary positions, shape
         (3, batch, length)); None: they are that count, as for LLaVA."""
         return None
+
+    def image_layout(self, config: dict, height: int, width: int) -> ImageLayout:
+        """One height x width image's tokens and input shapes, as the family's processor makes them, from the model's
+        config alone (LLaVA: resized and cropped to the vision tower's square; its patches, +1 with the CLS feature
+        under the "full" selection)."""
+        vision = config["vision_config"]
+        size, patch = int(vision["image_size"]), int(vision["patch_size"])
+        tokens = (size // patch) ** 2 + (1 if config.get("vision_feature_select_strategy", "default") == "full" else 0)
+        return ImageLayout(tokens=tokens, pixel_shape=(3, size, size))
 
     def full_fine_tuning_parameters(self, model) -> list:
         """What full fine-tuning trains: the projector and the whole LLM with its head; the vision tower stays."""

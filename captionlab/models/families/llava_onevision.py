@@ -9,7 +9,9 @@ resolution (`anyres_max_9`); every image feature token of every tile goes to the
 from __future__ import annotations
 
 import copy
+import math
 
+from captionlab.models.families.base import ImageLayout
 from captionlab.models.families.llava_next import LlavaNextFamily
 
 QWEN2_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -24,6 +26,17 @@ class LlavaOnevisionFamily(LlavaNextFamily):
     system_prompt = QWEN2_SYSTEM_PROMPT
     prompt_template = QWEN2_TEMPLATE
     image_input_keys = ("pixel_values", "image_sizes", "batch_num_images")
+
+    def image_layout(self, config: dict, height: int, width: int) -> ImageLayout:
+        """LlavaOnevisionProcessor's count: LLaVA-NeXT's tiling, every patch of the base tile (SigLIP: no CLS), and the
+        tiles' features scaled down to at most `anyres_max_N` tiles' worth (rows and columns divided alike)."""
+        tiles_h, tiles_w, rows, columns, patches = self._anyres_grid(config, height, width)
+        unpadded, newlines = rows * columns, rows
+        max_tiles = int(config.get("vision_aspect_ratio", "anyres_max_9").removeprefix("anyres_max_"))
+        ratio = math.sqrt(rows * columns / (max_tiles * patches ** 2))
+        if ratio > 1.1:
+            unpadded, newlines = int(rows // ratio) * int(columns // ratio), int(rows // ratio)
+        return self._tiled(config, unpadded + newlines + patches * patches, tiles_h * tiles_w, height, width)
 
     def prefix_placeholder(self, tokenizer) -> str:
         """Qwen2's tokenizer has no unknown token and pads with `<|endoftext|>`; the slot goes before the template,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from captionlab.models.families.base import ModelFamily
+from captionlab.models.families.base import ImageLayout, ModelFamily
 
 QWEN_SYSTEM_PROMPT = "You are a helpful assistant."
 # Qwen2.5-VL's chat template for one user turn with one image before the text (as its processor's template writes it).
@@ -26,6 +26,10 @@ IMAGE_WRAPPERS = ("<|vision_start|>", "<|vision_end|>")  # around an image's tok
 # The special tokens a tiny model's tokenizer must know (the real one does).
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", *IMAGE_WRAPPERS, "<|image_pad|>", "<|video_pad|>")
 TINY_MERGE = 2  # 2 x 2 patches per LLM token, as the real models
+# The image processor's pixel bounds in Qwen2.5-VL-{3B,7B}-Instruct's preprocessor_config.json (min_pixels 56 x 56,
+# max_pixels 12,845,056 = 28 x 28 x 16,384; as public transcriptions of the 7B's file quote it, not read from the Hub
+# here); images are resized into them (transformers' own default max is 28 x 28 x 1,280).
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 12_845_056
 
 
 class Qwen25VLFamily(ModelFamily):
@@ -52,6 +56,24 @@ class Qwen25VLFamily(ModelFamily):
 
     def image_marker_ids(self, tokenizer) -> tuple[int, ...]:
         return tuple(tokenizer.convert_tokens_to_ids(token) for token in IMAGE_WRAPPERS)
+
+    def image_layout(self, config: dict, height: int, width: int, min_pixels: int = MIN_PIXELS,
+                     max_pixels: int = MAX_PIXELS) -> ImageLayout:
+        """As Qwen2VLImageProcessor makes it: resized to multiples of patch x merge pixels (`smart_resize`), one image
+        repeated to `temporal_patch_size` frames, flattened into one row per patch (pixel_values of a batch: the
+        images' rows one after another), `image_grid_thw` = (1, rows, columns) of patches, merge**2 patches a token."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        vision = config["vision_config"]
+        patch, merge = int(vision["patch_size"]), int(vision.get("spatial_merge_size", 2))
+        temporal = int(vision.get("temporal_patch_size", 2))
+        resized_h, resized_w = smart_resize(height, width, factor=patch * merge, min_pixels=min_pixels,
+                                            max_pixels=max_pixels)
+        rows, columns = resized_h // patch, resized_w // patch
+        channels = int(vision.get("in_chans", vision.get("in_channels", 3)))
+        return ImageLayout(tokens=rows * columns // merge ** 2,
+                           pixel_shape=(rows * columns, channels * temporal * patch * patch),
+                           values={"image_grid_thw": [1, rows, columns]}, rows_concatenated=True)
 
     def prompt_position_ids(self, model, inputs: dict):
         """The 3-D rotary positions (3, batch, length) the model computes for these prompts (padding: 0)."""

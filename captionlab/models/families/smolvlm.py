@@ -14,7 +14,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from captionlab.models.families.base import LLM_LINEAR_LAYERS, ModelFamily
+from captionlab.models.families.base import LLM_LINEAR_LAYERS, ImageLayout, ModelFamily
 
 # SmolVLM's chat format (its chat template, one user turn with one image); it ships no default system prompt,
 # so the prompt-learning tokens are the template's own and the user prompt's.
@@ -53,6 +53,15 @@ class SmolVLMFamily(ModelFamily):
 
     def image_marker_ids(self, tokenizer) -> tuple[int, ...]:
         return tuple(tokenizer.convert_tokens_to_ids(token) for token in IMAGE_WRAPPERS)
+
+    def image_layout(self, config: dict, height: int, width: int) -> ImageLayout:
+        """Unsplit (`load_processor`), Idefics3ImageProcessor squares any image to the tower's side (one image per
+        row, nothing padded: an all-true `pixel_attention_mask`); the connector's pixel shuffle leaves
+        patches / scale_factor**2 tokens (the processor's `image_seq_len`)."""
+        vision = config["vision_config"]
+        size, patch = int(vision["image_size"]), int(vision["patch_size"])
+        tokens = (size // patch) ** 2 // int(config.get("scale_factor", 2)) ** 2
+        return ImageLayout(tokens=tokens, pixel_shape=(1, 3, size, size), masks={"pixel_attention_mask": (1, size, size)})
 
     # --- tiny random models ---------------------------------------------------------------------
     def tiny_tokenizer(self, tokenizer):
