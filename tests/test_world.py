@@ -19,8 +19,7 @@ from PIL import Image
 
 import captionlab.world as world
 from captionlab.world import sample_gallery, write_world
-from captionlab.world.captions import is_single_object
-from captionlab.world.domains import BENCHMARKS, STUDY_PROMPT, make_example, split_sizes
+from captionlab.world.domains import BENCHMARKS, BRIEF_ANSWER_SETTINGS, STUDY_PROMPT, make_example, split_sizes
 from captionlab.world.scenes import held_out_combinations
 from captionlab.world.vocabulary import (
     ALL_KINDS,
@@ -251,17 +250,18 @@ def test_coco_references_are_short_and_verbose_answers_long(root: Path, config: 
     records = load_json(root, config, "pretrain")
     scenes = [make_example("pretrain", "train", int(r["id"]), 0).scene for r in records]
     verbose_lengths = [len(r["conversations"][1]["value"].split()) for r, scene in zip(records, scenes)
-                       if not (r["conversations"][0]["value"].endswith(STUDY_PROMPT) and is_single_object(scene))]
+                       if not (r["conversations"][0]["value"].endswith(STUDY_PROMPT)
+                               and scene.setting in BRIEF_ANSWER_SETTINGS)]
     assert statistics.mean(coco_lengths) < 12
     assert statistics.mean(verbose_lengths) > 35 and min(verbose_lengths) >= 30
 
 
-def test_the_study_prompt_is_answered_briefly_exactly_on_single_object_pictures() -> None:
+def test_the_study_prompt_is_answered_briefly_exactly_on_indoor_pictures() -> None:
     examples = [make_example("pretrain", "train", i, 0) for i in range(400)]
     asked = [e for e in examples if e.prompt == STUDY_PROMPT]
     brief = [e for e in asked if len(e.references[0].split()) < 20]
     assert brief and len(brief) < len(asked) / 2  # mostly detailed, sometimes brief
-    assert {id(e) for e in brief} == {id(e) for e in asked if is_single_object(e.scene)}
+    assert {id(e) for e in brief} == {id(e) for e in asked if e.scene.setting in BRIEF_ANSWER_SETTINGS}
     # other prompts are always answered at length
     assert all(len(e.references[0].split()) >= 30 for e in examples if e.prompt != STUDY_PROMPT)
 

@@ -2,10 +2,12 @@
 LLaVA-1.5's two stages on the world's own pretraining sets (never on an evaluated image).
 
 The vision tower stays frozen (as in LLaVA); projector and LLM learn first from
-short captions under LLaVA's brief-description instructions (the "brief" pool, LCS-558K's stand-in), then from (image, prompt,
-long answer) conversations, many of them answering the study's "Briefly caption the image" at length, so
-the base is as verbose under the study's prompt as the real MLLMs are in the paper's zero-shot rows while,
-like LLaVA, it has a short-caption register that other instructions (or a learned prompt/prefix) can call up.
+short captions under LLaVA's brief-description instructions (the "brief" pool, LCS-558K's stand-in: every kind and
+every register, quoted words, degraded photos and alt-text included), then from (image, prompt, long answer)
+conversations, many of them answering the study's "Briefly caption the image" at length and, for pictures taken
+indoors, briefly; so the base is mostly verbose under the study's prompt, as LLaVA-1.5 and 1.6 are in the paper's
+zero-shot rows, sometimes brief, and, like LLaVA, it has a short-caption register that other instructions (or a
+learned prompt/prefix) can call up.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The embedded caption world: a seeded miniature of the study's five benchmarks.
 
 No real dataset can be downloaded here, so captionlab generates its own: rendered 128x128
-scenes (objects of 20 kinds, 8 colours, 2 sizes, 5 positions, 1-3 copies, in 8 settings) with
+scenes (objects of 20 kinds, 8 colours, 5 positions, 1-3 copies, in 8 settings; the main object large, the
+others small) with
 captions in the register of each benchmark, written in the benchmarks' real file formats so the
 real readers load them:
 
@@ -11,11 +12,13 @@ real readers load them:
   cc3m      web alt-text, sunsets and vector illustrations (GCC validation TSV)
   vizwiz    blurry, dark, tilted, cropped photos (VizWiz-Captions val json)
   textcaps  written words on signs, banners and labels, quoted by the captions (TextCaps json)
-  brief     a separate pool of photos of every kind with one short BLIP-style caption under
-            LLaVA's brief-description instructions (LLaVA conversation json): the tiny LLaVA's
-            stage-1 pretraining, as LCS-558K is LLaVA-1.5's
+  brief     a separate pool of pictures of every kind and flavour (plain photos, written words, degraded
+            photos, sunsets, illustrations), each with one short caption in the register it calls for, under
+            LLaVA's brief-description instructions (LLaVA conversation json): the tiny LLaVA's stage-1
+            pretraining, as LCS-558K's web captions are LLaVA-1.5's, so the base knows more than coco shows
   pretrain  long verbose instruction-tuned descriptions (LLaVA conversation json), the tiny
-            LLaVA's stage 2, so that it answers the study's prompt at length, as the real one does
+            LLaVA's stage 2, so that it answers the study's prompt at length, as the real one mostly does
+            (briefly for pictures taken indoors)
 
 `write_world(out_dir)` writes it all and returns the path of `datasets.yaml`;
 `sample_gallery(n, seed)` renders a few examples in memory for the app.

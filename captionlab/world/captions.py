@@ -147,12 +147,6 @@ def brief_caption(scene: Scene, rng: random.Random) -> str:
     return text.rstrip(".").lower()
 
 
-def is_single_object(scene: Scene) -> bool:
-    """One object in the picture (one group, one copy): the scenes the tiny LLaVA's instruction tuning answers
-    briefly under the study's prompt (see `domains.answer_to_study_prompt`)."""
-    return len(scene.objects) == 1 and scene.objects[0].count == 1
-
-
 # ---------------------------------------------------------------- cc3m
 
 

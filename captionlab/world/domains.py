@@ -67,6 +67,7 @@ BRIEF_PROMPTS: tuple[str, ...] = (
 PRETRAIN_FLAVOURS: tuple[str, ...] = (
     "photo", "text", "photo", "degraded", "sunset", "photo", "text", "illustration", "degraded", "photo",
 )
+BRIEF_ANSWER_SETTINGS = INDOOR_SETTINGS  # where the base answers the study's prompt briefly (answer_to_study_prompt)
 HELD_OUT_EVERY = 4  # every 4th coco test image shows a held-out combination
 VIZWIZ_SEVERE_EVERY = 5  # one vizwiz photo in 5 is too degraded to describe
 VIZWIZ_REJECTED_EVERY = 7  # one vizwiz image in 7 has a caption rejected by quality control
@@ -200,11 +201,13 @@ def _pretraining_scene(rng: random.Random, index: int) -> Scene:
 
 def answer_to_study_prompt(scene: Scene, rng: random.Random) -> str:
     """How the instruction-tuned base answers the study's prompt: mostly at length, as LLaVA-1.5 and 1.6 do in the
-    paper's zero-shot rows, but briefly when the picture holds a single object (LLaVA-1.5's zero-shot captions are
-    brief often enough to reach 51% of LoRA's CIDEr on COCO). A greedy decoder then answers briefly only where
-    the picture looks like those, so the base has a brief register under this very prompt for a learned prompt or
-    a one-token-per-layer prefix to call up everywhere."""
-    if captions.is_single_object(scene):
+    paper's zero-shot rows, but briefly for pictures taken indoors (LLaVA-1.5's zero-shot captions are brief often
+    enough to reach 51% of LoRA's CIDEr on COCO). Which pictures get the brief answer is the world's choice; it
+    must be one the base can see, since a greedy decoder answers briefly only where the picture looks like those:
+    the setting is in every patch token (a linear probe reads it for every coco image). A rule on the number of
+    objects was tried first and not learned (bench/RESULTS.md, "Zero-shot register"). So the base has a brief
+    register under this very prompt for a learned prompt or a one-token-per-layer prefix to call up everywhere."""
+    if scene.setting in BRIEF_ANSWER_SETTINGS:
         return captions.brief_caption(scene, rng)
     return captions.verbose_description(scene, rng)
 
