@@ -122,7 +122,7 @@ def step_probe(out: Path) -> None:
     """What the vision tower reads (captionlab.embedded.probe), beside the same probe on the raw pixels."""
     import transformers
 
-    from captionlab.embedded.probe import probe_vision_tower
+    from captionlab.embedded.probe import load_probe_images, probe_vision_tower
     from captionlab.embedded.shapes import LLAVA_SHAPE
 
     target = out / "results" / "vision_probe.json"
@@ -131,8 +131,9 @@ def step_probe(out: Path) -> None:
         return
     clip = transformers.CLIPModel.from_pretrained(out / "clip", use_safetensors=True)
     size = LLAVA_SHAPE.image_size
-    tower = probe_vision_tower(clip, paths.world_dir(), size)
-    pixels = probe_vision_tower(None, paths.world_dir(), size, pixels=True)
+    loaded = load_probe_images(paths.world_dir(), size)
+    tower = probe_vision_tower(clip, paths.world_dir(), size, loaded=loaded)
+    pixels = probe_vision_tower(None, paths.world_dir(), size, pixels=True, loaded=loaded)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"tower": tower, "raw_pixels": pixels, "image_size": size,
                                   "features": "patch tokens of hidden_states[-2], flattened (what LLaVA's projector "

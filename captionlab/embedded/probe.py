@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-LLAVA_LAYER = -2  # the hidden state the tiny LLaVA's projector reads
+from captionlab.embedded.clip import LLAVA_FEATURE_LAYER
 
 
 def load_u8(paths: list[Path], size: int) -> torch.Tensor:
@@ -41,16 +41,12 @@ def normalise(u8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def features(model, images: torch.Tensor, layer: int = -2) -> dict[str, torch.Tensor]:
+def features(model, images: torch.Tensor, layer: int = LLAVA_FEATURE_LAYER) -> torch.Tensor:
+    """The patch tokens of hidden state `layer` (CLS dropped, as LLaVA's "default" selection), flattened per image."""
     model.eval()
-    feats = {"llava": [], "embed": []}
-    for start in range(0, len(images), 250):
-        pixels = normalise(images[start:start + 250])
-        out = model.vision_model(pixel_values=pixels, output_hidden_states=True)
-        patches = out.hidden_states[layer][:, 1:]
-        feats["llava"].append(patches.flatten(1))
-        feats["embed"].append(model.visual_projection(out.pooler_output))
-    return {k: torch.cat(v) for k, v in feats.items()}
+    return torch.cat([model.vision_model(pixel_values=normalise(images[start:start + 250]),
+                                         output_hidden_states=True).hidden_states[layer][:, 1:].flatten(1)
+                      for start in range(0, len(images), 250)])
 
 
 class LinearProbe:
@@ -134,17 +130,25 @@ def _accuracy(names: list[str], predicted: torch.Tensor, truth: list[str]) -> fl
     return round(float(np.mean([names[int(k)] == t for k, t in zip(predicted, truth)])), 3)
 
 
-def probe_vision_tower(model, world: Path, image_size: int, pixels: bool = False, layer: int = LLAVA_LAYER) -> dict:
+ProbeImages = tuple[dict[str, tuple[list[Path], list]], dict[str, torch.Tensor]]  # (probe_sets, uint8 images)
+
+
+def load_probe_images(world: Path, image_size: int) -> ProbeImages:
+    """Every probed image of `world` at image_size, with its scene: load once, probe several feature kinds."""
+    sets = probe_sets(Path(world))
+    return sets, {name: load_u8(paths_, image_size) for name, (paths_, _) in sets.items()}
+
+
+def probe_vision_tower(model, world: Path, image_size: int, pixels: bool = False, layer: int = LLAVA_FEATURE_LAYER,
+                       loaded: ProbeImages | None = None) -> dict:
     """Every probe's accuracy on `world` for a CLIP model (or, with pixels=True and model None, the raw pixels at
     image_size: the reference a tower should beat). Keys "kind/<benchmark>", "colour/coco", "setting/coco",
-    "word/textcaps", and "n/<benchmark>" (images scored)."""
-    world = Path(world)
-    sets = probe_sets(world)
-    images = {name: load_u8(paths_, image_size) for name, (paths_, _) in sets.items()}
+    "word/textcaps", and "n/<benchmark>" (images scored). `loaded`: `load_probe_images`' result, to reuse."""
+    sets, images = loaded or load_probe_images(world, image_size)
     if pixels:  # the reference: the same probe on the raw pixels the tower is given
         feats = {name: normalise(x).flatten(1) for name, x in images.items()}
     else:
-        feats = {name: features(model, x, layer)["llava"] for name, x in images.items()}
+        feats = {name: features(model, x, layer) for name, x in images.items()}
     result = {f"n/{k}": len(v[0]) for k, v in sets.items() if k != "fit"}
     targets = {"kind": main_kind, "colour": lambda scene: scene.objects[0].colour,
                "setting": lambda scene: scene.setting}
