@@ -146,12 +146,6 @@ def llava_next_image_tokens(config: dict, height: int, width: int) -> tuple[int,
     return layout.tokens, layout.tiles
 
 
-def llava_image_tokens(config: dict) -> int:
-    from captionlab.models.families import family_for
-
-    return family_for("llava").image_layout(config, 0, 0).tokens
-
-
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
